@@ -1,0 +1,5 @@
+"""Shared pytest fixtures live in the `testing` package; each area lists its module here."""
+
+pytest_plugins = [
+    "testing.repos",
+]

@@ -1,0 +1,65 @@
+"""`ggufops validate`, `ggufops list`, `ggufops show`: reading the registry."""
+
+from __future__ import annotations
+
+import click
+
+from ggufops import catalog
+from ggufops import validate as validate_api
+from ggufops.cli.options import VERSION_REF, json_option, print_json, registry_from
+from ggufops.errors import CheckFailed
+from ggufops.registry import VersionRef
+
+
+@click.command("validate")
+@click.option("--base", metavar="REF", default=None,
+              help="Also check immutability and promotion order against this git ref "
+              "(e.g. origin/main).")
+@click.option("--check-artifacts", is_flag=True,
+              help="Check that every version an environment runs has its object in the "
+              "S3 remote (HEAD requests, no download).")
+@json_option
+@click.pass_context
+def validate(ctx: click.Context, base: str | None, check_artifacts: bool, as_json: bool) -> None:
+    """Check every registry file: schemas, references, immutability, promotion order."""
+    registry = registry_from(ctx)
+    problems = validate_api.validate_repo(registry.root, base=base,
+                                          check_artifacts=check_artifacts)
+    if as_json:
+        print_json({"valid": not problems, "problems": [p.as_dict() for p in problems]})
+    else:
+        for problem in problems:
+            click.echo(str(problem))
+    if problems:
+        raise CheckFailed("" if as_json else f"{len(problems)} problem(s) found")
+    if not as_json:
+        click.echo(f"ok: {registry.root} is valid")
+
+
+@click.command("list")
+@json_option
+@click.pass_context
+def list_versions(ctx: click.Context, as_json: bool) -> None:
+    """List every registered version and the environments that run it."""
+    rows = catalog.list_versions(registry_from(ctx))
+    if as_json:
+        print_json([r.as_dict() for r in rows])
+        return
+    click.echo(catalog.format_table(rows))
+
+
+@click.command("show")
+@click.argument("ref", type=VERSION_REF)
+@json_option
+@click.pass_context
+def show(ctx: click.Context, ref: VersionRef, as_json: bool) -> None:
+    """Show one version's file, its display id and where it runs."""
+    registry = registry_from(ctx)
+    info = catalog.describe(registry, ref)
+    if as_json:
+        print_json(info)
+        return
+    click.echo(catalog.format_description(info))
+
+
+COMMANDS = [validate, list_versions, show]

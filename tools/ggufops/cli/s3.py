@@ -1,0 +1,71 @@
+"""`ggufops s3 serve`, `ggufops s3 env`: the embedded S3 server (SeaweedFS)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ggufops import s3config, s3server
+from ggufops.cli.options import json_option, print_json, repo_path
+from ggufops.error_handler import Exit
+
+state_dir_option = click.option(
+    "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Server state: data, credentials, log (default: <repo>/.ggufops/s3).",
+)  # fmt: skip
+
+
+def _state_dir(ctx: click.Context, state_dir: Path | None) -> Path:
+    return state_dir or s3server.default_state_dir(repo_path(ctx))
+
+
+@click.group("s3")
+def s3() -> None:
+    """The embedded S3 server (SeaweedFS on 127.0.0.1) that holds the artifacts."""
+
+
+@s3.command("serve")
+@click.option("--port", type=click.IntRange(0, 65535), default=s3server.DEFAULT_PORT,
+              show_default=True, help="S3 port on 127.0.0.1 (0: any free port).")
+@state_dir_option
+@click.option("--write-dvc-local/--no-write-dvc-local", default=True, show_default=True,
+              help="Write the endpoint and credentials into .dvc/config.local (remote models).")
+@click.pass_context
+def serve(ctx: click.Context, port: int, state_dir: Path | None, write_dvc_local: bool) -> None:
+    """Run SeaweedFS in the foreground until Ctrl-C; print the endpoint and env vars."""
+    server = s3server.S3Server(_state_dir(ctx, state_dir), port=port or None)
+    server.start()
+    info = server.info()
+    click.echo(f"S3 endpoint {info.endpoint} (bucket {info.bucket}), started in "
+               f"{server.startup_seconds:.2f} s; state in {info.state_dir}")
+    if write_dvc_local:
+        path = s3config.update_local_config(repo_path(ctx), s3config.DEFAULT_REMOTE,
+                                            info.dvc_local_values())
+        click.echo(f"wrote endpointurl and credentials of remote 'models' to {path}")
+    click.echo("for other tools (aws, boto3), export:")
+    for line in info.export_lines():
+        click.echo(f"  {line}")
+    click.echo("press Ctrl-C to stop", err=True)
+    code = s3server.run_foreground(server)
+    click.echo("S3 server stopped", err=True)
+    if code:
+        click.echo(f"error: SeaweedFS exited with status {code}; see {server.log_path}", err=True)
+        raise Exit(1)
+
+
+@s3.command("env")
+@state_dir_option
+@json_option
+@click.pass_context
+def env(ctx: click.Context, state_dir: Path | None, as_json: bool) -> None:
+    """Print `export ...` lines for the server running on the state dir."""
+    info = s3server.read_running(_state_dir(ctx, state_dir))
+    if as_json:
+        print_json({**info.env(), "endpoint": info.endpoint, "bucket": info.bucket})
+        return
+    for line in info.export_lines():
+        click.echo(line)
+
+
+COMMANDS: list[click.Command] = [s3]

@@ -1,0 +1,343 @@
+"""`ggufops validate`: schemas, references, immutability and promotion order.
+
+Every problem in the repository is collected in one pass, each with file:line:column,
+so a pull request author fixes them all at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import itertools
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ggufops import git, schemas, yamlio
+from ggufops.errors import YamlError
+from ggufops.registry import (
+    ENVIRONMENTS_DIR,
+    POLICY_FILE,
+    REGISTRY_DIR,
+    Registry,
+    VersionRef,
+    split_version_relpath,
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    column: int
+    message: str
+    code: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class State:
+    """The registry as read from disk: parsed documents by kind."""
+
+    root: Path
+    versions: dict[VersionRef, yamlio.Document] = field(default_factory=dict)
+    environments: dict[str, yamlio.Document] = field(default_factory=dict)
+    policy: yamlio.Document | None = None
+
+
+class Checker:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.problems: list[Problem] = []
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def add(self, doc_or_path: yamlio.Document | Path | str, where: Any, message: str,
+            code: str) -> None:
+        if isinstance(doc_or_path, yamlio.Document):
+            mark = doc_or_path.mark(tuple(where or ()))
+            name = self.rel(doc_or_path.path)
+            self.problems.append(Problem(name, mark.line, mark.column, message, code))
+        else:
+            name = doc_or_path if isinstance(doc_or_path, str) else self.rel(doc_or_path)
+            self.problems.append(Problem(name, 1, 1, message, code))
+
+    def read(self, path: Path) -> yamlio.Document | None:
+        try:
+            return yamlio.read(path)
+        except YamlError as e:
+            text = str(e)
+            prefix = f"{path}:"
+            rest = text[len(prefix):] if text.startswith(prefix) else text
+            line, col, msg = _split_position(rest)
+            self.problems.append(Problem(self.rel(path), line, col, msg, "yaml"))
+            return None
+
+    def schema(self, doc: yamlio.Document, validator: Any) -> bool:
+        issues = schemas.check(validator, doc.data)
+        for issue in issues:
+            self.add(doc, issue.path, issue.message, "schema")
+        return not issues
+
+
+def _split_position(text: str) -> tuple[int, int, str]:
+    parts = text.split(":", 2)
+    if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():
+        return int(parts[0]), int(parts[1]), parts[2].strip()
+    return 1, 1, text.strip()
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def validate_repo(root: Path, base: str | None = None,
+                  check_artifacts: bool = False) -> list[Problem]:
+    """All problems in the registry at `root` (and against `base`, when given)."""
+    checker = Checker(root)
+    validators = schemas.load_validators(root)
+    with _no_gc():  # parsing allocates only acyclic data; collecting it mid-way is waste
+        state = _load(checker, Registry(root), validators)
+    _check_references(checker, state)
+    if base is not None:
+        _check_against_base(checker, state, base)
+    if check_artifacts:
+        _check_artifacts(checker, state)
+    return sorted(checker.problems, key=lambda p: (p.file, p.line, p.column, p.message))
+
+
+def _load(checker: Checker, registry: Registry, validators: dict[str, Any]) -> State:
+    state = State(registry.root)
+    policy_path = registry.root / POLICY_FILE
+    doc = checker.read(policy_path)
+    if doc is not None and checker.schema(doc, validators["policy"]):
+        state.policy = doc
+    for path in registry.iter_version_files():
+        doc = checker.read(path)
+        if doc is not None and checker.schema(doc, validators["model-version"]):
+            ref = _version_path_matches(checker, doc, path)
+            if ref is not None:
+                state.versions[ref] = doc
+    for path in registry.iter_environment_files():
+        doc = checker.read(path)
+        if doc is not None and checker.schema(doc, validators["environment"]):
+            name = doc.data.get("environment")
+            if name is not None and name != path.stem:
+                checker.add(doc, ["environment"], f"environment: {name!r} does not match the "
+                            f"file name; set it to {path.stem!r}", "path")
+            state.environments[path.stem] = doc
+    return state
+
+
+def _version_path_matches(checker: Checker, doc: yamlio.Document, path: Path) -> VersionRef | None:
+    data = doc.data
+    ref = VersionRef(data["name"], data["version"])
+    expected = f"{REGISTRY_DIR}/{ref.name}/{ref.version}.yaml"
+    ok = True
+    if path.parent.name != ref.name:
+        checker.add(doc, ["name"], f"name: {ref.name!r} disagrees with the directory "
+                    f"{path.parent.name!r}; move the file to {expected} or fix the name", "path")
+        ok = False
+    if path.stem != ref.version:
+        checker.add(doc, ["version"], f"version: {ref.version!r} disagrees with the file name "
+                    f"{path.name!r}; rename the file to {expected} or fix the version", "path")
+        ok = False
+    want_file = f"{ref.version}.gguf"
+    if data["artifact"]["file_name"] != want_file:
+        checker.add(doc, ["artifact", "file_name"], f"artifact.file_name: expected "
+                    f"{want_file!r} beside the version file, got {data['artifact']['file_name']!r}",
+                    "path")
+    return ref if ok else None
+
+
+def _check_references(checker: Checker, state: State) -> None:
+    for ref, doc in state.versions.items():
+        parent = doc.data.get("parent_version")
+        if parent is not None and VersionRef(ref.name, parent) not in state.versions:
+            checker.add(doc, ["parent_version"], f"parent_version: {ref.name}@{parent} is not "
+                        "registered; register it first or fix parent_version", "reference")
+        if parent == ref.version:
+            checker.add(doc, ["parent_version"], "parent_version: a version cannot be its own "
+                        "parent", "reference")
+        _check_eval(checker, state, doc)
+        _check_pointer(checker, doc)
+    for env, doc in state.environments.items():
+        for model, entry in (doc.data.get("models") or {}).items():
+            for key in ("version", "canary"):
+                if key not in entry:
+                    continue
+                version = entry[key] if key == "version" else entry[key]["version"]
+                where = ["models", model, key] if key == "version" else ["models", model, key,
+                                                                         "version"]
+                if VersionRef(model, version) not in state.versions:
+                    checker.add(doc, where, f"{env} runs {model}@{version}, which is not "
+                                f"registered (no {REGISTRY_DIR}/{model}/{version}.yaml); "
+                                "register it or pick a registered version", "reference")
+    if state.policy is not None:
+        for env in state.policy.data["promotion"]["order"]:
+            if not (state.root / ENVIRONMENTS_DIR / f"{env}.yaml").is_file():
+                checker.add(state.policy, ["promotion", "order"], f"promotion.order names "
+                            f"{env!r} but {ENVIRONMENTS_DIR}/{env}.yaml does not exist; create "
+                            "it or remove the name", "reference")
+
+
+def _check_eval(checker: Checker, state: State, doc: yamlio.Document) -> None:
+    eval_set = doc.data["eval"]["set"]
+    path = state.root / REGISTRY_DIR / "evals" / f"{eval_set}.txt"
+    if not path.is_file():
+        checker.add(doc, ["eval", "set"], f"eval.set: registry/evals/{eval_set}.txt does not "
+                    "exist; add the eval file or fix the name", "reference")
+        return
+    digest = _sha256_cached(path)
+    if digest != doc.data["eval"]["sha256"]:
+        checker.add(doc, ["eval", "sha256"], f"eval.sha256: registry/evals/{eval_set}.txt has "
+                    f"sha256 {digest[:12]}…, not {doc.data['eval']['sha256'][:12]}…; eval sets "
+                    "are immutable: add a new eval file instead of editing one", "reference")
+
+
+_SHA_CACHE: dict[tuple[Path, int, int], str] = {}
+
+
+def _sha256_cached(path: Path) -> str:
+    st = path.stat()
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _SHA_CACHE[key]
+
+
+_POINTER_MD5 = re.compile(r"^\s*(?:- )?md5: ([0-9a-f]{32})\s*$", re.MULTILINE)
+_POINTER_SIZE = re.compile(r"^\s*(?:- )?size: (\d+)\s*$", re.MULTILINE)
+
+
+def _pointer_facts(checker: Checker, pointer: Path) -> tuple[str | None, int | None]:
+    """(md5, size) of a DVC pointer; DVC writes one output per pointer, so a regex reads it."""
+    text = pointer.read_text(errors="replace")
+    md5s, sizes = _POINTER_MD5.findall(text), _POINTER_SIZE.findall(text)
+    if len(md5s) == 1 and len(sizes) == 1:
+        return md5s[0], int(sizes[0])
+    pdoc = checker.read(pointer)  # unusual layout: read it as YAML
+    data = pdoc.data if pdoc is not None and isinstance(pdoc.data, dict) else {}
+    outs = data.get("outs")
+    out = outs[0] if isinstance(outs, list) and outs and isinstance(outs[0], dict) else {}
+    return out.get("md5"), out.get("size")
+
+
+def _check_pointer(checker: Checker, doc: yamlio.Document) -> None:
+    pointer = doc.path.with_name(doc.data["artifact"]["file_name"] + ".dvc")
+    if not pointer.is_file():
+        checker.add(doc, ["artifact"], f"artifact: DVC pointer {checker.rel(pointer)} is missing; "
+                    "commit the .dvc file that `ggufops register` wrote", "reference")
+        return
+    md5, size = _pointer_facts(checker, pointer)
+    artifact = doc.data["artifact"]
+    if md5 != artifact["dvc_md5"] or size != artifact["size"]:
+        checker.add(doc, ["artifact", "dvc_md5"], f"artifact: {checker.rel(pointer)} says md5 "
+                    f"{md5} size {size}, the version file says "
+                    f"{artifact['dvc_md5']} size {artifact['size']}; they must agree", "reference")
+
+
+def _check_against_base(checker: Checker, state: State, base: str) -> None:
+    root = state.root
+    base_sha = git.rev_parse(root, base)
+    changed = [(s, p) for s, p in git.changed_files(root, base_sha)
+               if p.startswith(f"{REGISTRY_DIR}/")]
+    immutable = [(s, p) for s, p in changed if s in ("M", "D", "T") and _is_immutable(p)]
+    introduced = git.commits_adding(root, base_sha, [p for _, p in immutable])
+    for status, path in immutable:
+        what = "deleted" if status == "D" else "edited"
+        commit = introduced.get(path, "?")
+        checker.add(path, None, f"{what} a released file (added in commit {commit}); version "
+                    "files are immutable: restore it and register a new version instead",
+                    "immutable")
+    _check_promotion(checker, state, base_sha)
+
+
+def _is_immutable(path: str) -> bool:
+    if path.endswith(".gguf.dvc"):
+        return True
+    if path.startswith(f"{REGISTRY_DIR}/evals/"):
+        return True
+    return split_version_relpath(path) is not None
+
+
+def _check_promotion(checker: Checker, state: State, base_sha: str) -> None:
+    if state.policy is None:
+        return
+    order = state.policy.data["promotion"]["order"]
+    root = state.root
+    for previous_env, env in itertools.pairwise(order):
+        doc = state.environments.get(env)
+        if doc is None:
+            continue
+        before = _models_at(root, base_sha, env)
+        entered = {m: e["version"] for m, e in (doc.data.get("models") or {}).items()
+                   if before.get(m) != e["version"]}
+        if not entered:
+            continue
+        staged = _models_at(root, base_sha, previous_env)
+        history = _versions_ever_in(root, base_sha, env)
+        for model, version in entered.items():
+            if staged.get(model) == version or (model, version) in history:
+                continue
+            checker.add(doc, ["models", model, "version"], f"{model}@{version} enters {env} "
+                        f"without having run in {previous_env} (promotion order "
+                        f"{' -> '.join(order)}); deploy it to {previous_env} first", "promotion")
+
+
+def _models_at(root: Path, ref: str, env: str) -> dict[str, str]:
+    raw = git.show_file(root, ref, f"{ENVIRONMENTS_DIR}/{env}.yaml")
+    if raw is None:
+        return {}
+    try:
+        data = yamlio.parse(raw.decode(), Path(f"{ref}:{ENVIRONMENTS_DIR}/{env}.yaml")).data
+    except YamlError:
+        return {}
+    models = (data or {}).get("models") or {} if isinstance(data, dict) else {}
+    return {m: str(e.get("version")) for m, e in models.items() if isinstance(e, dict)}
+
+
+def _versions_ever_in(root: Path, ref: str, env: str) -> set[tuple[str, str]]:
+    """Every (model, version) the environment file named in any commit up to `ref`."""
+    path = f"{ENVIRONMENTS_DIR}/{env}.yaml"
+    seen: set[tuple[str, str]] = set()
+    for _commit, text in git.file_history(root, ref, path):
+        try:
+            data = yamlio.parse(text, Path(path)).data
+        except YamlError:
+            continue
+        models = (data or {}).get("models") or {} if isinstance(data, dict) else {}
+        seen.update((m, str(e.get("version"))) for m, e in models.items() if isinstance(e, dict))
+    return seen
+
+
+def _check_artifacts(checker: Checker, state: State) -> None:
+    from ggufops import artifacts  # S3 is only touched when asked for
+
+    wanted: dict[VersionRef, dict[str, Any]] = {}
+    for doc in state.environments.values():
+        for model, entry in (doc.data.get("models") or {}).items():
+            for version in (entry["version"], (entry.get("canary") or {}).get("version")):
+                ref = VersionRef(model, version) if version else None
+                if ref in state.versions:
+                    wanted[ref] = state.versions[ref].data
+    for ref, key in artifacts.missing_objects(state.root, wanted):
+        checker.add(state.versions[ref], ["artifact"], f"artifact of {ref} is missing from the "
+                    f"remote (object {key}); push it with `dvc push` or pick another version",
+                    "artifact")
