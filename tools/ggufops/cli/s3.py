@@ -9,6 +9,8 @@ import click
 from ggufops import s3config, s3server
 from ggufops.cli.options import json_option, print_json, repo_path
 from ggufops.error_handler import Exit
+from ggufops.errors import NotARegistry
+from ggufops.registry import find_root
 
 state_dir_option = click.option(
     "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -16,8 +18,17 @@ state_dir_option = click.option(
 )  # fmt: skip
 
 
+def _root(ctx: click.Context) -> Path:
+    """The registry checkout at or above --repo / the current directory, else that dir."""
+    start = repo_path(ctx)
+    try:
+        return find_root(start)
+    except NotARegistry:
+        return start
+
+
 def _state_dir(ctx: click.Context, state_dir: Path | None) -> Path:
-    return state_dir or s3server.default_state_dir(repo_path(ctx))
+    return state_dir or s3server.default_state_dir(_root(ctx))
 
 
 @click.group("s3")
@@ -39,10 +50,13 @@ def serve(ctx: click.Context, port: int, state_dir: Path | None, write_dvc_local
     info = server.info()
     click.echo(f"S3 endpoint {info.endpoint} (bucket {info.bucket}), started in "
                f"{server.startup_seconds:.2f} s; state in {info.state_dir}")
-    if write_dvc_local:
-        path = s3config.update_local_config(repo_path(ctx), s3config.DEFAULT_REMOTE,
+    root = _root(ctx)
+    if write_dvc_local and (root / ".dvc").is_dir():
+        path = s3config.update_local_config(root, s3config.DEFAULT_REMOTE,
                                             info.dvc_local_values())
         click.echo(f"wrote endpointurl and credentials of remote 'models' to {path}")
+    elif write_dvc_local:
+        click.echo(f"no DVC repository at {root}: .dvc/config.local not written", err=True)
     click.echo("for other tools (aws, boto3), export:")
     for line in info.export_lines():
         click.echo(f"  {line}")

@@ -1,0 +1,254 @@
+"""S3 settings from DVC's config, and the S3 remote on the real SeaweedFS: HEAD, verified
+downloads, and the one-line errors for a dead endpoint, wrong credentials, missing objects."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+from testing.s3 import configure_s3, s3_client
+
+from ggufops import artifacts, s3config
+from ggufops.artifacts import S3Remote, dvc_key, missing_objects
+from ggufops.errors import (
+    ChecksumMismatch,
+    ObjectMissing,
+    S3AuthError,
+    S3ConfigError,
+    S3Unreachable,
+)
+from ggufops.registry import VersionRef
+from ggufops.s3config import S3Settings
+from ggufops.s3server import ServerInfo
+
+DVC_CONFIG = """[core]
+    remote = models
+['remote "models"']
+    url = s3://models/team/prefix
+    endpointurl = http://127.0.0.1:8333
+    access_key_id = TRACKED
+"""
+
+
+def _repo(tmp_path: Path, config: str = DVC_CONFIG, local: str | None = None) -> Path:
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text(config)
+    if local is not None:
+        (tmp_path / ".dvc" / "config.local").write_text(local)
+    return tmp_path
+
+
+def test_resolve_reads_dvc_config(tmp_path: Path) -> None:
+    s = s3config.resolve(_repo(tmp_path), environ={})
+    assert (s.bucket, s.prefix, s.endpoint_url) == ("models", "team/prefix", "http://127.0.0.1:8333")
+    assert s.access_key_id == "TRACKED"
+    assert s.secret_access_key is None
+    assert s.key("files/md5/ab/cd") == "team/prefix/files/md5/ab/cd"
+
+
+def test_local_config_overrides_and_env_wins_for_credentials(tmp_path: Path) -> None:
+    local = "['remote \"models\"']\n    endpointurl = http://127.0.0.1:9999\n" \
+            "    access_key_id = LOCAL\n    secret_access_key = LOCALSECRET\n"
+    repo = _repo(tmp_path, local=local)
+    s = s3config.resolve(repo, environ={})
+    assert (s.endpoint_url, s.access_key_id, s.secret_access_key) == (
+        "http://127.0.0.1:9999", "LOCAL", "LOCALSECRET")
+    s = s3config.resolve(repo, environ={"AWS_ACCESS_KEY_ID": "ENV", "AWS_SECRET_ACCESS_KEY": "ES"})
+    assert (s.access_key_id, s.secret_access_key) == ("ENV", "ES")
+    assert s.endpoint_url == "http://127.0.0.1:9999"
+
+
+def test_update_local_config_keeps_other_sections(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, local="[core]\n    autostage = true\n")
+    path = s3config.update_local_config(repo, "models", {"access_key_id": "NEW"})
+    assert path.stat().st_mode & 0o777 == 0o600
+    sections = s3config.read_config_file(path)
+    assert sections == {"core": {"autostage": "true"}, 'remote "models"': {"access_key_id": "NEW"}}
+    assert s3config.resolve(repo, environ={}).access_key_id == "NEW"
+
+
+def test_written_config_is_read_by_dvc_itself(tmp_path: Path) -> None:
+    from dvc.config import Config
+
+    repo = _repo(tmp_path)
+    s3config.update_local_config(repo, "models", {"secret_access_key": "S3CRET"})
+    config = Config(dvc_dir=str(repo / ".dvc"), validate=True)
+    assert config["remote"]["models"]["secret_access_key"] == "S3CRET"
+    assert config["remote"]["models"]["url"] == "s3://models/team/prefix"
+
+
+def test_missing_remote_and_bad_url(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, config="[core]\n    remote = models\n")
+    with pytest.raises(S3ConfigError, match=r"no DVC remote 'models'.*dvc remote add"):
+        s3config.resolve(repo, environ={})
+    (repo / ".dvc" / "config").write_text("['remote \"models\"']\n    url = /local/dir\n")
+    with pytest.raises(S3ConfigError, match="not s3://bucket"):
+        s3config.resolve(repo, environ={})
+
+
+def test_unparsable_config(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, config="this is not ini\n")
+    with pytest.raises(S3ConfigError, match=r"\.dvc/config: cannot parse"):
+        s3config.resolve(repo, environ={})
+
+
+def test_dvc_key_layout() -> None:
+    md5 = hashlib.md5(b"x").hexdigest()
+    assert dvc_key(md5) == f"files/md5/{md5[:2]}/{md5[2:]}"
+    with pytest.raises(ValueError):
+        dvc_key("../../etc")
+
+
+# --- on the real server ---------------------------------------------------------------
+
+
+def _settings(info: ServerInfo, prefix: str, **overrides: str) -> S3Settings:
+    values = {"remote": "models", "url": f"s3://models/{prefix}", "bucket": info.bucket,
+              "prefix": prefix, "endpoint_url": info.endpoint,
+              "access_key_id": info.access_key_id, "secret_access_key": info.secret_access_key,
+              **overrides}
+    return S3Settings(**values)
+
+
+def _put(info: ServerInfo, prefix: str, data: bytes) -> tuple[str, str]:
+    md5 = hashlib.md5(data).hexdigest()
+    key = f"{prefix}/{dvc_key(md5)}"
+    s3_client(info).put_object(Bucket="models", Key=key, Body=data)  # type: ignore[attr-defined]
+    return md5, key
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def test_head_and_stat(s3_server: ServerInfo, prefix: str) -> None:
+    md5, key = _put(s3_server, prefix, b"hello object")
+    remote = S3Remote(_settings(s3_server, prefix))
+    assert remote.key_for_md5(md5) == key
+    assert remote.head(key)
+    info = remote.stat(key)
+    assert info is not None
+    assert info.size == len(b"hello object")
+    assert not remote.head(f"{prefix}/files/md5/00/nothing")
+
+
+def test_download_verified_writes_only_verified_bytes(
+    s3_server: ServerInfo, prefix: str, tmp_path: Path
+) -> None:
+    data = bytes(range(256)) * 9000  # > 2 MiB: several chunks
+    _, key = _put(s3_server, prefix, data)
+    remote = S3Remote(_settings(s3_server, prefix))
+    seen: list[int] = []
+    dest = tmp_path / "out.gguf"
+    remote.download_verified(key, hashlib.sha256(data).hexdigest(), dest, size=len(data),
+                             progress=seen.append)
+    assert dest.read_bytes() == data
+    assert sum(seen) == len(data)
+    assert len(seen) >= 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]
+
+
+def test_download_sha_mismatch_leaves_nothing(
+    s3_server: ServerInfo, prefix: str, tmp_path: Path
+) -> None:
+    _, key = _put(s3_server, prefix, b"the real bytes")
+    dest = tmp_path / "out.gguf"
+    dest.write_bytes(b"previous")
+    with pytest.raises(ChecksumMismatch, match=r"sha256 of s3://models/.* the registry says"):
+        S3Remote(_settings(s3_server, prefix)).download_verified(
+            key, hashlib.sha256(b"other bytes").hexdigest(), dest, label="m@1.0.0")
+    assert dest.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.gguf"]
+
+
+def test_download_size_mismatch(s3_server: ServerInfo, prefix: str, tmp_path: Path) -> None:
+    data = b"twelve bytes"
+    _, key = _put(s3_server, prefix, data)
+    with pytest.raises(ChecksumMismatch, match="has 12 bytes, the registry says 13"):
+        S3Remote(_settings(s3_server, prefix)).download_verified(
+            key, hashlib.sha256(data).hexdigest(), tmp_path / "o", size=13)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_object_names_version_and_key(
+    s3_server: ServerInfo, prefix: str, tmp_path: Path
+) -> None:
+    key = f"{prefix}/{dvc_key('a' * 32)}"
+    with pytest.raises(ObjectMissing) as e:
+        S3Remote(_settings(s3_server, prefix)).download_verified(
+            key, "b" * 64, tmp_path / "o", label="llama@2.0.0")
+    assert "llama@2.0.0" in str(e.value)
+    assert f"s3://models/{key}" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("field", "value", "code"), [
+    ("secret_access_key", "not-the-secret", "SignatureDoesNotMatch"),
+    ("access_key_id", "NOSUCHKEY", "InvalidAccessKeyId"),
+])
+def test_wrong_credentials(s3_server: ServerInfo, prefix: str, tmp_path: Path, field: str,
+                           value: str, code: str) -> None:
+    _, key = _put(s3_server, prefix, b"secret model")
+    remote = S3Remote(_settings(s3_server, prefix, **{field: value}))
+    with pytest.raises(S3AuthError) as e:
+        remote.download_verified(key, "c" * 64, tmp_path / "o")
+    assert code in str(e.value)
+    assert s3_server.endpoint in str(e.value)
+    with pytest.raises(S3AuthError, match="rejected the credentials"):
+        remote.head(key)
+
+
+def _dead_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_connection_refused_names_endpoint(
+    s3_server: ServerInfo, prefix: str, tmp_path: Path
+) -> None:
+    dead = _dead_endpoint()
+    remote = S3Remote(_settings(s3_server, prefix, endpoint_url=dead))
+    with pytest.raises(S3Unreachable) as e:
+        remote.download_verified(f"{prefix}/x", "d" * 64, tmp_path / "o")
+    assert dead in str(e.value)
+    assert "ggufops s3 serve" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_objects_uses_head(s3_server: ServerInfo, s3_registry: Path) -> None:
+    settings = s3config.resolve(s3_registry, environ={})
+    present = b"present artifact"
+    md5 = hashlib.md5(present).hexdigest()
+    s3_client(s3_server).put_object(  # type: ignore[attr-defined]
+        Bucket="models", Key=settings.key(dvc_key(md5)), Body=present)
+    docs = {
+        VersionRef("m", "1.0.0"): {"artifact": {"dvc_md5": md5}},
+        VersionRef("m", "2.0.0"): {"artifact": {"dvc_md5": "f" * 32}},
+    }
+    missing = missing_objects(s3_registry, docs)
+    assert missing == [(VersionRef("m", "2.0.0"),
+                        f"s3://models/{settings.prefix}/files/md5/ff/{'f' * 30}")]
+    assert missing_objects(s3_registry, {}) == []
+
+
+def test_missing_objects_on_dead_endpoint(s3_server: ServerInfo, s3_registry: Path) -> None:
+    configure_s3(s3_registry, s3_server)
+    s3config.update_local_config(s3_registry, "models", {"endpointurl": _dead_endpoint()})
+    with pytest.raises(S3Unreachable, match="cannot connect"):
+        missing_objects(s3_registry,
+                        {VersionRef("m", "1.0.0"): {"artifact": {"dvc_md5": "e" * 32}}})
+
+
+def test_translate_unknown_error_is_one_line(s3_server: ServerInfo) -> None:
+    from botocore.exceptions import ClientError
+
+    err = ClientError({"Error": {"Code": "SlowDown", "Message": "x"}}, "GetObject")
+    out = artifacts.translate(err, _settings(s3_server, "p"), "p/k")
+    assert "SlowDown" in str(out)
+    assert "\n" not in str(out)

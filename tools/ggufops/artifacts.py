@@ -1,0 +1,449 @@
+"""Every DVC and boto3 call of ggufops: tracking with DVC, reading S3 with boto3.
+
+DVC tracks artifacts (`dvc add` writes the .dvc pointer, `dvc push` uploads); it runs in a
+child process (isolated memory, threads and logging; credentials passed on stdin, never
+on the command line). Downloads do not use DVC: DVC does not verify what it downloads and
+is several times slower, so `S3Remote` streams the object with boto3 into a temp file
+beside the destination, hashing sha256 in the same pass, and renames only verified bytes.
+
+Object keys follow DVC 3's remote layout: `<prefix>/files/md5/<md5[:2]>/<md5[2:]>`.
+Nothing here deletes an object from a remote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from ggufops import s3config
+from ggufops.errors import (
+    ChecksumMismatch,
+    DvcError,
+    GgufopsError,
+    ObjectMissing,
+    S3AuthError,
+    S3ConfigError,
+    S3Error,
+    S3Unreachable,
+    StoreError,
+)
+from ggufops.s3config import S3Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from ggufops.registry import VersionRef
+
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+CHUNK = 1024 * 1024  # measured: 1 MiB reads beat 8 MiB ones here
+MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_AUTH_CODES = frozenset(
+    {"403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken",
+     "ExpiredToken", "AuthorizationHeaderMalformed"}
+)  # fmt: skip
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+Progress = Callable[[int], None]
+
+
+def dvc_key(md5: str) -> str:
+    """DVC 3 remote key (relative to the remote's prefix) of an object with this md5."""
+    if not MD5_HEX.match(md5):
+        raise ValueError(f"{md5!r} is not a DVC md5 (32 lower-case hex digits)")
+    return f"files/md5/{md5[:2]}/{md5[2:]}"
+
+
+# --- boto3 -------------------------------------------------------------------------------
+
+
+def _client(
+    endpoint: str | None,
+    access_key: str | None,
+    secret: str | None,
+    *,
+    session_token: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    quick: bool = False,
+) -> S3Client:
+    """A boto3 S3 client; `quick` = one attempt with short timeouts (readiness probes)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"max_attempts": 1 if quick else 2, "mode": "standard"},
+        connect_timeout=1 if quick else 5,
+        read_timeout=2 if quick else 60,
+        max_pool_connections=16,
+        s3={"addressing_style": "path"} if endpoint else {},
+    )
+    session = boto3.session.Session(profile_name=profile)
+    client: S3Client = session.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret,
+        aws_session_token=session_token,
+        region_name=region or "us-east-1",
+        config=config,
+    )
+    return client
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def translate(exc: Exception, settings: S3Settings, key: str | None = None,
+              label: str | None = None) -> GgufopsError:
+    """A botocore/boto3 exception -> one-line GgufopsError naming endpoint, key and fix."""
+    from botocore import exceptions as bx
+
+    what = label or (settings.url_of(key) if key else f"s3://{settings.bucket}")
+    fix_conf = f"remote {settings.remote!r} in .dvc/config or .dvc/config.local"
+    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError):
+        return S3Unreachable(
+            f"cannot connect to S3 at {settings.where} (connection refused or unreachable) "
+            f"for {what}; start the embedded server with `ggufops s3 serve` or fix the "
+            f"endpointurl of {fix_conf}"
+        )
+    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return S3AuthError(
+            f"no S3 credentials for {settings.where}; set access_key_id and secret_access_key "
+            f"of {fix_conf} (`ggufops s3 serve` writes them) or export AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY"
+        )
+    if isinstance(exc, bx.ProfileNotFound):
+        return S3ConfigError(
+            f"AWS profile {settings.profile!r} of {fix_conf} does not exist; create it in "
+            f"~/.aws/config or `dvc remote modify --local {settings.remote} --unset profile`"
+        )
+    code = _error_code(exc)
+    if code in _AUTH_CODES:
+        return S3AuthError(
+            f"S3 at {settings.where} rejected the credentials ({code}) for {what}; check "
+            f"access_key_id/secret_access_key of {fix_conf} or AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY"
+        )
+    if code == "NoSuchBucket":
+        return S3ConfigError(
+            f"bucket {settings.bucket!r} does not exist on {settings.where}; create it or fix "
+            f"the url of {fix_conf}"
+        )
+    if code in _MISSING_CODES:
+        return ObjectMissing(
+            f"{what}: object {settings.url_of(key or '')} is missing from {settings.where}; "
+            "push it from the clone that registered it (`dvc push -r "
+            f"{settings.remote}`) or pick another version"
+        )
+    detail = code or f"{type(exc).__name__}: {exc}"
+    return S3Error(f"S3 request for {what} at {settings.where} failed ({detail}); try again")
+
+
+@contextlib.contextmanager
+def _s3_errors(settings: S3Settings, key: str | None = None,
+               label: str | None = None) -> Iterator[None]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as e:
+        raise translate(e, settings, key, label) from None
+
+
+class BucketProbe:
+    """Readiness probe for the embedded server: does the bucket answer? create it if not."""
+
+    def __init__(self, endpoint: str, access_key: str, secret: str) -> None:
+        self.client = _client(endpoint, access_key, secret, quick=True)
+
+    def ensure_bucket(self, bucket: str) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=bucket)
+            return True
+        except ClientError as e:
+            if _error_code(e) in ("404", "NoSuchBucket"):
+                with contextlib.suppress(ClientError):
+                    self.client.create_bucket(Bucket=bucket)
+            return False
+        except BotoCoreError:
+            return False
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class S3Remote:
+    """The S3 side of a DVC remote: HEAD and verified streaming downloads. Never deletes."""
+
+    def __init__(self, settings: S3Settings, client: S3Client | None = None) -> None:
+        self.settings = settings
+        self._client = client
+
+    @classmethod
+    def from_repo(cls, root: Path, remote: str = s3config.DEFAULT_REMOTE) -> S3Remote:
+        return cls(s3config.resolve(root, remote))
+
+    @property
+    def client(self) -> S3Client:
+        if self._client is None:
+            s = self.settings
+            with _s3_errors(s):  # e.g. an unknown profile
+                self._client = _client(
+                    s.endpoint_url, s.access_key_id, s.secret_access_key,
+                    session_token=s.session_token, region=s.region, profile=s.profile,
+                )  # fmt: skip
+        return self._client
+
+    def key_for_md5(self, md5: str) -> str:
+        return self.settings.key(dvc_key(md5))
+
+    def check_bucket(self) -> None:
+        """Raise a clear error unless the bucket answers with these credentials."""
+        with _s3_errors(self.settings):
+            self.client.head_bucket(Bucket=self.settings.bucket)
+
+    def stat(self, key: str, label: str | None = None) -> ObjectInfo | None:
+        """Size of the object at `key`, None if it does not exist."""
+        from botocore.exceptions import ClientError
+
+        with _s3_errors(self.settings, key, label):
+            try:
+                response = self.client.head_object(Bucket=self.settings.bucket, Key=key)
+            except ClientError as e:
+                if _error_code(e) in _MISSING_CODES:
+                    return None
+                raise
+        return ObjectInfo(key, int(response["ContentLength"]))
+
+    def head(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    def download_verified(
+        self,
+        key: str,
+        sha256: str,
+        dest: Path,
+        *,
+        size: int | None = None,
+        tmp_dir: Path | None = None,
+        label: str | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        """Download `key` to `dest` only if its bytes hash to `sha256` (and have `size`).
+
+        Bytes go to a temp file in `tmp_dir` (default: dest's directory, so the rename is
+        atomic), hashed while they arrive, fsynced, then renamed over `dest`. On any error
+        the temp file is removed and `dest` is left as it was.
+        """
+        if not SHA256_HEX.match(sha256):
+            raise ChecksumMismatch(
+                f"{label or key}: {sha256!r} is not a sha256; fix the version file"
+            )
+        tmp_dir = tmp_dir or dest.parent
+        fd, tmp_name = tempfile.mkstemp(prefix=".pull-", suffix=".part", dir=tmp_dir)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                digest, got = self._stream(key, f, label, progress)
+                _check_bytes(
+                    label or key, self.settings.url_of(key),
+                    sha256=sha256, size=size, digest=digest, got=got,
+                )  # fmt: skip
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(dest)
+            _fsync_dir(dest.parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+
+    def _stream(self, key: str, f: IO[bytes], label: str | None,
+                progress: Progress | None) -> tuple[str, int]:
+        hasher = hashlib.sha256()
+        total = 0
+        with _s3_errors(self.settings, key, label):
+            body = self.client.get_object(Bucket=self.settings.bucket, Key=key)["Body"]
+            try:
+                while chunk := body.read(CHUNK):
+                    hasher.update(chunk)
+                    _write(f, chunk, label or key)
+                    total += len(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+            finally:
+                body.close()
+        return hasher.hexdigest(), total
+
+
+def _write(f: IO[bytes], chunk: bytes, what: str) -> None:
+    try:
+        f.write(chunk)
+    except OSError as e:
+        raise StoreError(
+            f"writing {what} to {f.name} failed: {e.strerror or e}; free disk space "
+            "(or raise the file size limit) and pull again"
+        ) from None
+
+
+def _check_bytes(what: str, url: str, *, sha256: str, size: int | None, digest: str,
+                 got: int) -> None:
+    if size is not None and got != size:
+        raise ChecksumMismatch(
+            f"{what}: {url} has {got} bytes, the registry says {size}; the object in S3 was "
+            "replaced or damaged: refusing it (nothing was stored)"
+        )
+    if digest != sha256:
+        raise ChecksumMismatch(
+            f"{what}: sha256 of {url} is {digest}, the registry says {sha256}; the object in "
+            "S3 was replaced or damaged: refusing it (nothing was stored)"
+        )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def missing_objects(
+    root: Path, version_docs: Mapping[VersionRef, Mapping[str, Any]]
+) -> list[tuple[VersionRef, str]]:
+    """(ref, s3 URL) of every version whose object is not in the remote (HEAD only)."""
+    if not version_docs:
+        return []
+    remote = S3Remote.from_repo(root)
+    remote.check_bucket()
+    keys = {ref: remote.key_for_md5(doc["artifact"]["dvc_md5"])
+            for ref, doc in version_docs.items()}
+    with ThreadPoolExecutor(max_workers=min(8, len(keys))) as pool:
+        present = dict(zip(keys, pool.map(remote.head, keys.values()), strict=True))
+    return [(ref, remote.settings.url_of(keys[ref])) for ref in sorted(keys) if not present[ref]]
+
+
+# --- DVC ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DvcOut:
+    """What a .dvc pointer file records about its one output."""
+
+    pointer: Path
+    md5: str
+    size: int
+    path: str
+
+
+_DVC_SCRIPT = """
+import json, sys
+req = json.load(sys.stdin)
+from dvc.exceptions import DvcException
+from dvc.repo import Repo
+step = "open"
+try:
+    repo = Repo(req["root"], remote=req.get("remote"), remote_config=req.get("remote_config"))
+    with repo:
+        if req.get("add"):
+            step = "add"
+            repo.add(req["add"])
+        if req.get("push"):
+            step = "push"
+            repo.push(targets=req["push"], remote=req["remote"], jobs=1)
+except DvcException as e:
+    causes = [str(e)] + [str(c) for c in (e.__cause__, e.__context__) if c]
+    print(step + ": " + "; ".join(c for c in causes if c), file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def _run_dvc(root: Path, request: dict[str, Any]) -> None:
+    """One DVC child process (one import, one Repo) for the steps in `request`."""
+    from ggufops.s3server import die_with_parent
+
+    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true", "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _DVC_SCRIPT],
+        input=json.dumps({"root": str(root), **request}).encode(),
+        capture_output=True,
+        cwd=root,
+        env=env,
+        check=False,
+        preexec_fn=die_with_parent(),
+    )
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        message = lines[-1] if lines else f"exit status {proc.returncode}"
+        targets = " ".join(request.get("add") or request.get("push") or [])
+        raise DvcError(f"dvc {message} (for {targets}); fix that and run the command again")
+
+
+def _rel(root: Path, path: Path) -> str:
+    return path.resolve().relative_to(root.resolve()).as_posix()
+
+
+def _remote_config(settings: S3Settings) -> dict[str, str]:
+    """Our resolved endpoint and credentials, so DVC pushes where we read."""
+    values = {
+        "endpointurl": settings.endpoint_url,
+        "access_key_id": settings.access_key_id,
+        "secret_access_key": settings.secret_access_key,
+        "session_token": settings.session_token,
+    }
+    return {k: v for k, v in values.items() if v}
+
+
+def _push_request(settings: S3Settings, pointer: str) -> dict[str, Any]:
+    return {"push": [pointer], "remote": settings.remote,
+            "remote_config": _remote_config(settings)}
+
+
+def dvc_add(root: Path, path: Path, push_to: S3Settings | None = None) -> DvcOut:
+    """`dvc add` one file (writes `<path>.dvc` and the .gitignore entry), then, with
+    `push_to`, `dvc push -r <remote> -j 1` it using the endpoint and credentials we resolved.
+    Both run in one DVC process."""
+    pointer = path.with_name(path.name + ".dvc")
+    request: dict[str, Any] = {"add": [_rel(root, path)]}
+    if push_to is not None:
+        request.update(_push_request(push_to, _rel(root, pointer)))
+    _run_dvc(root, request)
+    return read_pointer(pointer)
+
+
+def dvc_push(root: Path, pointer: Path, settings: S3Settings) -> None:
+    """`dvc push -r <remote> -j 1 <pointer>`, with the endpoint and credentials we resolved."""
+    _run_dvc(root, _push_request(settings, _rel(root, pointer)))
+
+
+def read_pointer(pointer: Path) -> DvcOut:
+    from ggufops import yamlio
+
+    data = yamlio.load(pointer)
+    try:
+        out = data["outs"][0]
+        md5, size, path = str(out["md5"]), int(out["size"]), str(out["path"])
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise DvcError(f"{pointer}: not a DVC pointer with outs[0].md5/size/path") from None
+    if not MD5_HEX.match(md5):
+        raise DvcError(f"{pointer}: outs[0].md5 {md5!r} is not an md5")
+    return DvcOut(pointer, md5, size, path)
