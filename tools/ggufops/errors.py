@@ -202,6 +202,10 @@ class PushRejected(GgufopsError):
     """The remote refused a push (non-fast-forward, protected branch, ...)."""
 
 
+class NonFastForward(PushRejected):
+    """The remote branch moved since it was fetched: someone else pushed first."""
+
+
 class NothingToRollBack(GgufopsError):
     """The environment's history has no change that a rollback could undo."""
 

@@ -381,3 +381,7 @@ def merge_file(ours: bytes, base: bytes, theirs: bytes) -> bytes | None:
     if proc.returncode != 0:
         return None
     return proc.stdout
+
+
+def is_shallow(cwd: Path) -> bool:
+    return out(["rev-parse", "--is-shallow-repository"], cwd) == "true"

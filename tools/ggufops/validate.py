@@ -341,3 +341,31 @@ def _check_artifacts(checker: Checker, state: State) -> None:
         checker.add(state.versions[ref], ["artifact"], f"artifact of {ref} is missing from the "
                     f"remote (object {key}); push it with `dvc push` or pick another version",
                     "artifact")
+
+
+# --- used by deploy and rollback (gitops) ---------------------------------------------------
+
+
+def promotion_allowed(root: Path, env: str, model: str, version: str, ref: str) -> str | None:
+    """Why `model@version` may not enter `env` at commit `ref`; None when it may.
+
+    The same rule `validate --base` applies to a pull request: a version enters an
+    environment only while it runs in the one before it in the promotion order, or when
+    it ran in this environment before (a rollback).
+    """
+    raw = git.show_file(root, ref, POLICY_FILE)
+    try:
+        policy = yamlio.parse(raw, Path(POLICY_FILE)).data if raw is not None else None
+    except YamlError:
+        policy = None
+    promotion = policy.get("promotion") if isinstance(policy, dict) else None
+    order = [str(e) for e in (promotion or {}).get("order") or []]
+    if env not in order or order.index(env) == 0:
+        return None
+    previous = order[order.index(env) - 1]
+    if _models_at(root, ref, previous).get(model) == version:
+        return None
+    if (model, version) in _versions_ever_in(root, ref, env):
+        return None
+    return (f"{model}@{version} does not run in {previous} (promotion order "
+            f"{' -> '.join(order)}); deploy it to {previous} first")

@@ -1,7 +1,202 @@
-"""`ggufops deploy`, `rollback`, `history`: changing environments through git."""
+"""`ggufops deploy`, `rollback`, `history`, `pr-comment`: changing environments through git."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
 import click
 
-COMMANDS: list[click.Command] = []
+from ggufops import deploy as deploy_api
+from ggufops import github
+from ggufops import history as history_api
+from ggufops import rollback as rollback_api
+from ggufops.cli.options import (
+    VERSION_REF,
+    dry_run_option,
+    json_option,
+    print_json,
+    registry_from,
+)
+from ggufops.errors import UsageError
+from ggufops.registry import VersionRef
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+env_option = click.option("--env", "env", required=True, metavar="ENV",
+                          help="Environment to change (environments/ENV.yaml).")
+
+
+def git_target_options(func: F) -> F:
+    func = click.option("--branch", "default_branch", default="main", show_default=True,
+                        help="The default branch environments are deployed from.")(func)
+    return click.option("--remote", default="origin", show_default=True,
+                        help="Git remote to fetch from and push to.")(func)
+
+
+@click.command("deploy")
+@click.argument("ref", type=VERSION_REF)
+@env_option
+@click.option("--push", is_flag=True, help="Push the deploy branch (or, with --direct, the "
+              "default branch) to the remote.")
+@click.option("--pr", is_flag=True, help="Push the branch and open a pull request (GitHub "
+              "REST API with GITHUB_TOKEN; else print the compare URL).")
+@click.option("--direct", is_flag=True, help="Commit on the default branch itself instead of "
+              "a deploy branch (repositories without pull requests, the demo).")
+@git_target_options
+@dry_run_option
+@json_option
+@click.pass_context
+def deploy(ctx: click.Context, *, ref: VersionRef, env: str, push: bool, pr: bool, direct: bool,
+           remote: str, default_branch: str, dry_run: bool, as_json: bool) -> None:
+    """Deploy NAME@X.Y.Z to an environment: a commit on branch deploy/ENV/NAME-X.Y.Z.
+
+    Checks that the version is registered on the default branch, that the promotion
+    policy allows it, that the local default branch is not behind its remote and that
+    the working tree is clean. The checkout is never switched.
+    """
+    root = registry_from(ctx).root
+    plan = deploy_api.plan_deploy(root, ref, env, remote=remote, default_branch=default_branch,
+                                  direct=direct, push=push, pr=pr)
+    if dry_run:
+        _show(as_json, {**plan.as_dict(), "dry_run": True}, deploy_api.describe(plan))
+        return
+    landing = deploy_api.apply_deploy(root, plan)
+    _show(as_json, {**plan.as_dict(), "dry_run": False, "result": landing.as_dict()},
+          deploy_api.describe(plan) + "\n" + _landing_text(landing, plan.remote))
+
+
+@click.command("rollback")
+@env_option
+@click.option("--model", default=None, metavar="NAME",
+              help="Model to roll back (default: the one changed last in ENV).")
+@click.option("--to", "to", default=None, metavar="X.Y.Z",
+              help="Version to restore (default: the one before the last deploy). It must "
+              "have run in ENV before, or be allowed there by the promotion policy.")
+@click.option("--reason", default=None, metavar="TEXT",
+              help="Why: recorded as the commit's Reason: trailer.")
+@click.option("--push", "push", is_flag=True, help="Break-glass: push the commit straight to "
+              "the default branch; retries on a concurrent push.")
+@click.option("--pr", "pr", is_flag=True, help="Push a rollback branch and open a pull request.")
+@click.option("--skip-artifact-check", is_flag=True, help="DANGEROUS: do not check that the "
+              "target's artifact is in the S3 remote (offline use only): a rollback to a "
+              "deleted artifact leaves hosts unable to load the model.")
+@git_target_options
+@dry_run_option
+@json_option
+@click.pass_context
+def rollback(ctx: click.Context, *, env: str, model: str | None, to: str | None,
+             reason: str | None, push: bool, pr: bool, skip_artifact_check: bool, remote: str,
+             default_branch: str, dry_run: bool, as_json: bool) -> None:
+    """Roll ENV back: revert the last deploy of a model (or restore --to X.Y.Z).
+
+    Without --push or --pr the commit goes on the local default branch.
+    """
+    if push and pr:
+        raise UsageError("--push and --pr are alternatives: pick one")
+    mode = rollback_api.PUSH if push else rollback_api.PR if pr else rollback_api.LOCAL
+    request = rollback_api.RollbackRequest(env=env, model=model, to=to, reason=reason,
+                                           mode=mode, remote=remote,
+                                           default_branch=default_branch,
+                                           skip_artifact_check=skip_artifact_check)
+    root = registry_from(ctx).root
+    if dry_run:
+        plan = rollback_api.plan_rollback(root, request)
+        _show(as_json, {**plan.as_dict(), "dry_run": True}, rollback_api.describe(plan))
+        return
+    outcome = rollback_api.rollback(root, request)
+    text = rollback_api.describe(outcome.plan)
+    if outcome.landing is not None:
+        text += "\n" + _landing_text(outcome.landing, remote)
+    text += "".join(f"\nnote: {n}" for n in outcome.notes)
+    if outcome.attempts > 1:
+        text += f"\n({outcome.attempts} attempts: the remote moved in between)"
+    _show(as_json, {**outcome.as_dict(), "dry_run": False}, text)
+
+
+@click.command("history")
+@env_option
+@click.option("--model", default=None, metavar="NAME", help="Only this model.")
+@click.option("--ref", default=None, metavar="REF",
+              help="Commit to read history from (default: the local default branch, else "
+              "origin's).")
+@click.option("--sqlite", "sqlite_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also write table `deployments` into this SQLite file "
+              "(rows of other environments in it are kept).")
+@json_option
+@click.pass_context
+def history(ctx: click.Context, *, env: str, model: str | None, ref: str | None,
+            sqlite_path: Path | None, as_json: bool) -> None:
+    """Every deploy and rollback of ENV: when, who, commit, PR, from -> to, rolled back?"""
+    from ggufops import git
+
+    root = registry_from(ctx).root
+    start = ref or next((r for r in ("main", "origin/main") if git.resolve(root, r)), "HEAD")
+    git.rev_parse(root, start)
+    deployments = history_api.read_history(root, env, start, model=model)
+    if sqlite_path is not None:
+        history_api.write_sqlite(sqlite_path, env, deployments)
+    if as_json:
+        print_json([d.as_dict() for d in deployments])
+        return
+    click.echo(history_api.format_table(deployments))
+    if sqlite_path is not None:
+        click.echo(f"wrote {len(deployments)} row(s) for {env} to {sqlite_path}")
+
+
+@click.command("pr-comment")
+@click.option("--file", "file", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Markdown file to post (e.g. the gate report).")
+@click.option("--marker", required=True, help="Hidden marker that identifies the comment, so "
+              "re-runs update it instead of adding another.")
+@click.option("--pr", "number", type=int, default=None,
+              help="Pull request number (default: from GITHUB_EVENT_PATH or GITHUB_REF).")
+@json_option
+def pr_comment(*, file: Path, marker: str, number: int | None, as_json: bool) -> None:
+    """Post FILE as the pull request's one comment carrying MARKER (create or update).
+
+    Uses GITHUB_TOKEN, GITHUB_REPOSITORY and GITHUB_API_URL, as set in GitHub Actions.
+    """
+    environ = dict(os.environ)
+    number = number or github.pr_number_from_env(environ)
+    if number is None:
+        raise UsageError("no pull request number: pass --pr N, or run in a pull_request "
+                         "workflow (GITHUB_EVENT_PATH)")
+    repo = github.repository(environ, None)
+    token = github.token(environ)
+    if repo is None or token is None:
+        raise UsageError("pr-comment needs GITHUB_TOKEN and GITHUB_REPOSITORY=owner/name")
+    client = github.Client.from_env(environ, repo, token)
+    comment = client.upsert_comment(number, file.read_text(), marker)
+    if as_json:
+        print_json({"pr": number, **comment.as_dict()})
+        return
+    verb = "created" if comment.created else "updated"
+    click.echo(f"{verb} comment {comment.id} on {repo}#{number}: {comment.url}")
+
+
+def _landing_text(landing: deploy_api.Landing, remote: str) -> str:
+    lines = [f"committed {landing.commit[:10]} on {landing.branch}"]
+    if landing.pushed:
+        lines.append(f"pushed {landing.branch} to {remote}")
+    pr = landing.pull_request
+    if pr is not None:
+        state = "already open" if pr.existing else "opened"
+        lines.append(f"pull request #{pr.number} {state}: {pr.url}")
+    if landing.compare_url:
+        lines.append(f"open the pull request: {landing.compare_url}")
+    lines += [f"note: {n}" for n in landing.notes]
+    return "\n".join(lines)
+
+
+def _show(as_json: bool, data: dict[str, Any], text: str) -> None:
+    if as_json:
+        print_json(data)
+    else:
+        click.echo(text)
+
+
+COMMANDS: list[click.Command] = [deploy, rollback, history, pr_comment]

@@ -1,0 +1,193 @@
+"""Editing environment files as text, keeping every comment, key order and quote style.
+
+An environment file is reviewed line by line in pull requests, so a deploy must change
+exactly the line it means to. Edits go through ruamel.yaml's round-trip mode; the result
+is checked against the plain data it must hold before anyone commits it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import CommentMark, YAMLError
+from ruamel.yaml.scalarstring import ScalarString
+from ruamel.yaml.tokens import CommentToken
+
+from ggufops import yamlio
+from ggufops.errors import EnvironmentFileError, YamlError
+
+_INDENT = re.compile(r"^models:[^\n]*\n(?:\s*#[^\n]*\n)*( +)\S", re.MULTILINE)
+
+
+def read_models(text: str | bytes, where: str) -> dict[str, dict[str, Any]]:
+    """model name -> its entry, from an environment file's text (plain data)."""
+    try:
+        data = yamlio.parse(text, Path(where)).data
+    except YamlError as e:
+        raise EnvironmentFileError(f"{e}; fix the environment file first") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise EnvironmentFileError(f"{where}: must be a mapping with a `models:` key")
+    models = data.get("models") or {}
+    if not isinstance(models, dict):
+        raise EnvironmentFileError(f"{where}: `models:` must be a mapping of model -> entry")
+    return {str(m): dict(e) if isinstance(e, dict) else {} for m, e in models.items()}
+
+
+def versions(text: str | bytes, where: str) -> dict[str, str]:
+    """model name -> the version the environment runs."""
+    return {m: str(e["version"]) for m, e in read_models(text, where).items() if "version" in e}
+
+
+def set_version(text: str, model: str, version: str, where: str) -> str:
+    """`text` with `model` set to run `version` (an entry is added if the model is new).
+
+    A canary of that same version is promoted: its `canary:` block is removed. Every
+    other byte of the file stays as it was.
+    """
+    def edit(doc: CommentedMap) -> None:
+        models = _models_map(doc, where)
+        entry = models.get(model)
+        if entry is None:
+            models[model] = CommentedMap([("version", version)])
+            return
+        if not isinstance(entry, CommentedMap):
+            raise EnvironmentFileError(f"{where}: models.{model} must be a mapping with "
+                                       "`version:`; fix it by hand first")
+        entry["version"] = _same_style(entry.get("version"), version)
+        canary = entry.get("canary")
+        if isinstance(canary, dict) and str(canary.get("version")) == version:
+            _delete_key(entry, "canary")
+
+    return _checked_edit(text, where, edit, model)
+
+
+def restore_entry(text: str, model: str, old_entry: Any, where: str) -> str:
+    """`text` with `model`'s entry replaced by `old_entry` (a ruamel node or plain dict)."""
+    def edit(doc: CommentedMap) -> None:
+        models = _models_map(doc, where)
+        models[model] = copy.deepcopy(old_entry)
+
+    return _checked_edit(text, where, edit, model)
+
+
+def entry_node(text: str, model: str, where: str) -> Any:
+    """The round-trip node of `model`'s entry in `text` (None if absent)."""
+    doc = _load(text, where)
+    models = doc.get("models") if isinstance(doc, CommentedMap) else None
+    return models.get(model) if isinstance(models, CommentedMap) else None
+
+
+def unified_diff(old: str, new: str, path: str) -> str:
+    lines = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                 fromfile=f"a/{path}", tofile=f"b/{path}")
+    return "".join(lines)
+
+
+def changed_models(old: str | bytes, new: str | bytes, where: str) -> list[str]:
+    """Models whose entry differs between two versions of an environment file."""
+    before, after = read_models(old, where), read_models(new, where)
+    return sorted(m for m in set(before) | set(after) if before.get(m) != after.get(m))
+
+
+def _yaml(text: str) -> YAML:
+    y = YAML(typ="rt")
+    y.preserve_quotes = True
+    y.width = 4096
+    match = _INDENT.search(text)
+    indent = len(match.group(1)) if match else 2
+    y.indent(mapping=indent, sequence=indent + 2, offset=indent)
+    y.explicit_start = text.lstrip().startswith("---")
+    return y
+
+
+def _load(text: str, where: str) -> Any:
+    try:
+        return _yaml(text).load(text)
+    except YAMLError as e:
+        raise EnvironmentFileError(f"{where}: not valid YAML ({e}); fix it first") from None
+
+
+def _models_map(doc: Any, where: str) -> CommentedMap:
+    if not isinstance(doc, CommentedMap):
+        raise EnvironmentFileError(f"{where}: must be a mapping with a `models:` key")
+    models = doc.get("models")
+    if models is None or (isinstance(models, CommentedMap) and not models):
+        models = CommentedMap()  # block style, even where the file said `models: {}`
+        doc["models"] = models
+    if not isinstance(models, CommentedMap):
+        raise EnvironmentFileError(f"{where}: `models:` must be a mapping of model -> entry")
+    return models
+
+
+def _delete_key(mapping: CommentedMap, key: str) -> None:
+    """Delete `key`, keeping the full-line comments that followed its block."""
+    keys = list(mapping)
+    trailing = _trailing_comment(mapping[key])
+    del mapping[key]
+    position = keys.index(key)
+    kept = trailing.split("\n", 1)[1] if "\n" in trailing else ""
+    if kept.strip() and position > 0:
+        _append_comment(mapping, keys[position - 1], kept)
+
+
+def _trailing_comment(node: Any) -> str:
+    """Comment text after the last scalar of `node` (its own line's, then whole lines)."""
+    if not isinstance(node, CommentedMap) or not node:
+        return ""
+    last = list(node)[-1]
+    if isinstance(node[last], CommentedMap) and node[last]:
+        return _trailing_comment(node[last])
+    token = (node.ca.items.get(last) or [None, None, None])[2]
+    return str(token.value) if token is not None else ""
+
+
+def _append_comment(mapping: CommentedMap, key: str, lines: str) -> None:
+    value = mapping[key]
+    if isinstance(value, CommentedMap) and value:
+        _append_comment(value, list(value)[-1], lines)
+        return
+    slot = mapping.ca.items.setdefault(key, [None, None, None, None])
+    if slot[2] is None:
+        slot[2] = CommentToken("\n" + lines, CommentMark(0), None)
+    else:
+        slot[2].value += lines
+
+
+def _same_style(old: Any, new: str) -> Any:
+    """`new` quoted the way `old` was (a ScalarString keeps its quotes on dump)."""
+    return type(old)(new) if isinstance(old, ScalarString) else new
+
+
+def _checked_edit(text: str, where: str, edit: Any, model: str) -> str:
+    doc = _load(text, where)
+    edit(doc)
+    stream = io.StringIO()
+    _yaml(text).dump(doc, stream)
+    new_text = stream.getvalue()
+    _check_only_model_changed(text, new_text, model, where)
+    return new_text
+
+
+def _check_only_model_changed(old: str, new: str, model: str, where: str) -> None:
+    before, after = _plain(old, where), _plain(new, where)
+    before_models = before.pop("models", None) or {}
+    after_models = after.pop("models", None) or {}
+    before_models.pop(model, None)
+    after_models.pop(model, None)
+    if before != after or before_models != after_models:
+        raise EnvironmentFileError(f"{where}: editing {model} would change other entries; "
+                                   "edit the file by hand (this is a ggufops bug)")
+
+
+def _plain(text: str, where: str) -> dict[str, Any]:
+    data = yamlio.parse(text, Path(where)).data
+    return dict(data) if isinstance(data, dict) else {}
