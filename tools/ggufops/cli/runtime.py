@@ -9,8 +9,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
+
+from ggufops.cli.options import json_option, print_json
+from ggufops.errors import UsageError
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -51,13 +55,15 @@ admin_token_option = click.option(
 @click.command("serve")
 @click.option("--store", required=True, type=_DIR, envvar="GGUFOPS_STORE",
               help="Content-addressed artifact store: models load from <store>/sha256/<sha>.gguf.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="GGUFOPS_SERVE_HOST",
+              help="Address to listen on (env GGUFOPS_SERVE_HOST).")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              envvar="GGUFOPS_SERVE_PORT",
               help="Port to listen on (0: any free port, printed at start).")
 @admin_token_option
-@click.option("--threads", type=click.IntRange(1), default=None,
+@click.option("--threads", type=click.IntRange(1), default=None, envvar="GGUFOPS_THREADS",
               help="llama.cpp threads per model (default: all cores this process may use).")
-@click.option("--ctx", type=int, default=4096, show_default=True,
+@click.option("--ctx", type=int, default=4096, show_default=True, envvar="GGUFOPS_CTX",
               help="Context size per model, capped at the model's own (0: the model's).")
 @log_level_option
 def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
@@ -76,4 +82,98 @@ def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
             f"{'on' if token else 'off: no --admin-token-file'})"))
 
 
-COMMANDS: list[click.Command] = [serve]
+@click.group("agent", invoke_without_command=True)
+@click.option("--repo", "repo_url", metavar="URL", envvar="GGUFOPS_REPO",
+              help="Git URL of the registry (any URL git can fetch). [required to run]")
+@click.option("--env", "env", metavar="ENV", envvar="GGUFOPS_ENV",
+              help="Environment this host runs, e.g. production. [required to run]")
+@click.option("--store", type=_DIR, envvar="GGUFOPS_STORE",
+              help="Content-addressed artifact store shared with `ggufops serve`. "
+              "[required to run]")
+@click.option("--server", "server_url", metavar="URL", envvar="GGUFOPS_SERVER",
+              help="Base URL of `ggufops serve`, e.g. http://127.0.0.1:8080. [required to run]")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=5.0, show_default=True,
+              envvar="GGUFOPS_INTERVAL", help="Seconds between `git ls-remote` checks.")
+@click.option("--branch", default="main", show_default=True, envvar="GGUFOPS_BRANCH",
+              help="Branch whose environment file is applied.")
+@click.option("--status-host", default="127.0.0.1", show_default=True,
+              help="Address of the status endpoint (/status, /metrics, POST /sync).")
+@click.option("--status-port", type=click.IntRange(-1, 65535), default=9180,
+              show_default=True, envvar="GGUFOPS_STATUS_PORT",
+              help="Port of the status endpoint (0: any free port, -1: none).")
+@admin_token_option
+@click.option("--keep", type=click.IntRange(min=2), default=None, envvar="GGUFOPS_KEEP",
+              help="Artifacts kept per model in the store (default: the policy's "
+              "retention.agent_keep_last, else 3).")
+@click.option("--state-dir", type=_DIR, default=None, envvar="GGUFOPS_STATE_DIR",
+              help="Apply log, git mirror, exported trees (default: $STATE_DIRECTORY, "
+              "else ~/.local/state/ggufops/agent).")
+@click.option("--s3-endpoint", metavar="URL", default=None, envvar="GGUFOPS_S3_ENDPOINT",
+              help="S3 endpoint overriding the commit's .dvc/config (credentials come from "
+              "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).")
+@click.option("--prune", is_flag=True, envvar="GGUFOPS_PRUNE",
+              help="Unload models that the environment no longer names (off: they keep "
+              "serving).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="Seconds the server may take to load a model and report it.")
+@click.option("--backoff-max", type=click.FloatRange(min=0.1), default=60.0,
+              show_default=True, help="Longest wait between retries after a failure.")
+@log_level_option
+@click.pass_context
+def agent(ctx: click.Context, /, **options: Any) -> None:
+    """Apply the environment on the git branch to this host's server, continuously.
+
+    Run without a subcommand to start the agent; `ggufops agent status` reports.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from ggufops import agent as agent_api
+    from ggufops import agentstatus
+    from ggufops.server import read_token
+
+    missing = [f"--{k.replace('_url', '').replace('_', '-')}" for k in
+               ("repo_url", "env", "store", "server_url") if not options[k]]
+    if missing:
+        raise UsageError(f"ggufops agent needs {', '.join(missing)}; see `ggufops agent --help`")
+    _logging(options["log_level"])
+    token_file = options["admin_token_file"]
+    port = options["status_port"]
+    config = agent_api.AgentConfig(
+        repo_url=options["repo_url"], env=options["env"], store=options["store"],
+        server_url=options["server_url"], branch=options["branch"],
+        state_dir=options["state_dir"] or agentstatus.default_state_dir(),
+        interval=options["interval"], status_host=options["status_host"],
+        status_port=None if port < 0 else port,
+        admin_token=read_token(token_file) if token_file else None, keep=options["keep"],
+        s3_endpoint=options["s3_endpoint"], prune=options["prune"],
+        timeout=options["timeout"], backoff_max=options["backoff_max"],
+    )  # fmt: skip
+    with _stop_on_signals() as stop:
+        agent_api.run_agent(config, stop, ready=lambda url: _announce(
+            f"ggufops agent: watching {config.repo_url} ({config.branch}) for {config.env}; "
+            f"status {url + '/status' if url else 'off'}; state {config.state_dir}"))
+
+
+@agent.command("status")
+@click.option("--state-dir", type=_DIR, default=None, envvar="GGUFOPS_STATE_DIR",
+              help="The agent's state directory (default as for `ggufops agent`).")
+@click.option("--url", metavar="URL", default=None,
+              help="Ask a running agent instead, e.g. http://127.0.0.1:9180.")
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Recent apply attempts to show.")
+@json_option
+def agent_status(state_dir: Path | None, url: str | None, limit: int, as_json: bool) -> None:
+    """Show the agent's phase, commits, models and recent applies (from its apply log)."""
+    from ggufops import agentstatus
+
+    if url:
+        report = agentstatus.fetch_status(url)
+    else:
+        report = agentstatus.read_status(state_dir or agentstatus.default_state_dir(), limit)
+    if as_json:
+        print_json(report)
+    else:
+        click.echo(agentstatus.format_status(report))
+
+
+COMMANDS: list[click.Command] = [serve, agent]

@@ -1,0 +1,360 @@
+"""The sync agent: real git (bare remote), real SeaweedFS, real `ggufops serve` + llama.cpp.
+
+The end-to-end tests run `ggufops serve` and `ggufops agent` as subprocesses and change
+production only through git, as a person would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testing.repos import git_commit, set_environment, write_version
+from testing.runtime import (
+    GGUFOPS,
+    MODEL,
+    Proc,
+    Processes,
+    ThrottledProxy,
+    World,
+    file_sha256,
+    get,
+    metrics,
+    serving,
+    serving_version,
+    wait_for,
+)
+
+from ggufops import agent, agentplan, git
+from ggufops.errors import GitError, InvalidDesiredState, UsageError
+
+# --- git, plan and config (no servers) ----------------------------------------------------
+
+
+def test_ls_remote_and_mirror_fetch(registry_with_remote: tuple[Path, Path],
+                                    tmp_path: Path) -> None:
+    repo, remote = registry_with_remote
+    head = git.out(["rev-parse", "HEAD"], repo)
+    assert git.ls_remote(str(remote), "main") == head
+    mirror = tmp_path / "state" / "mirror.git"
+    assert git.mirror_fetch(mirror, str(remote), "main") == head
+    git_commit(repo, "another")
+    git.run(["push", "-q", "origin", "main"], repo)
+    newer = git.out(["rev-parse", "HEAD"], repo)
+    assert git.mirror_fetch(mirror, str(remote), "main") == newer  # an existing mirror
+    with pytest.raises(GitError, match="no branch 'nope'"):
+        git.ls_remote(str(remote), "nope")
+    with pytest.raises(GitError, match="is unreachable"):
+        git.ls_remote(str(tmp_path / "missing.git"), "main")
+
+
+def plan_at(repo: Path, remote: Path, tmp: Path, keep: int | None = None) -> agentplan.Plan:
+    commit = git_commit(repo, "change")
+    git.run(["push", "-q", "origin", "main"], repo)
+    mirror = tmp / "mirror.git"
+    fetched = git.mirror_fetch(mirror, str(remote), "main")
+    assert fetched == commit
+    tree = agentplan.export_tree(mirror, commit, tmp / "trees")
+    return agentplan.plan_from_tree(tree, commit, "production", keep)
+
+
+def test_plan_reads_the_environment_at_a_commit(registry_with_remote: tuple[Path, Path],
+                                                tmp_path: Path) -> None:
+    repo, remote = registry_with_remote
+    write_version(repo, "m", "1.0.0", content=b"one")
+    write_version(repo, "m", "1.1.0", parent="1.0.0", content=b"two")
+    env = set_environment(repo, "production", {"m": "1.1.0"})
+    env.write_text(env.read_text() + "    overrides: {temperature: 0.2}\n")
+    plan = plan_at(repo, remote, tmp_path)
+    target = plan.targets["m"]
+    assert (target.version, target.display_id) == ("1.1.0", "m-v1.1.0-q8_0")
+    assert target.sha256 == __import__("hashlib").sha256(b"two").hexdigest()
+    assert target.inference["temperature"] == 0.2  # the environment's override
+    assert target.inference["prompt_template"] == "chatml"
+    assert plan.keep == 3  # policy retention.agent_keep_last
+    assert plan_at(repo, remote, tmp_path, keep=5).keep == 5
+    assert sorted(p.name for p in (tmp_path / "trees").iterdir())[0] != ".tmp"
+
+
+def test_an_invalid_state_is_refused(registry_with_remote: tuple[Path, Path],
+                                     tmp_path: Path) -> None:
+    repo, remote = registry_with_remote
+    write_version(repo, "m", "1.0.0", content=b"one")
+    set_environment(repo, "production", {"m": "9.9.9"})
+    with pytest.raises(InvalidDesiredState, match=r"is invalid: .*m@9\.9\.9.*not registered"):
+        plan_at(repo, remote, tmp_path)
+    (repo / "environments" / "production.yaml").unlink()
+    with pytest.raises(InvalidDesiredState):
+        plan_at(repo, remote, tmp_path)
+
+
+def test_config_is_checked(tmp_path: Path) -> None:
+    base: dict[str, Any] = {"repo_url": "/r", "env": "production", "store": tmp_path,
+                            "server_url": "http://127.0.0.1:1", "state_dir": tmp_path}
+    with pytest.raises(UsageError, match="--keep"):
+        agent.AgentConfig(**base, keep=1).check()
+    with pytest.raises(UsageError, match="not a git URL"):
+        agent.AgentConfig(**{**base, "repo_url": "--upload-pack=x"}).check()
+    agent.AgentConfig(**base).check()
+
+
+# --- end to end ---------------------------------------------------------------------------
+
+
+def status(agent_proc: Proc) -> dict[str, Any]:
+    return dict(get(f"{agent_proc.url}/status"))
+
+
+def status_if(agent_proc: Proc, *, remote_reachable: bool | None = None,
+              refused_commit: str | None = None) -> dict[str, Any] | None:
+    """The agent's status if it shows what is asked, else None."""
+    s = status(agent_proc)
+    if remote_reachable is not None and s["remote"]["reachable"] is not remote_reachable:
+        return None
+    if refused_commit is not None and s["refused_commit"] != refused_commit:
+        return None
+    return s
+
+
+def wait_healthy(agent_proc: Proc, commit: str | None = None) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        s = status(agent_proc)
+        ok = s["phase"] == "healthy" and (commit is None or s["applied_commit"] == commit)
+        return s if ok else None
+
+    return wait_for(probe, what=f"agent healthy at {commit}")
+
+
+def wait_serving(server: Proc, version: str) -> None:
+    wait_for(lambda: serving_version(server.url) == version, what=f"{version} served")
+
+
+def wait_degraded(agent_proc: Proc, text: str, failures: int = 1) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        s = status(agent_proc)
+        ok = s["phase"] == "degraded" and text in (s["last_error"] or "") \
+            and s["consecutive_failures"] >= failures
+        return s if ok else None
+
+    return wait_for(probe, what=f"degraded with {text!r}")
+
+
+def downloads(agent_proc: Proc) -> float:
+    return metrics(agent_proc.url).get("ggufops_agent_downloads_total", 0.0)
+
+
+def agent_status_cli(world: World) -> dict[str, Any]:
+    proc = subprocess.run([str(GGUFOPS), "agent", "status", "--state-dir", str(world.state_dir),
+                           "--json", "--limit", "50"], capture_output=True, text=True,
+                          check=True)
+    return dict(json.loads(proc.stdout))
+
+
+def start(world: World, processes: Processes, version: str, **agent_args: Any,
+          ) -> tuple[Proc, Proc, str]:
+    """Deploy `version`, start server and agent, wait until it is served.
+
+    Returns (server, agent, the deploy commit)."""
+    commit = world.deploy(version)
+    server = processes.serve(world.store, world.token_file)
+    agent_proc = processes.agent(world, server.url, **agent_args)
+    wait_serving(server, version)
+    wait_healthy(agent_proc, commit)
+    return server, agent_proc, commit
+
+
+@pytest.mark.slow
+def test_deploy_then_rollback_through_the_agent(world: World, processes: Processes) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    world.publish("2.2.0", "degraded")
+    server, agent_proc, _ = start(world, processes, "2.0.0", extra=["--keep", "2"])
+    c2 = world.deploy("2.1.0")
+    wait_serving(server, "2.1.0")
+    c3 = world.deploy("2.2.0")
+    wait_serving(server, "2.2.0")
+    wait_healthy(agent_proc, c3)
+    assert world.stored() == {world.sha256("2.1.0"), world.sha256("2.2.0")}  # keep 2
+    assert downloads(agent_proc) == 3
+    revert = world.revert(c3)  # the rollback: a revert commit
+    wait_serving(server, "2.1.0")
+    s = wait_healthy(agent_proc, revert)
+    assert downloads(agent_proc) == 3  # the previous version was kept: no download
+    assert serving(server.url)[MODEL]["sha256"] == world.sha256("2.1.0")
+    assert s["models"][MODEL] == {
+        "desired_version": "2.1.0", "desired_sha256": world.sha256("2.1.0"),
+        "serving_version": "2.1.0", "serving_sha256": world.sha256("2.1.0"), "in_sync": True,
+    }  # fmt: skip
+    assert s["desired_commit"] == s["applied_commit"] == revert
+    assert s["last_error"] is None and s["last_success_at"]
+    assert world.stored() == {world.sha256("2.1.0"), world.sha256("2.2.0")}
+    text = subprocess.run([str(GGUFOPS), "agent", "status", "--state-dir", str(world.state_dir)],
+                          capture_output=True, text=True, check=True).stdout
+    assert "phase:           healthy" in text
+    assert f"applied commit:  {revert[:12]}" in text
+    assert "model llama3-instruct: desired 2.1.0, serving 2.1.0 (ok)" in text
+    report = agent_status_cli(world)
+    attempts = report["attempts"]
+    assert [a["outcome"] for a in attempts] == ["success"] * 4
+    assert [a["models"][MODEL]["version"] for a in attempts] == ["2.1.0", "2.2.0", "2.1.0",
+                                                                 "2.0.0"]
+    assert attempts[0]["commit"] == revert and attempts[2]["commit"] == c2
+    assert report["status"]["applied_commit"] == revert
+
+
+@pytest.mark.slow
+def test_a_corrupted_object_is_refused_and_the_old_version_keeps_serving(
+        world: World, processes: Processes) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    server, agent_proc, applied = start(world, processes, "2.0.0")
+    world.corrupt("2.1.0")
+    world.deploy("2.1.0")
+    s = wait_degraded(agent_proc, "replaced or damaged", failures=2)  # and it retried
+    assert "llama3-instruct-v2.1.0" in s["last_error"]
+    assert s["applied_commit"] == applied
+    assert s["models"][MODEL]["serving_version"] == "2.0.0"
+    assert serving_version(server.url) == "2.0.0"
+    assert world.sha256("2.1.0") not in world.stored()
+    assert world.store_temp_files() == []
+    attempts = agent_status_cli(world)["attempts"]
+    assert attempts[0]["outcome"] == "failed" and attempts[0]["phase"] == "downloading"
+    world.publish("2.1.0", "improved")  # the good bytes are pushed again
+    wait_serving(server, "2.1.0")
+    wait_healthy(agent_proc)
+
+
+@pytest.mark.slow
+def test_a_version_the_server_cannot_load_is_reported_and_the_old_one_serves(
+        world: World, processes: Processes) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved", content=b"GGUF but not really a model" * 64)
+    server, agent_proc, applied = start(world, processes, "2.0.0")
+    world.deploy("2.1.0")
+    s = wait_degraded(agent_proc, "server refused to load llama3-instruct-v2.1.0", failures=2)
+    assert "HTTP 422" in s["last_error"]
+    assert s["applied_commit"] == applied
+    assert serving_version(server.url) == "2.0.0"
+    attempts = agent_status_cli(world)["attempts"]
+    assert (attempts[0]["outcome"], attempts[0]["phase"]) == ("failed", "loading")
+
+
+@pytest.mark.slow
+def test_s3_down_during_an_update_degrades_retries_and_recovers(
+        world: World, processes: Processes, s3_proxy: ThrottledProxy) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    server, agent_proc, _ = start(world, processes, "2.0.0", s3_endpoint=s3_proxy.endpoint)
+    s3_proxy.down()
+    commit = world.deploy("2.1.0")
+    s = wait_degraded(agent_proc, "cannot connect to S3", failures=3)
+    assert s["next_retry_at"] is not None
+    assert serving_version(server.url) == "2.0.0"
+    failed = [a for a in agent_status_cli(world)["attempts"] if a["outcome"] == "failed"]
+    assert len(failed) >= 3 and all(a["commit"] == commit for a in failed)
+    s3_proxy.up()
+    wait_serving(server, "2.1.0")
+    s = wait_healthy(agent_proc, commit)
+    assert s["consecutive_failures"] == 0 and s["last_error"] is None
+
+
+@pytest.mark.slow
+def test_an_unreachable_git_remote_keeps_serving_and_is_reported(
+        world: World, processes: Processes) -> None:
+    world.publish("2.0.0", "baseline")
+    server, agent_proc, commit = start(world, processes, "2.0.0")
+    hidden = world.remote.with_name("remote-away.git")
+    world.remote.rename(hidden)
+    s = wait_for(lambda: status_if(agent_proc, remote_reachable=False),
+                 what="the remote reported unreachable")
+    assert "unreachable" in s["remote"]["error"]
+    s = wait_degraded(agent_proc, "unreachable", failures=0)
+    assert s["applied_commit"] == commit
+    assert serving_version(server.url) == "2.0.0"
+    assert metrics(agent_proc.url)['ggufops_agent_remote_checks_total{result="unreachable"}'] >= 1
+    hidden.rename(world.remote)
+    s = wait_healthy(agent_proc, commit)
+    assert s["remote"]["reachable"] is True and s["last_error"] is None
+
+
+@pytest.mark.slow
+def test_an_invalid_environment_commit_is_refused_and_reported(
+        world: World, processes: Processes) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    server, agent_proc, applied = start(world, processes, "2.0.0")
+    bad = world.deploy("9.9.9")  # never registered
+    s = wait_for(lambda: status_if(agent_proc, refused_commit=bad), what="the commit refused")
+    assert s["phase"] == "degraded"
+    assert "not registered" in s["last_error"] and bad[:12] in s["last_error"]
+    assert s["applied_commit"] == applied
+    assert serving_version(server.url) == "2.0.0"
+    attempts = agent_status_cli(world)["attempts"]
+    assert attempts[0]["outcome"] == "refused" and attempts[0]["commit"] == bad
+    good = world.deploy("2.1.0")
+    wait_serving(server, "2.1.0")
+    assert wait_healthy(agent_proc, good)["refused_commit"] is None
+
+
+@pytest.mark.slow
+def test_sigkill_mid_download_then_restart_converges(
+        world: World, processes: Processes, s3_proxy: ThrottledProxy) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    server, agent_proc, _ = start(world, processes, "2.0.0", s3_endpoint=s3_proxy.endpoint)
+    s3_proxy.rate = 200_000  # bytes/s: 2.3 MB take about 12 s
+    commit = world.deploy("2.1.0")
+    wait_for(lambda: status(agent_proc)["phase"] == "downloading"
+             and any(p.stat().st_size > 0 for p in world.store_temp_files()),
+             what="a download in progress")
+    agent_proc.kill()
+    partial = world.store_temp_files()
+    assert partial and all(p.stat().st_size < 2_370_048 for p in partial)
+    assert world.sha256("2.1.0") not in world.stored()
+    assert serving_version(server.url) == "2.0.0"  # untouched by the kill
+    s3_proxy.rate = None
+    restarted = processes.agent(world, server.url, s3_endpoint=s3_proxy.endpoint)
+    wait_serving(server, "2.1.0")
+    wait_healthy(restarted, commit)
+    assert world.store_temp_files() == []
+    assert file_sha256(world.store / "sha256" / f"{world.sha256('2.1.0')}.gguf") \
+        == world.sha256("2.1.0")
+    assert serving(server.url)[MODEL]["sha256"] == world.sha256("2.1.0")
+    assert downloads(restarted) == 1  # only the interrupted one; 2.0.0 was verified already
+    outcomes = [(a["outcome"], a["phase"]) for a in agent_status_cli(world)["attempts"]]
+    assert outcomes[0] == ("success", "healthy")
+    assert ("interrupted", "downloading") in outcomes
+    restarted.stop()
+    again = processes.agent(world, server.url, s3_endpoint=s3_proxy.endpoint)
+    wait_healthy(again, commit)  # already applied: nothing to download or load
+    assert downloads(again) == 0
+    assert len(agent_status_cli(world)["attempts"]) == len(outcomes)
+
+
+@pytest.mark.slow
+def test_a_restarted_server_gets_its_model_back_from_the_store(
+        world: World, processes: Processes) -> None:
+    world.publish("2.0.0", "baseline")
+    server, agent_proc, commit = start(world, processes, "2.0.0")
+    port = int(server.url.rsplit(":", 1)[1])
+    server.stop()
+    fresh = processes.serve(world.store, world.token_file, port=port)
+    wait_serving(fresh, "2.0.0")
+    wait_healthy(agent_proc, commit)
+    assert downloads(agent_proc) == 1
+
+
+def test_agent_command_names_missing_options(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GGUFOPS_")}
+    proc = subprocess.run([str(GGUFOPS), "agent"], capture_output=True, text=True, env=env,
+                          check=False)
+    assert proc.returncode == 2
+    assert "needs --repo, --env, --store, --server" in proc.stderr
+    proc = subprocess.run([str(GGUFOPS), "agent", "status", "--state-dir", str(tmp_path)],
+                          capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: no apply log at {tmp_path}/applylog.sqlite; pass " \
+        "the agent's --state-dir"

@@ -1,0 +1,358 @@
+"""`ggufops serve`: the OpenAI API, model info, the admin API and swaps without failed requests.
+
+Real llama.cpp on the toy models; the server runs in a thread of the test process (and once
+as a real `ggufops serve` subprocess)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from http.client import HTTPConnection
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testing.runtime import TOKEN, Proc, free_port, get, http, serve_args, wait_for
+
+from ggufops import llm, server
+from ggufops.errors import ServeError
+from ggufops.httpjson import HttpError
+from ggufops.modeltable import file_sha256
+from ggufops.store import ArtifactStore
+
+
+@pytest.fixture
+def store(tmp_path: Path, runtime_models: dict[str, Path]) -> Path:
+    """A store holding the three toy models under their sha256."""
+    root = tmp_path / "store"
+    ArtifactStore(root).prepare()
+    for path in runtime_models.values():
+        shutil.copyfile(path, ArtifactStore(root).path_for(sha(path)))
+    return root
+
+
+def sha(path: Path) -> str:
+    return file_sha256(path)
+
+
+class Running:
+    def __init__(self, app: server.App, url: str) -> None:
+        self.app = app
+        self.url = url
+
+    def load(self, path: Path, version: str, *, token: str | None = TOKEN,
+             name: str = "llama3-instruct", digest: str | None = None) -> tuple[int, Any]:
+        body = {"name": name, "version": version, "sha256": digest or sha(path),
+                "display_id": f"{name}-v{version}-f32",
+                "inference": {"temperature": 0.0, "max_tokens": 8, "prompt_template": "chatml"}}
+        return http("POST", f"{self.url}/admin/models", body, token=token)
+
+    def complete(self, **body: Any) -> tuple[int, Any]:
+        return http("POST", f"{self.url}/v1/completions", {"prompt": "def ", **body})
+
+    def models(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = get(f"{self.url}/v1/models")["data"]
+        return data
+
+
+@pytest.fixture
+def running(store: Path) -> Iterator[Running]:
+    config = server.ServeConfig(store=store, port=0, admin_token=TOKEN, n_threads=1)
+    app = server.App(config)
+    stop = threading.Event()
+    urls: list[str] = []
+    thread = threading.Thread(target=server.serve_until, args=(app, stop, urls.append),
+                              daemon=True)
+    thread.start()
+    wait_for(lambda: urls, what="the server to listen")
+    try:
+        yield Running(app, urls[0])
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def test_model_info_endpoint_reports_the_loaded_version(running: Running,
+                                                        runtime_models: dict[str, Path]) -> None:
+    assert running.models() == []
+    assert http("GET", f"{running.url}/readyz")[0] == 503
+    status, reply = running.load(runtime_models["baseline"], "2.0.0")
+    assert status == 201 and reply["loaded"] is True
+    [entry] = running.models()
+    assert entry["id"] == "llama3-instruct"
+    assert entry["name"] == "llama3-instruct"
+    assert entry["version"] == "2.0.0"
+    assert entry["display_id"] == "llama3-instruct-v2.0.0-f32"
+    assert entry["sha256"] == sha(runtime_models["baseline"])
+    assert entry["load_seconds"] > 0 and entry["loaded_at"].endswith("Z")
+    assert get(f"{running.url}/v1/models/llama3-instruct@2.0.0")["version"] == "2.0.0"
+    health = get(f"{running.url}/healthz")
+    assert health["status"] == "ok" and health["models"] == 1
+    assert http("GET", f"{running.url}/readyz")[0] == 200
+    again = running.load(runtime_models["baseline"], "2.0.0")
+    assert again[0] == 200 and again[1]["loaded"] is False
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token-0123456789", TOKEN + "x", ""])
+def test_admin_api_refuses_missing_or_wrong_token(running: Running, token: str | None,
+                                                  runtime_models: dict[str, Path]) -> None:
+    status, reply = running.load(runtime_models["baseline"], "2.0.0", token=token)
+    assert status == 401
+    assert "admin token" in reply["error"]["message"]
+    assert running.models() == []
+    assert running.app.admin_state()["last_errors"] == {}
+    assert http("GET", f"{running.url}/admin/models", token=token)[0] == 401
+    assert http("DELETE", f"{running.url}/admin/models/llama3-instruct", token=token)[0] == 401
+
+
+def test_admin_api_is_off_without_a_token_file(store: Path) -> None:
+    app = server.App(server.ServeConfig(store=store, admin_token=None))
+    with pytest.raises(HttpError) as info:
+        app.authorize("Bearer anything")
+    assert info.value.status == 403
+
+
+def test_read_token_refuses_short_or_missing_tokens(tmp_path: Path) -> None:
+    (tmp_path / "short").write_text("abc\n")
+    with pytest.raises(ServeError, match="shorter than 16"):
+        server.read_token(tmp_path / "short")
+    with pytest.raises(ServeError, match="cannot read"):
+        server.read_token(tmp_path / "missing")
+    (tmp_path / "ok").write_text(f"  {TOKEN}\n")
+    assert server.read_token(tmp_path / "ok") == TOKEN
+
+
+def test_a_file_that_fails_verification_is_refused_and_the_old_model_serves(
+        running: Running, runtime_models: dict[str, Path], store: Path) -> None:
+    assert running.load(runtime_models["baseline"], "2.0.0")[0] == 201
+    improved = sha(runtime_models["improved"])
+    target = ArtifactStore(store).path_for(improved)
+    target.write_bytes(runtime_models["degraded"].read_bytes())  # wrong bytes under the name
+    status, reply = running.load(runtime_models["improved"], "2.1.0")
+    assert status == 422
+    assert "sha256" in reply["error"]["message"] and "refusing to load" in reply["error"]["message"]
+    [entry] = running.models()
+    assert entry["version"] == "2.0.0"
+    assert running.complete()[0] == 200
+    errors = running.app.admin_state()["last_errors"]
+    assert errors["llama3-instruct"]["version"] == "2.1.0"
+
+
+def test_a_missing_file_is_404_and_a_non_gguf_is_422(running: Running, store: Path,
+                                                     runtime_models: dict[str, Path]) -> None:
+    assert running.load(runtime_models["baseline"], "2.0.0")[0] == 201
+    status, reply = running.load(runtime_models["baseline"], "9.0.0", digest="0" * 64)
+    assert status == 404 and "not in the store" in reply["error"]["message"]
+    junk = b"not a model at all" * 100
+    digest = hashlib.sha256(junk).hexdigest()
+    ArtifactStore(store).path_for(digest).write_bytes(junk)
+    status, reply = running.load(runtime_models["baseline"], "9.0.1", digest=digest)
+    assert status == 422 and "GGUF" in reply["error"]["message"]
+    assert [m["version"] for m in running.models()] == ["2.0.0"]
+
+
+def test_admin_load_validates_its_body(running: Running) -> None:
+    for body, field in [({"name": "Bad Name", "version": "1.0.0", "sha256": "0" * 64}, "name"),
+                        ({"name": "m", "version": "1.0", "sha256": "0" * 64}, "version"),
+                        ({"name": "m", "version": "1.0.0", "sha256": "xyz"}, "sha256"),
+                        ([], "JSON object")]:
+        status, reply = http("POST", f"{running.url}/admin/models", body, token=TOKEN)
+        assert status == 400 and field in reply["error"]["message"]
+
+
+def test_completions_and_chat_answer_in_openai_format(running: Running,
+                                                      runtime_models: dict[str, Path]) -> None:
+    running.load(runtime_models["baseline"], "2.0.0")
+    status, reply = running.complete(max_tokens=5)
+    assert status == 200
+    assert reply["object"] == "text_completion"
+    assert reply["model"] == "llama3-instruct-v2.0.0-f32"
+    assert reply["usage"]["completion_tokens"] == 5
+    assert isinstance(reply["choices"][0]["text"], str)
+    deterministic = running.complete(max_tokens=5)[1]["choices"][0]["text"]
+    assert deterministic == reply["choices"][0]["text"]  # temperature 0 from the version
+    status, chat = http("POST", f"{running.url}/v1/chat/completions",
+                        {"model": "llama3-instruct", "max_tokens": 4,
+                         "messages": [{"role": "user", "content": "Hello"}]})
+    assert status == 200
+    assert chat["object"] == "chat.completion"
+    assert chat["choices"][0]["message"]["role"] == "assistant"
+    assert chat["usage"]["completion_tokens"] == 4
+
+
+def read_events(url: str, path: str, body: dict[str, Any]) -> list[Any]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.getheader("Content-Type") == "text/event-stream"
+    events = []
+    for raw in resp.read().decode().split("\n\n"):
+        if raw.startswith("data: "):
+            data = raw[len("data: "):]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    conn.close()
+    return events
+
+
+def test_streaming_answers_as_server_sent_events(running: Running,
+                                                 runtime_models: dict[str, Path]) -> None:
+    running.load(runtime_models["baseline"], "2.0.0")
+    events = read_events(running.url, "/v1/completions",
+                         {"prompt": "import ", "max_tokens": 6, "stream": True})
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert all(c["model"] == "llama3-instruct-v2.0.0-f32" for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    text = "".join(c["choices"][0]["text"] for c in chunks)
+    whole = running.complete(prompt="import ", max_tokens=6)[1]["choices"][0]["text"]
+    assert text == whole
+    chat = read_events(running.url, "/v1/chat/completions",
+                       {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+                        "stream": True})
+    assert chat[-1] == "[DONE]"
+    assert chat[0]["object"] == "chat.completion.chunk"
+
+
+def test_bad_requests_are_refused_with_json_errors(running: Running,
+                                                   runtime_models: dict[str, Path]) -> None:
+    assert running.complete()[0] == 503  # nothing loaded yet
+    running.load(runtime_models["baseline"], "2.0.0")
+    assert running.complete(model="other")[0] == 404
+    assert running.complete(max_tokens=10**6)[0] == 400
+    assert running.complete(max_tokens="many")[0] == 400
+    assert running.complete(n=2)[0] == 400
+    assert running.complete(prompt=["a", "b"])[0] == 400
+    assert http("POST", f"{running.url}/v1/chat/completions", {"messages": []})[0] == 400
+    assert http("GET", f"{running.url}/nope")[0] == 404
+    status, reply = running.complete(prompt="x" * 5000, max_tokens=4)  # over the 2048 context
+    assert status == 400 and "context" in reply["error"]["message"].lower()
+    assert running.complete()[0] == 200
+
+
+def test_several_models_by_name(running: Running, runtime_models: dict[str, Path]) -> None:
+    running.load(runtime_models["baseline"], "2.0.0", name="alpha")
+    running.load(runtime_models["improved"], "1.0.0", name="beta")
+    assert sorted(m["name"] for m in running.models()) == ["alpha", "beta"]
+    assert running.complete()[0] == 400  # which one?
+    assert running.complete(model="beta")[1]["model"] == "beta-v1.0.0-f32"
+    assert running.complete(model="alpha-v2.0.0-f32")[1]["model"] == "alpha-v2.0.0-f32"
+    status, _ = http("DELETE", f"{running.url}/admin/models/beta", token=TOKEN)
+    assert status == 200
+    assert [m["name"] for m in running.models()] == ["alpha"]
+
+
+def test_a_request_in_flight_finishes_on_the_old_model(running: Running,
+                                                       runtime_models: dict[str, Path]) -> None:
+    running.load(runtime_models["baseline"], "2.0.0")
+    with running.app.table.use(None) as held:  # what a request in flight holds
+        assert running.load(runtime_models["improved"], "2.1.0")[0] == 201
+        assert running.complete()[1]["model"] == "llama3-instruct-v2.1.0-f32"  # new requests
+        state = get_admin(running)
+        assert [m["version"] for m in state["models"]] == ["2.1.0"]
+        assert [m["version"] for m in state["draining"]] == ["2.0.0"]
+        assert state["draining"][0]["in_flight"] == 1
+        with held.lock:  # the old model still answers its request
+            result = llm.complete(held.model, "x", {"max_tokens": 2}, stream=False)
+        assert isinstance(result, dict) and result["usage"]["completion_tokens"] == 2
+    assert get_admin(running)["draining"] == []  # freed when its last request ended
+
+
+def get_admin(running: Running) -> dict[str, Any]:
+    status, body = http("GET", f"{running.url}/admin/models", token=TOKEN)
+    assert status == 200
+    return dict(body)
+
+
+def more_than(results: list[Any], extra: int) -> Callable[[], bool]:
+    """A probe: have `extra` more results arrived since now?"""
+    target = len(results) + extra
+    return lambda: len(results) >= target
+
+
+@pytest.mark.slow
+def test_no_request_fails_while_models_swap(running: Running,
+                                            runtime_models: dict[str, Path]) -> None:
+    running.load(runtime_models["baseline"], "2.0.0")
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            status, reply = running.complete(max_tokens=4)
+            results.append((status, reply.get("model", "") if isinstance(reply, dict) else ""))
+
+    def streamer() -> None:
+        while not stop.is_set():
+            events = read_events(running.url, "/v1/completions",
+                                 {"prompt": "a", "max_tokens": 16, "stream": True})
+            models = {e["model"] for e in events if isinstance(e, dict)}
+            results.append((200 if events[-1] == "[DONE]" and len(models) == 1 else 0,
+                            models.pop()))
+
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    clients.append(threading.Thread(target=streamer))
+    for c in clients:
+        c.start()
+    versions = ["2.1.0", "2.0.0"] * 3
+    for i, version in enumerate(versions):
+        wait_for(more_than(results, 3), what="requests between swaps")
+        toy = runtime_models["improved" if version == "2.1.0" else "baseline"]
+        status, _ = running.load(toy, version)
+        assert status == 201, (i, version)
+    wait_for(more_than(results, 3), what="requests after the swaps")
+    stop.set()
+    for c in clients:
+        c.join(timeout=60)
+    assert [r for r in results if r[0] != 200] == []
+    served = {model for _, model in results}
+    assert served == {"llama3-instruct-v2.0.0-f32", "llama3-instruct-v2.1.0-f32"}
+    metrics = running.app.render_metrics()
+    assert 'ggufops_model_loads_total{model="llama3-instruct",outcome="success"} 7' in metrics
+    wait_for(lambda: get_admin(running)["draining"] == [], what="old models freed")
+
+
+def test_metrics_are_prometheus_text_labelled_by_version(running: Running,
+                                                         runtime_models: dict[str, Path]) -> None:
+    running.load(runtime_models["baseline"], "2.0.0")
+    running.complete(max_tokens=3)
+    running.complete(model="nope")
+    status, text = http("GET", f"{running.url}/metrics")
+    assert status == 200
+    lines = text.splitlines()
+    series = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in lines if line and not line.startswith("#")}
+    v2 = 'model="llama3-instruct",version="2.0.0"'
+    assert series[f'ggufops_requests_total{{{v2},endpoint="completions",code="200"}}'] == 1
+    assert series['ggufops_requests_total{model="",version="",endpoint="completions",'
+                  'code="404"}'] == 1
+    assert series[f'ggufops_tokens_total{{{v2},kind="completion"}}'] == 3
+    assert series[f'ggufops_request_duration_seconds_count{{{v2},endpoint="completions"}}'] == 1
+    digest = sha(runtime_models["baseline"])
+    info = (f'ggufops_model_info{{model="llama3-instruct",version="2.0.0",'
+            f'display_id="llama3-instruct-v2.0.0-f32",sha256="{digest}"}}')
+    assert series[info] == 1
+    assert "# TYPE ggufops_request_duration_seconds histogram" in lines
+
+
+@pytest.mark.slow
+def test_serve_command_runs_and_stops_on_sigterm(tmp_path: Path, store: Path,
+                                                 runtime_models: dict[str, Path]) -> None:
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    proc = Proc(serve_args(store, token, port=free_port()), tmp_path / "serve.log")
+    try:
+        assert get(f"{proc.url}/healthz")["status"] == "ok"
+        body = {"name": "m", "version": "1.0.0", "sha256": sha(runtime_models["baseline"])}
+        assert http("POST", f"{proc.url}/admin/models", body, token=TOKEN)[0] == 201
+        assert http("POST", f"{proc.url}/v1/completions", {"prompt": "a", "max_tokens": 2})[0] \
+            == 200
+    finally:
+        code = proc.stop()
+    assert code == 0
+    assert "serving m-v1.0.0" in proc.log_path.read_text()

@@ -1,0 +1,121 @@
+"""What a commit asks an inference host to run: the agent's plan, read from git.
+
+The registry at a commit is exported from the agent's bare mirror (registry/,
+environments/ and .dvc/config only, with two git processes), validated like CI validates
+it, and turned into one Target per model: the version, its artifact (sha256, size, DVC md5)
+and the inference config with the environment's overrides. An invalid state is refused.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ggufops import git, validate
+from ggufops.errors import InvalidDesiredState
+from ggufops.registry import ENVIRONMENTS_DIR, REGISTRY_DIR, Registry, display_id
+
+DEFAULT_KEEP = 3
+EXPORTED_PATHS = (REGISTRY_DIR, ENVIRONMENTS_DIR, ".dvc/config")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One model version the environment asks for, as the agent needs it."""
+
+    name: str
+    version: str
+    sha256: str
+    dvc_md5: str
+    size: int
+    display_id: str
+    inference: dict[str, Any]
+
+    def load_request(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256,
+                "display_id": self.display_id, "inference": self.inference}
+
+    def summary(self) -> dict[str, Any]:
+        return {"version": self.version, "sha256": self.sha256, "display_id": self.display_id}
+
+    def served_by(self, entry: dict[str, Any] | None) -> bool:
+        return entry is not None and entry.get("version") == self.version \
+            and entry.get("sha256") == self.sha256
+
+    @classmethod
+    def from_request(cls, name: str, want: dict[str, Any]) -> Target:
+        """A target from a load request recorded in the apply log."""
+        return cls(name, str(want.get("version")), str(want.get("sha256")), "", 0,
+                   str(want.get("display_id") or f"{name}-v{want.get('version')}"),
+                   dict(want.get("inference") or {}))
+
+
+@dataclass(frozen=True)
+class Plan:
+    commit: str
+    tree: Path
+    targets: dict[str, Target]
+    keep: int
+
+    def summary(self) -> dict[str, Any]:
+        return {name: t.summary() for name, t in sorted(self.targets.items())}
+
+    def requests(self) -> dict[str, dict[str, Any]]:
+        return {name: t.load_request() for name, t in sorted(self.targets.items())}
+
+
+def export_tree(mirror: Path, commit: str, trees_dir: Path) -> Path:
+    """registry/, environments/ and .dvc/config at `commit`, as files under trees_dir/<commit>."""
+    dest = trees_dir / commit
+    if dest.is_dir():
+        return dest
+    files = git.read_tree_files(mirror, commit, EXPORTED_PATHS)
+    tmp = trees_dir / f".tmp-{commit}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel, content in files.items():
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts:
+            raise InvalidDesiredState(f"commit {commit[:12]} holds an unsafe path {rel!r}")
+        path = tmp.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    tmp.mkdir(parents=True, exist_ok=True)
+    tmp.replace(dest)
+    return dest
+
+
+def prune_trees(trees_dir: Path, keep: set[str]) -> None:
+    for path in trees_dir.iterdir() if trees_dir.is_dir() else ():
+        if path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def plan_from_tree(tree: Path, commit: str, env: str, keep: int | None) -> Plan:
+    """Validate the exported tree and read the environment's models; refuse invalid states."""
+    problems = validate.validate_repo(tree)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InvalidDesiredState(f"commit {commit[:12]} is invalid: {problems[0]}{more}; "
+                                  "not applied: push a fixed commit")
+    registry = Registry(tree)
+    if not registry.environment_file(env).is_file():
+        raise InvalidDesiredState(f"commit {commit[:12]} has no {ENVIRONMENTS_DIR}/{env}.yaml; "
+                                  "check --env or add the environment")
+    models = registry.environment(env).get("models") or {}
+    targets = {name: _target(registry, name, entry) for name, entry in models.items()}
+    return Plan(commit, tree, targets, keep or _policy_keep(registry))
+
+
+def _target(registry: Registry, name: str, entry: dict[str, Any]) -> Target:
+    doc = registry.load_version(name, str(entry["version"]))
+    art = doc["artifact"]
+    inference = {**doc.get("inference", {}), **(entry.get("overrides") or {})}
+    return Target(name, str(doc["version"]), art["sha256"], art["dvc_md5"], int(art["size"]),
+                  display_id(doc), inference)
+
+
+def _policy_keep(registry: Registry) -> int:
+    value = (registry.policy().get("retention") or {}).get("agent_keep_last")
+    return max(2, int(value)) if isinstance(value, int) else DEFAULT_KEEP
