@@ -2,4 +2,8 @@
 
 pytest_plugins = [
     "testing.repos",
+    "testing.gitops",
+    "testing.s3",
+    "testing.toys",
+    "testing.runtime",
 ]

@@ -28,10 +28,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from testing.repos import GIT_TEST_ENV, version_doc  # noqa: E402
-
 from ggufops import history, rollback  # noqa: E402
 from ggufops.template import copy_template, project_root  # noqa: E402
+from testing.repos import GIT_TEST_ENV, version_doc  # noqa: E402
 
 MODELS = 10
 VERSIONS_PER_MODEL = 100
@@ -123,9 +122,9 @@ def start_s3(root: Path, tmp: Path, target: tuple[str, str]) -> object | None:
     """A SeaweedFS holding the rollback target's artifact; None if it cannot start."""
     try:
         import boto3
-        from testing.s3 import configure_s3
 
         from ggufops.s3server import S3Server
+        from testing.s3 import configure_s3
     except ImportError as e:
         print(f"  (no S3 benchmark: {e})")
         return None

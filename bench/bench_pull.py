@@ -31,14 +31,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-from testing.repos import GIT_TEST_ENV, make_registry
-from testing.s3 import configure_s3
-
 from ggufops import artifacts, s3config
 from ggufops.pull import pull
 from ggufops.register import RegisterRequest, register
 from ggufops.registry import Registry
 from ggufops.s3server import S3Server
+from testing.repos import GIT_TEST_ENV, make_registry
+from testing.s3 import configure_s3
 
 MiB = 1024 * 1024
 PULL_CHILD = """

@@ -21,12 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testing.runtime import TOKEN, Proc, http, serve_args
-from testing.toys import TOY_DIR
-
 from ggufops import toy
 from ggufops.modeltable import file_sha256
 from ggufops.store import ArtifactStore
+from testing.runtime import TOKEN, Proc, http, serve_args
+from testing.toys import TOY_DIR
 
 
 @dataclass

@@ -18,9 +18,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testing.repos import GIT_TEST_ENV, make_registry, version_doc
-
 from ggufops.validate import validate_repo
+from testing.repos import GIT_TEST_ENV, make_registry, version_doc
 
 N_MODELS = 100
 N_VERSIONS = 100  # per model: 10,000 in all

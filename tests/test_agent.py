@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ggufops import agent, agentplan, git
+from ggufops.errors import GitError, InvalidDesiredState, UsageError
 from testing.repos import git_commit, set_environment, write_version
 from testing.runtime import (
     GGUFOPS,
@@ -27,9 +30,6 @@ from testing.runtime import (
     serving_version,
     wait_for,
 )
-
-from ggufops import agent, agentplan, git
-from ggufops.errors import GitError, InvalidDesiredState, UsageError
 
 # --- git, plan and config (no servers) ----------------------------------------------------
 

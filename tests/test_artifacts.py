@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from testing.s3 import configure_s3, s3_client
 
 from ggufops import artifacts, s3config
 from ggufops.artifacts import S3Remote, dvc_key, missing_objects
@@ -23,6 +22,7 @@ from ggufops.errors import (
 from ggufops.registry import VersionRef
 from ggufops.s3config import S3Settings
 from ggufops.s3server import ServerInfo
+from testing.s3 import configure_s3, s3_client
 
 DVC_CONFIG = """[core]
     remote = models

@@ -11,7 +11,10 @@ from ggufops.cli import main
 def _walk(command: click.Command, path: str = "ggufops") -> list[tuple[str, click.Command]]:
     found = [(path, command)]
     if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None, name
             found += _walk(sub, f"{path} {name}")
     return found
 
@@ -28,8 +31,9 @@ def test_every_command_and_option_has_help() -> None:
 
 
 def test_expected_commands_exist() -> None:
-    names = set(main.commands)
-    assert {"validate", "list", "show"} <= names
+    names = set(main.list_commands(click.Context(main)))
+    assert {"validate", "list", "show", "s3", "register", "pull", "toy", "bench", "gate",
+            "deploy", "rollback", "history", "serve", "agent", "demo"} <= names
 
 
 def test_usage_error_exits_2() -> None:
@@ -40,3 +44,26 @@ def test_usage_error_exits_2() -> None:
 
 def test_unknown_command_exits_2() -> None:
     assert CliRunner().invoke(main, ["no-such-command"]).exit_code == 2
+
+
+def test_lazy_table_lists_every_command_of_every_module() -> None:
+    import importlib
+
+    from ggufops.cli import COMMANDS
+
+    modules = {target.split(":")[0] for target in COMMANDS.values()}
+    declared = set()
+    for name in modules:
+        module = importlib.import_module(f"ggufops.cli.{name}")
+        declared |= {c.name for c in module.COMMANDS}
+    assert declared == set(COMMANDS)
+
+
+def test_quick_commands_do_not_import_heavy_modules() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from ggufops.cli import main; main.get_command(None, 'rollback'); "
+            "print(sorted(m for m in ('numpy', 'llama_cpp', 'boto3', 'dvc') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testing.gitops import MODEL, OTHER, Scratch, ScratchS3, cli, open_pull_request, ship
-from testing.repos import git
 
 from ggufops import deploy, rollback, validate
 from ggufops import git as gitops_git
 from ggufops.errors import NonFastForward, PushRejected
 from ggufops.registry import VersionRef
+from testing.gitops import MODEL, OTHER, Scratch, ScratchS3, cli, open_pull_request, ship
+from testing.repos import git
 
 
 def test_second_of_two_racing_direct_deploys_is_rejected_and_told_to_rebase(

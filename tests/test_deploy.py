@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from testing.gitops import MODEL, OTHER, FakeGitHub, Scratch, cli, ship
-from testing.repos import git
 
 from ggufops import deploy
 from ggufops import git as gitops_git
 from ggufops.registry import VersionRef
+from testing.gitops import MODEL, OTHER, FakeGitHub, Scratch, cli, ship
+from testing.repos import git
 
 
 def comment_lines(text: str) -> list[str]:

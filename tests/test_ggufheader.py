@@ -7,10 +7,10 @@ import struct
 from pathlib import Path
 
 import pytest
-from testing.s3 import write_tiny_gguf
 
 from ggufops.errors import BadGguf, TruncatedGguf
 from ggufops.ggufheader import quantization_name, read_header
+from testing.s3 import write_tiny_gguf
 
 TOKENS = ["a", "b", "c", "d", "e", "f", "g", "<s>"]
 

@@ -7,10 +7,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from testing.gitops import FakeGitHub, cli
 
 from ggufops import github
 from ggufops.errors import GitHubAuthError, GitHubError, UsageError
+from testing.gitops import FakeGitHub, cli
 
 
 @pytest.mark.parametrize(("url", "repo"), [

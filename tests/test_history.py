@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testing.gitops import MODEL, OTHER, Scratch, cli, ship
-from testing.repos import git, git_commit
 
 from ggufops import git as gitops_git
 from ggufops import history
+from testing.gitops import MODEL, OTHER, Scratch, cli, ship
+from testing.repos import git, git_commit
 
 
 def deploy_branch_and_merge(s: Scratch, ref: str, env: str, pr: int) -> str:

@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from testing.repos import git, git_commit, make_remote
-from testing.s3 import configure_s3, s3_client, write_tiny_gguf
 
 from ggufops import s3config
 from ggufops.artifacts import S3Remote
@@ -25,6 +23,8 @@ from ggufops.register import RegisterRequest, register
 from ggufops.registry import Registry, VersionRef
 from ggufops.s3server import ServerInfo
 from ggufops.store import ArtifactStore
+from testing.repos import git, git_commit, make_remote
+from testing.s3 import configure_s3, s3_client, write_tiny_gguf
 
 
 def _register(root: Path, tmp_path: Path, version: str, push: bool = True) -> dict:

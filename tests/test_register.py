@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from testing.repos import git
-from testing.s3 import write_tiny_gguf
 
 from ggufops import s3config, validate
 from ggufops.artifacts import S3Remote, dvc_add, dvc_key
@@ -31,6 +29,8 @@ from ggufops.errors import (
 )
 from ggufops.register import RegisterRequest, register
 from ggufops.registry import Registry
+from testing.repos import git
+from testing.s3 import write_tiny_gguf
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import yaml
-from testing.gitops import MODEL, OTHER, FakeGitHub, ScratchS3, cli, ship
-from testing.repos import git
 
 from ggufops import rollback
+from testing.gitops import MODEL, OTHER, FakeGitHub, ScratchS3, cli, ship
+from testing.repos import git
 
 
 @pytest.fixture

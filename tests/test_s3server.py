@@ -14,7 +14,6 @@ from pathlib import Path
 import psutil
 import pytest
 from click.testing import CliRunner
-from testing.s3 import s3_client
 
 from ggufops import s3config
 from ggufops.artifacts import S3Remote
@@ -22,6 +21,7 @@ from ggufops.cli import main
 from ggufops.errors import S3AuthError, S3ServerError
 from ggufops.s3config import S3Settings
 from ggufops.s3server import S3Server, ServerInfo, read_running
+from testing.s3 import s3_client
 
 
 def _settings(info: ServerInfo, **overrides: str) -> S3Settings:

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testing.runtime import TOKEN, Proc, free_port, get, http, serve_args, wait_for
 
 from ggufops import llm, server
 from ggufops.errors import ServeError
 from ggufops.httpjson import HttpError
 from ggufops.modeltable import file_sha256
 from ggufops.store import ArtifactStore
+from testing.runtime import TOKEN, Proc, free_port, get, http, serve_args, wait_for
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from testing.repos import git_commit, set_environment, write_version
 
 from ggufops.cli import main
 from ggufops.validate import validate_repo
+from testing.repos import git_commit, set_environment, write_version
 
 
 def run_validate(root: Path, *args: str) -> tuple[int, str]:

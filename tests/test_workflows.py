@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from ggufops import s3config
 from testing.gitops import (
     MODEL,
     OTHER,
@@ -34,8 +36,6 @@ from testing.gitops import (
     substitute,
 )
 from testing.repos import git, git_commit, make_remote
-
-from ggufops import s3config
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"

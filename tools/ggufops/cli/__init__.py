@@ -1,7 +1,12 @@
-"""The click layer: parse arguments, call the API, print. Nothing else lives here."""
+"""The click layer: parse arguments, call the API, print. Nothing else lives here.
+
+Subcommands are imported only when they run (or when help lists them), so a quick
+command such as `rollback --push` does not pay for numpy, llama.cpp or boto3 imports.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -9,11 +14,42 @@ from pathlib import Path
 import click
 
 from ggufops import __version__
-from ggufops.cli import artifacts, gates, gitops, registry_cmds, runtime, s3
 from ggufops.error_handler import Exit, error_handler
+
+# command name -> "module:attribute" under ggufops.cli
+COMMANDS = {
+    "validate": "registry_cmds:validate",
+    "list": "registry_cmds:list_versions",
+    "show": "registry_cmds:show",
+    "s3": "s3:s3",
+    "register": "artifacts:register",
+    "pull": "artifacts:pull",
+    "toy": "gates:toy_cmd",
+    "bench": "gates:bench_cmd",
+    "gate": "gates:gate_cmd",
+    "deploy": "gitops:deploy",
+    "rollback": "gitops:rollback",
+    "history": "gitops:history",
+    "pr-comment": "gitops:pr_comment",
+    "serve": "runtime:serve",
+    "agent": "runtime:agent",
+    "demo": "demo:demo",
+}
 
 
 class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        module = importlib.import_module(f"ggufops.cli.{module_name}")
+        command: click.Command = getattr(module, attribute)
+        return command
+
     def invoke(self, ctx: click.Context) -> object:
         show_tb = "--traceback" in sys.argv or os.environ.get("GGUFOPS_TRACEBACK") == "1"
         try:
@@ -34,8 +70,3 @@ def main(ctx: click.Context, repo: Path | None, traceback: bool) -> None:
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     ctx.ensure_object(dict)
     ctx.obj["repo"] = repo or Path.cwd()
-
-
-for _module in (registry_cmds, s3, artifacts, gates, gitops, runtime):
-    for _command in _module.COMMANDS:
-        main.add_command(_command)

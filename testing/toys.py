@@ -1,0 +1,90 @@
+"""Toy llama.cpp models for tests: built once (cached under .ggufops/toys), then shared."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ggufops import bench, toy
+from ggufops.registry import Registry
+from ggufops.template import project_root
+
+TOY_DIR = project_root() / ".ggufops" / "toys"
+EVAL_FILE = project_root() / "registry" / "evals" / f"{toy.EVAL_SET}.txt"
+
+
+@pytest.fixture(scope="session")
+def toy_models() -> dict[str, Path]:
+    """name -> GGUF path for the whole toy set (baseline, improved, degraded, slow, quants)."""
+    return toy.build_toy_set(TOY_DIR)
+
+
+@pytest.fixture(scope="session")
+def eval_set() -> bench.EvalSet:
+    """The committed held-out eval set, as the gate reads it."""
+    text = EVAL_FILE.read_bytes()
+    return bench.EvalSet(toy.EVAL_SET, EVAL_FILE, hashlib.sha256(text).hexdigest(), text)
+
+
+FAST_GATES: dict[str, Any] = {
+    "max_degradation": 0.05,
+    "rounds": 3,
+    "eval_tokens": 2048,
+    "eval_ctx": 256,
+    "threads": 1,
+    "compare_quality_across_quantization": False,
+    "speed": {"pp_tokens": 256, "tg_tokens": 64, "repetitions": 4, "latency_prompts": 8,
+              "latency_max_tokens": 8},
+    "smoke_tokens": 8,
+    "minimums": {"max_perplexity": 100},
+}
+
+
+def fast_policy(**overrides: Any) -> dict[str, Any]:
+    """Gate settings small enough for tests (a merged `gates` entry, as gate_models takes)."""
+    return {**FAST_GATES, **overrides}
+
+
+def use_fast_gates(root: Path) -> None:
+    """Rewrite `root`'s policy.yaml so its gates use FAST_GATES (tests stay quick)."""
+    import yaml
+
+    path = root / "registry" / "policy.yaml"
+    policy = yaml.safe_load(path.read_text())
+    policy["gates"] = {"default": dict(FAST_GATES), "environments": {}}
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+
+
+@pytest.fixture
+def toy_registry(s3_registry: Path, toy_models: dict[str, Path]) -> Path:
+    """A registry on SeaweedFS, fast gates, toy@1.0.0 (baseline) in production, committed."""
+    from testing.repos import git_commit, set_environment
+
+    use_fast_gates(s3_registry)
+    register_toy(s3_registry, toy_models["baseline"], "toy", "1.0.0")
+    set_environment(s3_registry, "production", {"toy": "1.0.0"})
+    git_commit(s3_registry, "toy 1.0.0 in production")
+    return s3_registry
+
+
+def register_toy(root: Path, path: Path, model: str, version: str, *,
+                 parent: str | None = None) -> dict[str, Any]:
+    """Register a toy GGUF as model@version (pushed to the repo's S3 remote)."""
+    from ggufops import register
+
+    request = register.RegisterRequest(source=path, model=model, version=version, parent=parent)
+    return register.register(Registry(root), request).doc
+
+
+def nan_copy(src: Path, dst: Path) -> Path:
+    """A copy of `src` whose output matrix starts with NaNs (a valid header, bad weights)."""
+    import gguf
+
+    tensor = next(t for t in gguf.GGUFReader(src).tensors if t.name == "output.weight")
+    data = bytearray(src.read_bytes())
+    data[tensor.data_offset:tensor.data_offset + 4096] = b"\xff" * 4096
+    dst.write_bytes(bytes(data))
+    return dst

@@ -1,0 +1,25 @@
+"""`ggufops demo`: the whole story, end to end, on the embedded defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ggufops import demo as demo_api
+
+
+@click.command("demo")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run in this directory and keep it (default: a temporary one, removed after).")
+@click.option("--keep", is_flag=True, help="Keep the temporary directory to look at afterwards.")
+def demo(workdir: Path | None, keep: bool) -> None:
+    """Run the whole story: S3, registry, register, serve, agent, deploy, gate, rollback."""
+    steps = demo_api.run_demo(workdir, keep=keep)
+    failed = [s.title for s in steps if not s.ok]
+    if failed:
+        raise demo_api.DemoFailed(f"step failed: {failed[0]}")
+    click.echo("demo finished: every step passed")
+
+
+COMMANDS: list[click.Command] = [demo]
