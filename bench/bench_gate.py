@@ -32,6 +32,7 @@ from ggufops import bench, gate, llm, register, report, s3config, toy
 from ggufops.benchcache import BenchCache, NoCache
 from ggufops.registry import Registry
 from ggufops.s3server import S3Server
+from ggufops.store import file_sha256
 from testing.repos import GIT_TEST_ENV, git_commit, make_registry, set_environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ def aa_runs(models: dict[str, Path], runs: int, work: Path) -> None:
     eval_set = bench.EvalSet(toy.EVAL_SET, ROOT / "registry" / "evals", hashlib.sha256(
         text).hexdigest(), text)
     path = models["baseline"]
-    sha = toy.file_sha256(path)
+    sha = file_sha256(path)
     a = gate.Subject("toy@1.0.0", "toy-v1.0.0-f32", "f32", sha, path)
     b = gate.Subject("toy@1.0.1", "toy-v1.0.1-f32", "f32", sha, path)
     cache = BenchCache(work / "cache")

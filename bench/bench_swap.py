@@ -22,8 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ggufops import toy
-from ggufops.modeltable import file_sha256
-from ggufops.store import ArtifactStore
+from ggufops.store import ArtifactStore, file_sha256
 from testing.runtime import TOKEN, Proc, http, serve_args
 from testing.toys import TOY_DIR
 

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from ggufops import bench, gate, llm, toy
+from ggufops import bench, gate, llm
 from ggufops.benchcache import BenchCache
 from ggufops.cli import main
 from ggufops.errors import GateFailed, GitError
 from ggufops.registry import Registry, VersionRef
+from ggufops.store import file_sha256
 from testing.repos import git, git_commit, make_remote, set_environment, write_version
 from testing.toys import fast_policy, nan_copy, register_toy
 
@@ -24,7 +25,7 @@ def subject(toy_models: ToyModels, name: str, version: str = "1.0.0",
             quant: str | None = None) -> gate.Subject:
     path = toy_models[name]
     q = quant or (name.split("-", 1)[1] if "-" in name else "f32")
-    return gate.Subject(f"toy@{version}", f"toy-v{version}-{q}", q, toy.file_sha256(path), path)
+    return gate.Subject(f"toy@{version}", f"toy-v{version}-{q}", q, file_sha256(path), path)
 
 
 def run(toy_models: ToyModels, eval_set: bench.EvalSet, cache: BenchCache, candidate: str,

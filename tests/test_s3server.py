@@ -126,6 +126,9 @@ def test_serve_cli_ctrl_c_stops_weed(registry_repo: Path, tmp_path: Path) -> Non
     try:
         weed = _running_pid(state)
         info = read_running(state)
+        # serve writes .dvc/config.local just after the server answers: wait for it
+        _wait_for(lambda: s3config.resolve(registry_repo, environ={}).endpoint_url
+                  == info.endpoint)
         settings = s3config.resolve(registry_repo, environ={})
         assert settings.endpoint_url == info.endpoint
         assert settings.access_key_id == info.access_key_id

@@ -19,8 +19,7 @@ import pytest
 from ggufops import llm, server
 from ggufops.errors import ServeError
 from ggufops.httpjson import HttpError
-from ggufops.modeltable import file_sha256
-from ggufops.store import ArtifactStore
+from ggufops.store import ArtifactStore, file_sha256
 from testing.runtime import TOKEN, Proc, free_port, get, http, serve_args, wait_for
 
 

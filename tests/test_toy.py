@@ -15,13 +15,14 @@ from ggufops import llm, toy
 from ggufops.cli import main
 from ggufops.errors import ToyBuildError
 from ggufops.ggufheader import read_header
+from ggufops.store import file_sha256
 
 
 def test_same_recipe_gives_same_bytes(tmp_path: Path, toy_models: dict[str, Path]) -> None:
     fresh = toy.build_toy_set(tmp_path / "again")
     assert set(fresh) == set(toy_models) == set(toy.toy_names())
     for name, path in fresh.items():
-        assert toy.file_sha256(path) == toy.file_sha256(toy_models[name]), name
+        assert file_sha256(path) == file_sha256(toy_models[name]), name
 
 
 def test_float_model_written_twice_is_identical(tmp_path: Path) -> None:
@@ -35,10 +36,10 @@ def test_cached_file_is_reused_and_a_damaged_one_rebuilt(tmp_path: Path) -> None
     first = toy.build_toy_set(tmp_path, ["baseline"])["baseline"]
     stamp = first.stat().st_mtime_ns
     assert toy.build_toy_set(tmp_path, ["baseline"])["baseline"].stat().st_mtime_ns == stamp
-    good = toy.file_sha256(first)
+    good = file_sha256(first)
     first.write_bytes(b"damaged")
     rebuilt = toy.build_toy_set(tmp_path, ["baseline"])["baseline"]
-    assert toy.file_sha256(rebuilt) == good
+    assert file_sha256(rebuilt) == good
     manifest = json.loads((tmp_path / toy.MANIFEST).read_text())
     assert manifest["baseline"]["sha256"] == good
 
@@ -129,4 +130,4 @@ def test_toy_command_lists_files_as_json(tmp_path: Path) -> None:
     rows = json.loads(result.output)
     assert [r["name"] for r in rows] == ["baseline"]
     assert rows[0]["quantization"] == "f32"
-    assert rows[0]["sha256"] == toy.file_sha256(tmp_path / "baseline.gguf")
+    assert rows[0]["sha256"] == file_sha256(tmp_path / "baseline.gguf")

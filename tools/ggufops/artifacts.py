@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ggufops import s3config
+from ggufops.atomic import fsync_path
 from ggufops.errors import (
     ChecksumMismatch,
     DvcError,
@@ -271,7 +272,7 @@ class S3Remote:
                 f.flush()
                 os.fsync(f.fileno())
             tmp.replace(dest)
-            _fsync_dir(dest.parent)
+            fsync_path(dest.parent)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -318,13 +319,6 @@ def _check_bytes(what: str, url: str, *, sha256: str, size: int | None, digest: 
             "S3 was replaced or damaged: refusing it (nothing was stored)"
         )
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def missing_objects(

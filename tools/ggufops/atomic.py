@@ -28,6 +28,15 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's metadata to disk (a rename is durable after this)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _mode_for(path: Path) -> int:
     """Keep an existing file's mode; a new file gets the usual 0666 less the umask."""
     try:

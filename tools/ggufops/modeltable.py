@@ -11,7 +11,6 @@ model has a lock and its requests queue on it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
 import threading
@@ -26,6 +25,7 @@ from ggufops.errors import ArtifactNotInStore, ChecksumMismatch, GgufopsError, M
 from ggufops.httpjson import HttpError, rfc3339
 from ggufops.metrics import Metrics
 from ggufops.registry import MODEL_NAME
+from ggufops.store import file_sha256
 
 log = logging.getLogger("ggufops.serve")
 
@@ -207,13 +207,6 @@ def store_path(store: Path, sha256: str) -> Path:
 
     return ArtifactStore(store).path_for(sha256)
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:

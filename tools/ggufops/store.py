@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ggufops.atomic import fsync_path
 from ggufops.errors import StoreError
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -126,7 +127,7 @@ def export_file(source: Path, output: Path) -> Path:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
-            _fsync(tmp)
+            fsync_path(tmp)
         tmp.replace(output)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
@@ -136,10 +137,3 @@ def export_file(source: Path, output: Path) -> Path:
         raise
     return output
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -33,6 +33,7 @@ import numpy.typing as npt
 
 from ggufops.atomic import atomic_write_bytes, atomic_write_text
 from ggufops.errors import ToyBuildError
+from ggufops.store import file_sha256
 
 TOY_FORMAT = 1  # bump whenever the construction below changes the bytes
 EVAL_SET = "pydoc-heldout-v1"
@@ -378,13 +379,6 @@ def _gguf_version() -> str:
 
     return version("gguf")
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_manifest(out_dir: Path) -> dict[str, Any]:
