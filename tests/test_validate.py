@@ -242,3 +242,18 @@ def test_unexpected_error_exit_3(registry_repo: Path) -> None:
     code, out = run_validate(registry_repo)
     assert code == 3
     assert "--traceback" in out
+
+
+def test_parallel_parsing_reports_the_same_problems(registry_repo: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(12):
+        write_version(registry_repo, "m", f"1.{i}.0")
+    bad = registry_repo / "registry" / "m" / "1.5.0.yaml"
+    bad.write_text(bad.read_text() + "colour: blue\n")
+    set_environment(registry_repo, "staging", {"m": "1.11.0"})
+    serial = messages(registry_repo)
+    monkeypatch.setattr("ggufops.validate.PARALLEL_THRESHOLD", 4)
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    parallel = messages(registry_repo)
+    assert parallel == serial
+    assert len(serial) == 1 and "registry/m/1.5.0.yaml" in serial[0] and "colour" in serial[0]

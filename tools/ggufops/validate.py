@@ -6,10 +6,13 @@ so a pull request author fixes them all at once.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import gc
 import hashlib
 import itertools
+import multiprocessing
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -128,12 +131,11 @@ def _load(checker: Checker, registry: Registry, validators: dict[str, Any]) -> S
     doc = checker.read(policy_path)
     if doc is not None and checker.schema(doc, validators["policy"]):
         state.policy = doc
-    for path in registry.iter_version_files():
-        doc = checker.read(path)
-        if doc is not None and checker.schema(doc, validators["model-version"]):
-            ref = _version_path_matches(checker, doc, path)
-            if ref is not None:
-                state.versions[ref] = doc
+    for doc in _read_versions(checker, list(registry.iter_version_files()),
+                              validators["model-version"]):
+        ref = _version_path_matches(checker, doc, doc.path)
+        if ref is not None:
+            state.versions[ref] = doc
     for path in registry.iter_environment_files():
         doc = checker.read(path)
         if doc is not None and checker.schema(doc, validators["environment"]):
@@ -143,6 +145,51 @@ def _load(checker: Checker, registry: Registry, validators: dict[str, Any]) -> S
                             f"file name; set it to {path.stem!r}", "path")
             state.environments[path.stem] = doc
     return state
+
+
+# Above this many version files, parsing is spread over the machine's cores.
+PARALLEL_THRESHOLD = 2000
+_WORKER: dict[str, Any] = {}
+
+
+def _read_versions(checker: Checker, paths: list[Path], validator: Any) -> list[yamlio.Document]:
+    """Parse and schema-check version files; the valid ones come back as documents."""
+    workers = min(os.cpu_count() or 1, 8)
+    if len(paths) < PARALLEL_THRESHOLD or workers < 2:
+        return _read_chunk(checker, paths, validator)
+    size = -(-len(paths) // workers)
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    # forkserver, not fork: the caller may have threads (the agent does)
+    context = multiprocessing.get_context("forkserver")
+    with concurrent.futures.ProcessPoolExecutor(
+        len(chunks), mp_context=context, initializer=_init_worker, initargs=(checker.root,)
+    ) as pool:
+        results = list(pool.map(_read_chunk_in_worker, chunks))
+    docs: list[yamlio.Document] = []
+    for problems, parsed in results:
+        checker.problems.extend(problems)
+        docs.extend(yamlio.Document(path, data) for path, data in parsed)
+    return docs
+
+
+def _read_chunk(checker: Checker, paths: list[Path], validator: Any) -> list[yamlio.Document]:
+    docs = []
+    for path in paths:
+        doc = checker.read(path)
+        if doc is not None and checker.schema(doc, validator):
+            docs.append(doc)
+    return docs
+
+
+def _init_worker(root: Path) -> None:
+    gc.disable()  # a short-lived worker that allocates only acyclic data
+    _WORKER.update(root=root, validator=schemas.load_validators(root)["model-version"])
+
+
+def _read_chunk_in_worker(paths: list[Path]) -> tuple[list[Problem], list[tuple[Path, Any]]]:
+    checker = Checker(_WORKER["root"])
+    docs = _read_chunk(checker, paths, _WORKER["validator"])
+    return checker.problems, [(d.path, d.data) for d in docs]
 
 
 def _version_path_matches(checker: Checker, doc: yamlio.Document, path: Path) -> VersionRef | None:

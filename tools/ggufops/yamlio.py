@@ -38,11 +38,12 @@ class Document:
 
     path: Path
     data: Any
-    text: str | bytes
+    text: str | bytes | None = None  # None: read from `path` when a position is needed
 
     def mark(self, json_path: tuple[str | int, ...] | list[str | int]) -> Mark:
         """Position of the deepest node on `json_path` (its key, for a mapping entry)."""
-        node = yaml.compose(self.text, Loader=_Loader)
+        text = self.text if self.text is not None else self.path.read_bytes()
+        node = yaml.compose(text, Loader=_Loader)
         best = Mark.of(node) if node is not None else Mark(1, 1)
         for part in json_path:
             if isinstance(node, yaml.MappingNode):
