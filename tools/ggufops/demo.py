@@ -127,6 +127,10 @@ class Demo:
         began = time.monotonic()
         try:
             yield step
+        except KeyboardInterrupt:
+            step.ok = False
+            step.result = "interrupted"
+            raise
         except BaseException:
             step.ok = False
             step.result = step.result or "FAILED"
