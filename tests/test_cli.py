@@ -67,3 +67,25 @@ def test_quick_commands_do_not_import_heavy_modules() -> None:
             "print(sorted(m for m in ('numpy', 'llama_cpp', 'boto3', 'dvc') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """No import cycles: each module can be the first one imported."""
+    import pkgutil
+    import subprocess
+    import sys
+
+    import ggufops
+
+    names = [f"ggufops.{m.name}" for m in pkgutil.iter_modules(ggufops.__path__)]
+    names += [f"ggufops.cli.{m.name}" for m in pkgutil.iter_modules(ggufops.cli.__path__)]
+    code = ("import importlib, sys\nfailed = []\nfor name in sys.argv[1:]:\n"
+            "    for m in [k for k in sys.modules if k.startswith('ggufops')]:\n"
+            "        del sys.modules[m]\n"
+            "    try:\n        importlib.import_module(name)\n"
+            "    except ImportError as e:\n        failed.append(f'{name}: {e}')\n"
+            "print(failed)")
+    out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+    assert len(names) > 40

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ggufops import s3server, toy
-from ggufops.errors import GgufopsError
+from ggufops.errors import DemoFailed
 from ggufops.httpjson import error_message, request_json
 from ggufops.template import copy_template, project_root
 
@@ -38,10 +38,6 @@ NOTES = {
 }
 ROLLBACK_GOAL_S = 2.0
 ROLLBACK_LIMIT_S = 30.0
-
-
-class DemoFailed(GgufopsError):
-    """A step of the demo did not do what it must."""
 
 
 @dataclass

@@ -224,3 +224,10 @@ class GitHubError(GgufopsError):
 
 class GitHubAuthError(GitHubError):
     """GitHub rejected the token (401/403)."""
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+class DemoFailed(GgufopsError):
+    """A step of the demo did not do what it must."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ggufops.errors import NotARegistry
+
 # Paths, relative to a registry root, that make an empty registry ready to use.
 TEMPLATE_PATHS = (
     "registry/schema",
@@ -38,4 +40,10 @@ def copy_template(source: Path, dest: Path) -> list[str]:
 
 def project_root() -> Path:
     """The checkout this package was installed from (editable install), holding the template."""
-    return Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "registry" / "policy.yaml").is_file():
+        raise NotARegistry(
+            f"the ggufops template is not beside the package ({root}); run from a clone of "
+            "the ggufops repository (`make demo` installs it in editable mode)"
+        )
+    return root

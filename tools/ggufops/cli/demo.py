@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ggufops import demo as demo_api
+from ggufops.errors import DemoFailed
 
 
 @click.command("demo")
@@ -18,7 +19,7 @@ def demo(workdir: Path | None, keep: bool) -> None:
     steps = demo_api.run_demo(workdir, keep=keep)
     failed = [s.title for s in steps if not s.ok]
     if failed:
-        raise demo_api.DemoFailed(f"step failed: {failed[0]}")
+        raise DemoFailed(f"step failed: {failed[0]}")
     click.echo("demo finished: every step passed")
 
 
