@@ -14,7 +14,6 @@ Run: .venv/bin/python bench/bench_gate.py [--aa 20]
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import sys
@@ -34,6 +33,7 @@ from ggufops.registry import Registry
 from ggufops.s3server import S3Server
 from ggufops.store import file_sha256
 from testing.repos import GIT_TEST_ENV, git_commit, make_registry, set_environment
+from testing.toys import direct_perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,26 +72,6 @@ def whole_gate(work: Path, models: dict[str, Path]) -> None:
     print(f"  report  {t_render:.3f} s")
     print(f"  TOTAL gate wall time {total:.2f} s (goal < 60 s)")
     (work / "gate.md").write_text(markdown)
-
-
-def direct_perplexity(path: Path, tokens: list[int], n_ctx: int) -> float:
-    import llama_cpp
-
-    model = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
-                            verbose=False, n_threads=1)
-    nll, count, first = 0.0, 0, n_ctx // 2
-    for c in range(len(tokens) // n_ctx):
-        chunk = [model.token_bos(), *tokens[c * n_ctx + 1:(c + 1) * n_ctx]]
-        model.reset()
-        model.eval(chunk)
-        logits = np.asarray(model.scores[:n_ctx], dtype=np.float64)
-        for j in range(first, n_ctx - 1):
-            row = logits[j]
-            top = row.max()
-            nll += math.log(np.exp(row - top).sum()) + top - row[chunk[j + 1]]
-            count += 1
-    model.close()
-    return math.exp(nll / count)
 
 
 def fidelity(models: dict[str, Path]) -> None:

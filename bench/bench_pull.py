@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 from ggufops import artifacts, s3config
+from ggufops.atomic import fsync_path
 from ggufops.pull import pull
 from ggufops.register import RegisterRequest, register
 from ggufops.registry import Registry
@@ -74,14 +75,6 @@ def write_gguf(path: Path, megabytes: int) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def timed(fn, setup=None) -> float:  # type: ignore[no-untyped-def]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from ggufops import bench, toy
@@ -88,3 +90,24 @@ def nan_copy(src: Path, dst: Path) -> Path:
     data[tensor.data_offset:tensor.data_offset + 4096] = b"\xff" * 4096
     dst.write_bytes(bytes(data))
     return dst
+
+
+def direct_perplexity(path: Path, tokens: list[int], n_ctx: int) -> float:
+    """Independent reference: Llama.eval with logits_all, then numpy, llama-perplexity style."""
+    import llama_cpp
+
+    model = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
+                            verbose=False, n_threads=1)
+    nll, count, first = 0.0, 0, n_ctx // 2
+    for c in range(len(tokens) // n_ctx):
+        chunk = [model.token_bos(), *tokens[c * n_ctx + 1:(c + 1) * n_ctx]]
+        model.reset()
+        model.eval(chunk)
+        logits = np.asarray(model.scores[:n_ctx], dtype=np.float64)
+        for j in range(first, n_ctx - 1):
+            row = logits[j]
+            top = row.max()
+            nll += math.log(np.exp(row - top).sum()) + top - row[chunk[j + 1]]
+            count += 1
+    model.close()
+    return math.exp(nll / count)

@@ -6,39 +6,17 @@ import math
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ggufops import llm, toy
 from ggufops.errors import LlamaError, SmokeTestFailed
-from testing.toys import nan_copy
+from testing.toys import direct_perplexity, nan_copy
 
 
 @pytest.fixture(scope="module")
 def tokens(toy_models: dict[str, Path]) -> list[int]:
     with llm.load(toy_models["baseline"], n_ctx=64) as model:
         return llm.tokenize(model, toy.heldout_text())
-
-
-def direct_perplexity(path: Path, tokens: list[int], n_ctx: int) -> float:
-    """Independent reference: Llama.eval with logits_all, then numpy, llama-perplexity style."""
-    import llama_cpp
-
-    model = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
-                            verbose=False, n_threads=1)
-    nll, count, first = 0.0, 0, n_ctx // 2
-    for c in range(len(tokens) // n_ctx):
-        chunk = [model.token_bos(), *tokens[c * n_ctx + 1:(c + 1) * n_ctx]]
-        model.reset()
-        model.eval(chunk)
-        logits = np.asarray(model.scores[:n_ctx], dtype=np.float64)
-        for j in range(first, n_ctx - 1):
-            row = logits[j]
-            top = row.max()
-            nll += math.log(np.exp(row - top).sum()) + top - row[chunk[j + 1]]
-            count += 1
-    model.close()
-    return math.exp(nll / count)
 
 
 def test_perplexity_equals_direct_calculation(toy_models: dict[str, Path],

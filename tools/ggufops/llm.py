@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -560,22 +560,21 @@ def _guard_stream(model: Model, chunks: Iterator[dict[str, Any]]) -> Iterator[di
 def complete(model: Model, prompt: str, params: dict[str, Any], *,
              stream: bool) -> dict[str, Any] | Iterator[dict[str, Any]]:
     """An OpenAI text completion (a dict), or an iterator of its chunks when streaming."""
-    try:
-        result = model.llama.create_completion(prompt=prompt, stream=stream, **params)
-    except ValueError as e:
-        raise LlamaError(f"{model.path.name}: {e}") from None
-    if stream:
-        return _guard_stream(model, result)
-    completion: dict[str, Any] = result
-    return completion
+    return _openai(model, model.llama.create_completion, stream, prompt=prompt, **params)
 
 
 def chat(model: Model, messages: list[dict[str, Any]], params: dict[str, Any], *,
          stream: bool) -> dict[str, Any] | Iterator[dict[str, Any]]:
     """An OpenAI chat completion (a dict), or an iterator of its chunks when streaming."""
+    return _openai(model, model.llama.create_chat_completion, stream, messages=messages,
+                   **params)
+
+
+def _openai(model: Model, call: Callable[..., Any], stream: bool,
+            **kwargs: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
     try:
-        result = model.llama.create_chat_completion(messages=messages, stream=stream, **params)
-    except ValueError as e:
+        result = call(stream=stream, **kwargs)
+    except ValueError as e:  # llama-cpp-python's "prompt too long" and friends
         raise LlamaError(f"{model.path.name}: {e}") from None
     if stream:
         return _guard_stream(model, result)
