@@ -180,3 +180,12 @@ def test_format_message_round_trips_through_history_trailers() -> None:
 def test_gate_results_are_read_from_the_version_file(text: str,
                                                      metrics: dict[str, float] | None) -> None:
     assert history._metrics_of(text.encode(), "registry/x/1.0.0.yaml") == metrics
+
+
+def test_gate_figures_read_without_exponents() -> None:
+    from ggufops.history import _metrics_text
+
+    text = _metrics_text({"perplexity": 16.80474, "tg_tokens_per_s": 16030.2,
+                          "latency_p95_ms": 2.3561, "nll": 2.8})
+    assert text == "perplexity=16.8 tg_tokens_per_s=16,030 latency_p95_ms=2.356"
+    assert _metrics_text(None) == "-"

@@ -331,8 +331,14 @@ def _metrics_text(metrics: dict[str, Any] | None) -> str:
     if not metrics:
         return "-"
     shown = [k for k in ("perplexity", "tg_tokens_per_s", "latency_p95_ms") if k in metrics]
-    return " ".join(f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float)
-                    else f"{k}={metrics[k]}" for k in shown) or "recorded"
+    return " ".join(f"{k}={_number(metrics[k])}" for k in shown) or "recorded"
+
+
+def _number(value: Any) -> str:
+    """4 significant digits, without exponents: 16.8, 0.0123, 16,030."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 _SCHEMA = """
