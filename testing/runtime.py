@@ -365,6 +365,18 @@ class World:
         set_environment(self.repo, "production", {name: version})
         return self.push(message or f"deploy {name}@{version} to production")
 
+    def deploy_canary(self, version: str, canary: tuple[str, int] | None,
+                      name: str = MODEL) -> str:
+        """Point production at name@version with `canary` (version, weight) or none; push."""
+        entry: dict[str, Any] = {"version": version}
+        if canary is not None:
+            entry["canary"] = {"version": canary[0], "weight": canary[1]}
+        body = {"environment": "production", "models": {name: entry}}
+        path = self.repo / "environments" / "production.yaml"
+        path.write_text("# production\n" + yaml.safe_dump(body, sort_keys=False))
+        what = f"canary {canary[0]} at {canary[1]}%" if canary else "no canary"
+        return self.push(f"deploy {name}@{version} with {what} to production")
+
     def push(self, message: str) -> str:
         sha = git_commit(self.repo, message)
         git(self.repo, "push", "-q", "origin", "main")

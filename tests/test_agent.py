@@ -5,6 +5,7 @@ production only through git, as a person would."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -77,6 +78,35 @@ def test_plan_reads_the_environment_at_a_commit(registry_with_remote: tuple[Path
     assert plan.keep == 3  # policy retention.agent_keep_last
     assert plan_at(repo, remote, tmp_path, keep=5).keep == 5
     assert sorted(p.name for p in (tmp_path / "trees").iterdir())[0] != ".tmp"
+
+
+def test_plan_carries_the_canary(registry_with_remote: tuple[Path, Path],
+                                 tmp_path: Path) -> None:
+    repo, remote = registry_with_remote
+    write_version(repo, "m", "1.0.0", content=b"one")
+    write_version(repo, "m", "1.1.0", parent="1.0.0", content=b"two")
+    env = set_environment(repo, "production", {"m": "1.0.0"})
+    env.write_text(env.read_text() + "    canary: {version: 1.1.0, weight: 10}\n"
+                   "    overrides: {temperature: 0.2}\n")
+    plan = plan_at(repo, remote, tmp_path)
+    target = plan.targets["m"]
+    canary = target.canary
+    assert canary is not None and target.weight is None
+    assert (canary.version, canary.weight, canary.size) == ("1.1.0", 10, 3)
+    assert canary.sha256 == __import__("hashlib").sha256(b"two").hexdigest()
+    assert canary.inference["temperature"] == 0.2
+    assert [a.version for a in plan.artifacts()] == ["1.0.0", "1.1.0"]
+    request = plan.requests()["m"]
+    assert request["canary"]["role"] == "canary" and request["canary"]["weight"] == 10
+    assert "canary" not in target.load_body() and "role" not in target.load_body()
+    assert agentplan.Target.from_request("m", request) == dataclasses.replace(
+        target, dvc_md5="", size=0, canary=dataclasses.replace(canary, dvc_md5="", size=0))
+    entry = {"version": "1.0.0", "sha256": target.sha256}
+    assert not target.served_by(entry)
+    assert target.served_by({**entry, "canary": {"version": "1.1.0", "sha256": canary.sha256,
+                                                 "weight": 10}})
+    assert not target.served_by({**entry, "canary": {"version": "1.1.0",
+                                                     "sha256": canary.sha256, "weight": 20}})
 
 
 def test_an_invalid_state_is_refused(registry_with_remote: tuple[Path, Path],
@@ -358,3 +388,68 @@ def test_agent_command_names_missing_options(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: no apply log at {tmp_path}/applylog.sqlite; pass " \
         "the agent's --state-dir"
+
+
+@pytest.mark.slow
+def test_a_canary_is_loaded_beside_the_version_and_unloaded_when_dropped(
+        world: World, processes: Processes) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    server, agent_proc, _ = start(world, processes, "2.0.0")
+    added = world.deploy_canary("2.0.0", ("2.1.0", 100))
+
+    def canary_served() -> dict[str, Any] | None:
+        entry = serving(server.url)[MODEL]
+        return entry if "canary" in entry else None
+
+    entry = wait_for(canary_served, what="the canary served")
+    assert (entry["version"], entry["sha256"]) == ("2.0.0", world.sha256("2.0.0"))
+    assert (entry["canary"]["version"], entry["canary"]["sha256"], entry["canary"]["weight"]) \
+        == ("2.1.0", world.sha256("2.1.0"), 100)
+    s = wait_healthy(agent_proc, added)
+    m = s["models"][MODEL]
+    assert m["in_sync"] is True and m["serving_version"] == "2.0.0"
+    assert m["desired_canary"] == m["serving_canary"] == {
+        "version": "2.1.0", "sha256": world.sha256("2.1.0"), "weight": 100}
+    reply = get(f"{server.url}/v1/models/{MODEL}")
+    assert reply["canary"]["display_id"].startswith("llama3-instruct-v2.1.0")
+    assert world.stored() == {world.sha256("2.0.0"), world.sha256("2.1.0")}
+    text = subprocess.run([str(GGUFOPS), "agent", "status", "--state-dir", str(world.state_dir)],
+                          capture_output=True, text=True, check=True).stdout
+    assert "model llama3-instruct: desired 2.0.0, serving 2.0.0 (ok)" in text
+    assert "  canary: desired 2.1.0 at 100%, serving 2.1.0 at 100%" in text
+    attempts = agent_status_cli(world)["attempts"]
+    assert attempts[0]["models"][MODEL]["canary"]["version"] == "2.1.0"
+    assert attempts[0]["models"][MODEL]["canary"]["weight"] == 100
+
+    reweighted = world.deploy_canary("2.0.0", ("2.1.0", 30))
+    wait_for(lambda: serving(server.url)[MODEL].get("canary", {}).get("weight") == 30,
+             what="the new weight")
+    wait_healthy(agent_proc, reweighted)
+
+    dropped = world.deploy_canary("2.0.0", None)
+    wait_for(lambda: "canary" not in serving(server.url)[MODEL], what="the canary unloaded")
+    s = wait_healthy(agent_proc, dropped)
+    assert serving_version(server.url) == "2.0.0"
+    assert s["models"][MODEL] == {
+        "desired_version": "2.0.0", "desired_sha256": world.sha256("2.0.0"),
+        "serving_version": "2.0.0", "serving_sha256": world.sha256("2.0.0"), "in_sync": True,
+    }  # fmt: skip
+    assert downloads(agent_proc) == 2  # the canary's weight change needed no download
+
+
+@pytest.mark.slow
+def test_retention_keeps_the_canary_artifact(world: World, processes: Processes) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    world.publish("2.2.0", "degraded")
+    server, agent_proc, _ = start(world, processes, "2.0.0", extra=["--keep", "2"])
+    world.deploy("2.1.0")
+    wait_serving(server, "2.1.0")
+    commit = world.deploy_canary("2.2.0", ("2.0.0", 10))
+    wait_serving(server, "2.2.0")
+    wait_healthy(agent_proc, commit)
+    assert serving(server.url)[MODEL]["canary"]["version"] == "2.0.0"
+    # keep 2 would drop the oldest (2.0.0), but the canary uses it; 2.1.0 is the previous
+    assert world.stored() == {world.sha256(v) for v in ("2.0.0", "2.1.0", "2.2.0")}
+    assert downloads(agent_proc) == 3

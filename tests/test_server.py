@@ -43,10 +43,14 @@ class Running:
         self.url = url
 
     def load(self, path: Path, version: str, *, token: str | None = TOKEN,
-             name: str = "llama3-instruct", digest: str | None = None) -> tuple[int, Any]:
-        body = {"name": name, "version": version, "sha256": digest or sha(path),
-                "display_id": f"{name}-v{version}-f32",
-                "inference": {"temperature": 0.0, "max_tokens": 8, "prompt_template": "chatml"}}
+             name: str = "llama3-instruct", digest: str | None = None,
+             canary_weight: int | None = None) -> tuple[int, Any]:
+        body: dict[str, Any] = {
+            "name": name, "version": version, "sha256": digest or sha(path),
+            "display_id": f"{name}-v{version}-f32",
+            "inference": {"temperature": 0.0, "max_tokens": 8, "prompt_template": "chatml"}}
+        if canary_weight is not None:
+            body.update(role="canary", weight=canary_weight)
         return http("POST", f"{self.url}/admin/models", body, token=token)
 
     def complete(self, **body: Any) -> tuple[int, Any]:
@@ -355,3 +359,141 @@ def test_serve_command_runs_and_stops_on_sigterm(tmp_path: Path, store: Path,
         code = proc.stop()
     assert code == 0
     assert "serving m-v1.0.0" in proc.log_path.read_text()
+
+
+# --- canaries -----------------------------------------------------------------------------
+
+PRIMARY, CANARY = "llama3-instruct-v2.0.0-f32", "llama3-instruct-v2.1.0-f32"
+USERS = [f"user-{i}" for i in range(24)]
+
+
+def answered_by(running: Running, user: str | None = None, **body: Any) -> str:
+    """The display id that answered one completion (for `user`, if given)."""
+    extra = {"user": user} if user is not None else {}
+    status, reply = running.complete(max_tokens=1, **extra, **body)
+    assert status == 200, reply
+    return str(reply["model"])
+
+
+def with_canary(running: Running, runtime_models: dict[str, Path], weight: int) -> None:
+    assert running.load(runtime_models["baseline"], "2.0.0")[0] == 201
+    status, reply = running.load(runtime_models["improved"], "2.1.0", canary_weight=weight)
+    assert status == 201, reply
+    assert (reply["model"]["role"], reply["model"]["weight"]) == ("canary", weight)
+
+
+def test_a_canary_at_weight_100_answers_every_request(running: Running,
+                                                      runtime_models: dict[str, Path]) -> None:
+    with_canary(running, runtime_models, 100)
+    assert {answered_by(running) for _ in range(8)} == {CANARY}
+    assert {answered_by(running, user) for user in USERS[:8]} == {CANARY}
+    [entry] = running.models()  # the primary's entry, every field kept, plus `canary`
+    assert (entry["id"], entry["version"], entry["display_id"]) == ("llama3-instruct", "2.0.0",
+                                                                     PRIMARY)
+    assert entry["sha256"] == sha(runtime_models["baseline"])
+    canary = entry["canary"]
+    assert set(canary) == {"version", "sha256", "display_id", "weight", "loaded_at"}
+    assert (canary["version"], canary["display_id"], canary["weight"]) == ("2.1.0", CANARY, 100)
+    assert canary["sha256"] == sha(runtime_models["improved"])
+    assert answered_by(running, model=PRIMARY) == PRIMARY  # a display id names one model
+    text = running.app.render_metrics()
+    assert 'ggufops_requests_total{model="llama3-instruct",version="2.1.0",' \
+        'endpoint="completions",code="200"} 16' in text
+    assert 'ggufops_canary_weight{model="llama3-instruct",version="2.1.0"' in text
+
+
+def test_a_canary_at_weight_0_answers_none(running: Running,
+                                           runtime_models: dict[str, Path]) -> None:
+    with_canary(running, runtime_models, 0)
+    assert {answered_by(running) for _ in range(8)} == {PRIMARY}
+    assert {answered_by(running, user) for user in USERS[:8]} == {PRIMARY}
+    assert running.models()[0]["canary"]["weight"] == 0
+
+
+def test_a_canary_at_weight_50_splits_users_and_each_user_sticks(
+        running: Running, runtime_models: dict[str, Path]) -> None:
+    with_canary(running, runtime_models, 50)
+    first = {user: answered_by(running, user) for user in USERS}
+    assert set(first.values()) == {PRIMARY, CANARY}
+    for user in USERS:
+        assert answered_by(running, user) == first[user]
+    chat = http("POST", f"{running.url}/v1/chat/completions",
+                {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
+                 "user": USERS[0]})[1]
+    assert chat["model"] == first[USERS[0]]
+    assert running.complete(user=5)[0] == 400
+
+
+def test_a_new_weight_needs_no_reload_and_deleting_the_canary_restores_the_primary(
+        running: Running, runtime_models: dict[str, Path]) -> None:
+    with_canary(running, runtime_models, 100)
+    loaded_at = running.models()[0]["canary"]["loaded_at"]
+    status, reply = running.load(runtime_models["improved"], "2.1.0", canary_weight=0)
+    assert status == 200 and reply["loaded"] is False
+    assert running.models()[0]["canary"] == {**running.models()[0]["canary"], "weight": 0,
+                                             "loaded_at": loaded_at}
+    assert running.load(runtime_models["improved"], "2.1.0", canary_weight=100)[0] == 200
+    with running.app.table.use(None) as held:  # a request in flight on the canary
+        assert held.request.display_id == CANARY
+        status, reply = http("DELETE", f"{running.url}/admin/models/llama3-instruct/canary",
+                             token=TOKEN)
+        assert status == 200 and reply["unloaded"]["version"] == "2.1.0"
+        assert "canary" not in running.models()[0]
+        assert {answered_by(running, user) for user in USERS[:8]} == {PRIMARY}
+        assert [m["version"] for m in get_admin(running)["draining"]] == ["2.1.0"]
+    assert get_admin(running)["draining"] == []  # freed when its last request ended
+    again = http("DELETE", f"{running.url}/admin/models/llama3-instruct/canary", token=TOKEN)
+    assert again[0] == 404
+
+
+def test_loading_a_primary_keeps_the_canary(running: Running,
+                                            runtime_models: dict[str, Path]) -> None:
+    with_canary(running, runtime_models, 100)
+    assert running.load(runtime_models["degraded"], "2.2.0")[0] == 201
+    [entry] = running.models()
+    assert (entry["version"], entry["canary"]["version"]) == ("2.2.0", "2.1.0")
+    assert http("DELETE", f"{running.url}/admin/models/llama3-instruct", token=TOKEN)[0] == 200
+    assert running.models() == [] and get_admin(running)["canaries"] == []
+
+
+def test_a_canary_that_fails_to_load_leaves_the_primary_alone(
+        running: Running, runtime_models: dict[str, Path], store: Path) -> None:
+    status, reply = running.load(runtime_models["improved"], "2.1.0", canary_weight=50)
+    assert status == 409 and "no primary" in reply["error"]["message"]
+    assert running.load(runtime_models["baseline"], "2.0.0")[0] == 201
+    junk = b"not a model at all" * 100
+    digest = hashlib.sha256(junk).hexdigest()
+    ArtifactStore(store).path_for(digest).write_bytes(junk)
+    status, reply = running.load(runtime_models["baseline"], "2.1.0", digest=digest,
+                                 canary_weight=100)
+    assert status == 422 and "GGUF" in reply["error"]["message"]
+    [entry] = running.models()
+    assert entry["version"] == "2.0.0" and "canary" not in entry
+    assert {answered_by(running, user) for user in USERS[:4]} == {PRIMARY}
+    state = get_admin(running)
+    assert state["canaries"] == []
+    assert state["last_errors"]["llama3-instruct/canary"]["version"] == "2.1.0"
+    assert "llama3-instruct" not in state["last_errors"]
+    for weight in (101, -1, "50", True):
+        status, reply = running.load(runtime_models["improved"], "2.1.0",
+                                     canary_weight=weight)  # type: ignore[arg-type]
+        assert status == 400 and "weight" in reply["error"]["message"]
+    bad_role = {"name": "llama3-instruct", "version": "2.1.0",
+                "sha256": sha(runtime_models["improved"]), "role": "shadow"}
+    assert http("POST", f"{running.url}/admin/models", bad_role, token=TOKEN)[0] == 400
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token-0123456789"])
+def test_canary_admin_routes_refuse_a_missing_or_wrong_token(
+        running: Running, runtime_models: dict[str, Path], token: str | None) -> None:
+    assert running.load(runtime_models["baseline"], "2.0.0")[0] == 201
+    status, _ = running.load(runtime_models["improved"], "2.1.0", canary_weight=100,
+                             token=token)
+    assert status == 401
+    assert "canary" not in running.models()[0]
+    assert running.app.admin_state()["loading"] == {}
+    with_token = running.load(runtime_models["improved"], "2.1.0", canary_weight=100)
+    assert with_token[0] == 201
+    url = f"{running.url}/admin/models/llama3-instruct/canary"
+    assert http("DELETE", url, token=token)[0] == 401
+    assert running.models()[0]["canary"]["version"] == "2.1.0"

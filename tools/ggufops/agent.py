@@ -6,11 +6,15 @@ commit with one `git ls-remote`. When the commit is new it applies it:
   syncing      fetch the branch into a bare mirror, export registry/ and environments/ at
                that commit, validate them (an invalid state is refused, never applied) and
                compute the plan: which version (sha256, DVC md5) each model should run
-  downloading  pull missing artifacts into the content-addressed store, each verified
-               against the sha256 of its version file (a file already there is reused)
+  downloading  pull missing artifacts (versions and canaries) into the content-addressed
+               store, each verified against the sha256 of its version file (a file already
+               there is reused)
   loading      ask the server's admin API to load each model that changes (the server
-               verifies the sha256 again and swaps without failing a request)
-  verifying    poll the server's /v1/models until name, version and sha256 match
+               verifies the sha256 again and swaps without failing a request), then its
+               canary (role "canary", with its weight); a canary the environment no longer
+               has is unloaded
+  verifying    poll the server's /v1/models until name, version and sha256, and the
+               canary's version, sha256 and weight, match
   healthy      recorded in the apply log; the store keeps the last N versions per model
 
 Any failure leaves the previous version serving: the phase becomes `degraded` with the
@@ -122,7 +126,7 @@ class ServerClient:
         return {str(m.get("name")): m for m in data["data"] if isinstance(m, dict)}
 
     def load(self, target: Target) -> None:
-        reply = self._call("POST", "/admin/models", target.load_request(), timeout=self.timeout)
+        reply = self._call("POST", "/admin/models", target.load_body(), timeout=self.timeout)
         if reply.status >= 400:
             kind = ChecksumMismatch if reply.status == 422 and "sha256" in error_message(
                 reply) else ServerRefused
@@ -133,6 +137,12 @@ class ServerClient:
         reply = self._call("DELETE", f"/admin/models/{name}")
         if reply.status >= 400 and reply.status != 404:
             raise ServerRefused(f"server refused to unload {name}: {error_message(reply)}")
+
+    def unload_canary(self, name: str) -> None:
+        reply = self._call("DELETE", f"/admin/models/{name}/canary")
+        if reply.status >= 400 and reply.status != 404:
+            raise ServerRefused(f"server refused to unload the canary of {name}: "
+                                f"{error_message(reply)}")
 
 
 # --- the agent --------------------------------------------------------------------------------
@@ -359,7 +369,7 @@ class Agent:
         from ggufops.store import ArtifactStore
 
         store = ArtifactStore(self.config.store)
-        missing = [t for t in plan.targets.values() if not store.has(t.sha256, t.size)]
+        missing = [t for t in plan.artifacts() if not store.has(t.sha256, t.size)]
         for target in missing:
             log.info("downloading %s (%d bytes)", target.display_id, target.size)
         if not missing:
@@ -377,14 +387,25 @@ class Agent:
         serving = self.server.serving()
         for name, want in sorted(targets.items()):
             target = Target.from_request(name, want)
-            if target.served_by(serving.get(name)):
+            entry = serving.get(name) or {}
+            if not target.primary_served_by(entry):
+                self._load_one(target)
+            if target.canary_served_by(entry):
                 continue
-            log.info("asking the server to load %s", target.display_id)
-            try:
-                self.server.load(target)
-            except ChecksumMismatch:
-                self._evict(target.sha256)
-                raise
+            if target.canary is None:
+                log.info("asking the server to unload the canary of %s", name)
+                self.server.unload_canary(name)
+            else:
+                self._load_one(target.canary)
+
+    def _load_one(self, target: Target) -> None:
+        canary = f" as canary (weight {target.weight})" if target.weight is not None else ""
+        log.info("asking the server to load %s%s", target.display_id, canary)
+        try:
+            self.server.load(target)
+        except ChecksumMismatch:
+            self._evict(target.sha256)
+            raise
 
     def _evict(self, sha256: str) -> None:
         """A stored file that fails verification is removed, so the retry downloads it."""
@@ -471,10 +492,11 @@ class Agent:
 
     def _retain(self, plan: Plan, previous: dict[str, dict[str, Any]], now: float) -> None:
         """Keep the last `plan.keep` artifacts per model; never the serving or previous one."""
-        for t in plan.targets.values():
+        for t in plan.artifacts():
             self.log.touch_artifact(t.name, t.version, t.sha256, now)
-        keep = {t.sha256 for t in plan.targets.values()}
-        keep.update(str(old.get("sha256")) for old in previous.values())
+        keep = {t.sha256 for t in plan.artifacts()}
+        for old in previous.values():
+            keep.update(a.sha256 for a in Target.from_request("", old).artifacts())
         stale: list[applylog.StoredArtifact] = []
         for model in sorted({a.model for a in self.log.artifacts()}):
             arts = self.log.artifacts(model)
@@ -528,7 +550,12 @@ class Agent:
 
 
 def _served(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: entry.get(k) for k in ("version", "sha256", "display_id", "loaded_at")}
+    served = {k: entry.get(k) for k in ("version", "sha256", "display_id", "loaded_at")}
+    canary = entry.get("canary")
+    if isinstance(canary, dict):
+        served["canary"] = {k: canary.get(k) for k in ("version", "sha256", "display_id",
+                                                       "weight", "loaded_at")}
+    return served
 
 
 # --- downloads, in a child process ------------------------------------------------------------

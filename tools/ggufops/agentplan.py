@@ -3,13 +3,14 @@
 The registry at a commit is exported from the agent's bare mirror (registry/,
 environments/ and .dvc/config only, with two git processes), validated like CI validates
 it, and turned into one Target per model: the version, its artifact (sha256, size, DVC md5)
-and the inference config with the environment's overrides. An invalid state is refused.
+and the inference config with the environment's overrides, and the canary (`canary:
+{version, weight}`) as a Target of its own with a weight. An invalid state is refused.
 """
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ EXPORTED_PATHS = (REGISTRY_DIR, ENVIRONMENTS_DIR, ".dvc/config")
 
 @dataclass(frozen=True)
 class Target:
-    """One model version the environment asks for, as the agent needs it."""
+    """One model version the environment asks for, as the agent needs it.
+
+    A primary may carry its `canary`: a Target whose `weight` (0-100) is set."""
 
     name: str
     version: str
@@ -32,24 +35,63 @@ class Target:
     size: int
     display_id: str
     inference: dict[str, Any]
+    weight: int | None = None  # set on a canary
+    canary: Target | None = field(default=None)
+
+    def load_body(self) -> dict[str, Any]:
+        """The body of POST /admin/models for this model (primary or canary)."""
+        body: dict[str, Any] = {"name": self.name, "version": self.version, "sha256": self.sha256,
+                "display_id": self.display_id, "inference": self.inference}
+        if self.weight is not None:
+            body.update(role="canary", weight=self.weight)
+        return body
 
     def load_request(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "sha256": self.sha256,
-                "display_id": self.display_id, "inference": self.inference}
+        """What the apply log records: the load body, and the canary's."""
+        body = self.load_body()
+        if self.canary is not None:
+            body["canary"] = self.canary.load_body()
+        return body
+
+    def artifacts(self) -> list[Target]:
+        """The primary and its canary: what must be in the store."""
+        return [self] if self.canary is None else [self, self.canary]
 
     def summary(self) -> dict[str, Any]:
-        return {"version": self.version, "sha256": self.sha256, "display_id": self.display_id}
+        result: dict[str, Any] = {"version": self.version, "sha256": self.sha256,
+                                  "display_id": self.display_id}
+        if self.weight is not None:
+            result["weight"] = self.weight
+        if self.canary is not None:
+            result["canary"] = self.canary.summary()
+        return result
 
     def served_by(self, entry: dict[str, Any] | None) -> bool:
-        return entry is not None and entry.get("version") == self.version \
-            and entry.get("sha256") == self.sha256
+        """Does this /v1/models entry serve the version, and exactly the canary asked for?"""
+        return entry is not None and self.primary_served_by(entry) \
+            and self.canary_served_by(entry)
+
+    def primary_served_by(self, entry: dict[str, Any]) -> bool:
+        return entry.get("version") == self.version and entry.get("sha256") == self.sha256
+
+    def canary_served_by(self, entry: dict[str, Any]) -> bool:
+        have = entry.get("canary")
+        if self.canary is None:
+            return have is None
+        c = self.canary
+        return isinstance(have, dict) and (have.get("version"), have.get("sha256"),
+                                           have.get("weight")) == (c.version, c.sha256, c.weight)
 
     @classmethod
     def from_request(cls, name: str, want: dict[str, Any]) -> Target:
         """A target from a load request recorded in the apply log."""
+        canary = want.get("canary")
+        weight = want.get("weight")
         return cls(name, str(want.get("version")), str(want.get("sha256")), "", 0,
                    str(want.get("display_id") or f"{name}-v{want.get('version')}"),
-                   dict(want.get("inference") or {}))
+                   dict(want.get("inference") or {}),
+                   weight=weight if isinstance(weight, int) else None,
+                   canary=cls.from_request(name, canary) if isinstance(canary, dict) else None)
 
 
 @dataclass(frozen=True)
@@ -64,6 +106,14 @@ class Plan:
 
     def requests(self) -> dict[str, dict[str, Any]]:
         return {name: t.load_request() for name, t in sorted(self.targets.items())}
+
+    def artifacts(self) -> list[Target]:
+        """Every primary and canary, one per sha256."""
+        unique: dict[str, Target] = {}
+        for t in self.targets.values():
+            for a in t.artifacts():
+                unique.setdefault(a.sha256, a)
+        return list(unique.values())
 
 
 def export_tree(mirror: Path, commit: str, trees_dir: Path) -> Path:
@@ -109,11 +159,21 @@ def plan_from_tree(tree: Path, commit: str, env: str, keep: int | None) -> Plan:
 
 
 def _target(registry: Registry, name: str, entry: dict[str, Any]) -> Target:
-    doc = registry.load_version(name, str(entry["version"]))
+    spec = entry.get("canary")
+    canary = None
+    if isinstance(spec, dict):
+        canary = _version_target(registry, name, str(spec["version"]), entry,
+                                 weight=int(spec["weight"]))
+    return _version_target(registry, name, str(entry["version"]), entry, canary=canary)
+
+
+def _version_target(registry: Registry, name: str, version: str, entry: dict[str, Any],
+                    *, canary: Target | None = None, weight: int | None = None) -> Target:
+    doc = registry.load_version(name, version)
     art = doc["artifact"]
     inference = {**doc.get("inference", {}), **(entry.get("overrides") or {})}
     return Target(name, str(doc["version"]), art["sha256"], art["dvc_md5"], int(art["size"]),
-                  display_id(doc), inference)
+                  display_id(doc), inference, weight, canary)
 
 
 def _policy_keep(registry: Registry) -> int:

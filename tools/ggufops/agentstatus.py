@@ -58,15 +58,21 @@ class Status:
     started_at: float = field(default_factory=time.time)
 
     def models(self) -> dict[str, dict[str, Any]]:
+        """Per model: desired vs serving version; `desired_canary`/`serving_canary`
+        ({version, sha256, weight} or None) when either side has a canary."""
         result = {}
         for name in sorted(set(self.desired) | set(self.serving)):
             want, have = self.desired.get(name, {}), self.serving.get(name, {})
-            result[name] = {
+            want_canary, have_canary = _canary(want), _canary(have)
+            entry = {
                 "desired_version": want.get("version"), "desired_sha256": want.get("sha256"),
                 "serving_version": have.get("version"), "serving_sha256": have.get("sha256"),
                 "in_sync": bool(want) and want.get("version") == have.get("version")
-                and want.get("sha256") == have.get("sha256"),
+                and want.get("sha256") == have.get("sha256") and want_canary == have_canary,
             }  # fmt: skip
+            if want_canary or have_canary:
+                entry.update(desired_canary=want_canary, serving_canary=have_canary)
+            result[name] = entry
         return result
 
     def as_dict(self) -> dict[str, Any]:
@@ -83,6 +89,13 @@ class Status:
             "consecutive_failures": self.failures, "next_retry_at": when(self.next_retry_at),
             "started_at": when(self.started_at),
         }  # fmt: skip
+
+
+def _canary(entry: dict[str, Any]) -> dict[str, Any] | None:
+    canary = entry.get("canary")
+    if not isinstance(canary, dict):
+        return None
+    return {k: canary.get(k) for k in ("version", "sha256", "weight")}
 
 
 def agent_metrics() -> Metrics:
@@ -196,6 +209,10 @@ def read_status(state_dir: Path, limit: int = 10) -> dict[str, Any]:
         db.close()
 
 
+def _canary_text(canary: dict[str, Any] | None) -> str:
+    return f"{canary.get('version')} at {canary.get('weight')}%" if canary else "-"
+
+
 def format_status(report: dict[str, Any]) -> str:
     status = report.get("status") or {}
     lines = [
@@ -213,6 +230,9 @@ def format_status(report: dict[str, Any]) -> str:
         mark = "ok" if m.get("in_sync") else "OUT OF SYNC"
         lines.append(f"model {name}: desired {m.get('desired_version') or '-'}, serving "
                      f"{m.get('serving_version') or '-'} ({mark})")
+        if "desired_canary" in m:
+            lines.append(f"  canary: desired {_canary_text(m['desired_canary'])}, serving "
+                         f"{_canary_text(m.get('serving_canary'))}")
     lines.append("recent applies:")
     for a in report.get("attempts") or []:
         error = f"  {a['error']}" if a.get("error") else ""

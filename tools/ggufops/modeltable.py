@@ -6,12 +6,19 @@ then one short critical section replaces the table entry. Each request holds a r
 (`ModelTable.use`) to the model it started on, so requests in flight finish there; the old
 model is freed when its last request ends. A llama.cpp context is not thread-safe: each
 model has a lock and its requests queue on it.
+
+Canaries: besides its primary, a model name may have one canary (role "canary") with a
+weight 0-100, loaded the same way. A request naming the model goes to the canary when its
+bucket (sha256 of the request's `user`, else random; 0-99) is below the weight.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import logging
+import random
 import re
 import threading
 import time
@@ -32,6 +39,7 @@ log = logging.getLogger("ggufops.serve")
 HASH_CHUNK = 8 * 1024 * 1024
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_MAX_TOKENS = 128
+ROLES = ("primary", "canary")
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,13 @@ class LoadRequest:
     sha256: str
     display_id: str
     inference: dict[str, Any] = field(default_factory=dict)
+    role: str = "primary"
+    weight: int = field(default=0, compare=False)  # a canary's share; changes need no reload
+
+    @property
+    def key(self) -> str:
+        """Where loads and load errors are tracked: the name, or `name/canary`."""
+        return self.name if self.role == "primary" else f"{self.name}/canary"
 
     @classmethod
     def parse(cls, data: Any) -> LoadRequest:
@@ -59,7 +74,27 @@ class LoadRequest:
         inference = data.get("inference") or {}
         if not isinstance(display, str) or not isinstance(inference, dict):
             raise HttpError(400, "display_id must be a string and inference an object")
-        return cls(name, version, sha, display, inference)
+        role, weight = _role_and_weight(data)
+        return cls(name, version, sha, display, inference, role, weight)
+
+
+def _role_and_weight(data: dict[str, Any]) -> tuple[str, int]:
+    role = data.get("role") or "primary"
+    if role not in ROLES:
+        raise HttpError(400, f"role: {role!r} is not \"primary\" or \"canary\"")
+    weight = data.get("weight")
+    if role == "primary":
+        return role, 0
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+        raise HttpError(400, f"weight: a canary needs an integer weight 0-100, got {weight!r}")
+    return role, weight
+
+
+def bucket(user: str | None) -> int:
+    """0-99: the same for every request of `user`, random without one."""
+    if user is None:
+        return random.randrange(100)  # traffic splitting, not security
+    return int.from_bytes(hashlib.sha256(user.encode()).digest()[:8], "big") % 100
 
 
 # --- models in memory ---------------------------------------------------------------------
@@ -98,6 +133,12 @@ class LoadedModel:
             "n_ctx": self.model.n_ctx,
         }  # fmt: skip
 
+    def canary_info(self, weight: int) -> dict[str, Any]:
+        """What the primary's /v1/models entry says about this canary."""
+        r = self.request
+        return {"version": r.version, "sha256": r.sha256, "display_id": r.display_id,
+                "weight": weight, "loaded_at": rfc3339(self.loaded_at)}
+
     def defaults(self) -> dict[str, Any]:
         """Generation defaults from the version's validated inference config."""
         inf = self.request.inference
@@ -111,11 +152,13 @@ class LoadedModel:
 
 
 class ModelTable:
-    """name -> the active LoadedModel; one short lock guards the table and the refcounts."""
+    """name -> the active LoadedModel (and its canary, with a weight); one short lock guards
+    the table and the refcounts."""
 
     def __init__(self, on_free: Callable[[LoadedModel], None]) -> None:
         self._lock = threading.Lock()
         self._active: dict[str, LoadedModel] = {}
+        self._canary: dict[str, LoadedModel] = {}
         self._draining: list[LoadedModel] = []
         self._on_free = on_free
 
@@ -127,11 +170,35 @@ class ModelTable:
         with self._lock:
             return sorted(self._active.values(), key=lambda m: m.request.name)
 
+    def canary(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            return self._canary.get(name)
+
+    def canaries(self) -> dict[str, tuple[LoadedModel, int]]:
+        """name -> (canary, weight)."""
+        with self._lock:
+            return {n: (c, c.request.weight) for n, c in self._canary.items()}
+
+    def set_weight(self, name: str, weight: int) -> LoadedModel | None:
+        """Change the weight of the canary of `name` (no reload); the canary, if any."""
+        with self._lock:
+            current = self._canary.get(name)
+            if current is not None:
+                current.request = dataclasses.replace(current.request, weight=weight)
+            return current
+
     def draining(self) -> list[LoadedModel]:
         with self._lock:
             return list(self._draining)
 
-    def _resolve(self, model_id: str | None) -> LoadedModel:
+    def _resolve(self, model_id: str | None, user: str | None) -> LoadedModel:
+        primary = self._primary(model_id)
+        canary = self._canary.get(primary.request.name)
+        if canary is None or model_id not in (None, primary.request.name):
+            return primary  # a display id or name@version names one model exactly
+        return canary if bucket(user) < canary.request.weight else primary
+
+    def _primary(self, model_id: str | None) -> LoadedModel:
         if not self._active:
             raise HttpError(503, "no model is loaded yet; the sync agent loads one "
                             "(POST /admin/models)", "service_unavailable")
@@ -143,14 +210,18 @@ class ModelTable:
         for loaded in self._active.values():
             if loaded.matches(model_id):
                 return loaded
+        for canary in self._canary.values():
+            if canary.matches(model_id) and model_id != canary.request.name:
+                return canary
         raise HttpError(404, f"model {model_id!r} is not served; GET /v1/models lists "
                         f"what is: {', '.join(sorted(self._active))}", "not_found_error")
 
     @contextlib.contextmanager
-    def use(self, model_id: str | None) -> Iterator[LoadedModel]:
-        """Hold the model `model_id` names (name, display id or name@version) for a request."""
+    def use(self, model_id: str | None, user: str | None = None) -> Iterator[LoadedModel]:
+        """Hold the model `model_id` names (name, display id or name@version) for a request;
+        a name goes to its canary for a share of the users (`weight`)."""
         with self._lock:
-            loaded = self._resolve(model_id)
+            loaded = self._resolve(model_id, user)
             loaded.refs += 1
         try:
             yield loaded
@@ -167,17 +238,34 @@ class ModelTable:
             self._on_free(loaded)
 
     def install(self, new: LoadedModel) -> LoadedModel | None:
-        """Make `new` the active model of its name; retire (and maybe free) the old one."""
+        """Make `new` the active model (or canary) of its name; retire (and maybe free) the
+        old one. A canary needs a primary: HttpError 409 without one."""
+        name = new.request.name
         with self._lock:
-            old = self._active.get(new.request.name)
-            self._active[new.request.name] = new
+            slots = self._active if new.request.role == "primary" else self._canary
+            if slots is self._canary and name not in self._active:
+                raise HttpError(409, f"{name} has no primary model; load it before a canary",
+                                "conflict_error")
+            old = slots.get(name)
+            slots[name] = new
         if old is not None:
             self._retire(old)
         return old
 
     def remove(self, name: str) -> LoadedModel | None:
+        """Unload the model `name` and its canary (at once: no canary outlives its primary);
+        the primary, if any."""
         with self._lock:
             old = self._active.pop(name, None)
+            canary = self._canary.pop(name, None)
+        for retired in (canary, old):
+            if retired is not None:
+                self._retire(retired)
+        return old
+
+    def remove_canary(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            old = self._canary.pop(name, None)
         if old is not None:
             self._retire(old)
         return old
@@ -247,37 +335,53 @@ class Loader:
             return self._name_locks.setdefault(name, threading.Lock())
 
     def load(self, request: LoadRequest) -> tuple[LoadedModel, bool]:
-        """(the active model, whether it changed); the old model serves on if this raises."""
+        """(the active model or canary, whether it changed); what serves now serves on if
+        this raises. A canary already loaded only gets the new weight."""
         with self._lock_for(request.name):
-            current = self.table.get(request.name)
+            current = self._current(request)
             if current is not None and current.request == request:
+                if request.role == "canary":
+                    self.table.set_weight(request.name, request.weight)
                 return current, False
             new = self._load_tracked(request)
-            old = self.table.install(new)
+            try:
+                old = self.table.install(new)
+            except HttpError:
+                new.close()
+                raise
             self.metrics.inc("ggufops_model_loads_total", (request.name, "success"))
-            log.info("serving %s (sha256 %s…) after %.3f s%s", request.display_id,
+            log.info("serving %s%s (sha256 %s…) after %.3f s%s", request.display_id,
+                     f" as canary, weight {request.weight}" if request.role == "canary" else "",
                      request.sha256[:12], new.load_seconds,
                      f"; {old.request.display_id} drains" if old else "")
             return new, True
 
+    def _current(self, request: LoadRequest) -> LoadedModel | None:
+        if request.role == "primary":
+            return self.table.get(request.name)
+        if self.table.get(request.name) is None:
+            raise HttpError(409, f"{request.name} has no primary model; load it before a "
+                            "canary", "conflict_error")
+        return self.table.canary(request.name)
+
     def _load_tracked(self, request: LoadRequest) -> LoadedModel:
         with self._guard:
-            self.loading[request.name] = {"version": request.version, "sha256": request.sha256,
+            self.loading[request.key] = {"version": request.version, "sha256": request.sha256,
                                           "since": rfc3339(time.time())}
         try:
             loaded = self._prepare(request)
         except GgufopsError as e:
             self.metrics.inc("ggufops_model_loads_total", (request.name, "failure"))
             with self._guard:
-                self.last_errors[request.name] = {"version": request.version, "error": str(e),
+                self.last_errors[request.key] = {"version": request.version, "error": str(e),
                                                   "at": rfc3339(time.time())}
             log.warning("load of %s refused: %s", request.display_id, e)
             raise
         finally:
             with self._guard:
-                self.loading.pop(request.name, None)
+                self.loading.pop(request.key, None)
         with self._guard:
-            self.last_errors.pop(request.name, None)
+            self.last_errors.pop(request.key, None)
         return loaded
 
     def _prepare(self, request: LoadRequest) -> LoadedModel:

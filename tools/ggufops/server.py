@@ -3,12 +3,14 @@ without failing a request.
 
 Routes
   GET    /v1/models, /v1/models/{id}       model info: name, version, display id, sha256,
-                                           load time (the "model info endpoint")
+                                           load time, canary (the "model info endpoint")
   POST   /v1/completions, /v1/chat/completions   ("stream": true answers as server-sent events)
   GET    /healthz (process up), /readyz (a model is loaded), /metrics (Prometheus)
   GET    /admin/models                      state: active, draining, loading, last errors
-  POST   /admin/models                      load {name, version, sha256, display_id?, inference?}
-  DELETE /admin/models/{name}               unload a model
+  POST   /admin/models                      load {name, version, sha256, display_id?, inference?,
+                                           role? ("primary" | "canary"), weight? (canary 0-100)}
+  DELETE /admin/models/{name}               unload a model (and its canary)
+  DELETE /admin/models/{name}/canary        unload its canary
   (every /admin route needs `Authorization: Bearer <token>`)
 
 Swaps without failed requests are modeltable.py's job; this module holds the routes,
@@ -168,7 +170,7 @@ class Generator:
         labels = ("", "")
         code = 200
         try:
-            with self.table.use(_model_id(body)) as loaded:
+            with self.table.use(_model_id(body), _user(body)) as loaded:
                 labels = loaded.labels
                 self.metrics.inc("ggufops_in_flight_requests", labels)
                 try:
@@ -250,6 +252,14 @@ def _model_id(body: dict[str, Any]) -> str | None:
     return model or None
 
 
+def _user(body: dict[str, Any]) -> str | None:
+    """OpenAI's `user`: keeps a user on the same side of a canary split."""
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise HttpError(400, "user: expected a string")
+    return user or None
+
+
 # --- the application ------------------------------------------------------------------------
 
 
@@ -271,6 +281,8 @@ def server_metrics() -> Metrics:
     m.gauge("ggufops_model_load_seconds", "Load + smoke test time of the active version.",
             ("model", "version"))
     m.gauge("ggufops_model_info", "The active version of each model (value 1).",
+            ("model", "version", "display_id", "sha256"))
+    m.gauge("ggufops_canary_weight", "Percent of a model's requests sent to its canary.",
             ("model", "version", "display_id", "sha256"))
     m.gauge("ggufops_models_draining", "Replaced models still finishing requests.")
     return m
@@ -295,12 +307,20 @@ class App:
     # public reads
 
     def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [m.info() for m in self.table.active()]}
+        return {"object": "list", "data": [self._info(m) for m in self.table.active()]}
+
+    def _info(self, loaded: LoadedModel) -> dict[str, Any]:
+        """The /v1/models entry of a primary; with `canary` when one is loaded."""
+        info = loaded.info()
+        canary = self.table.canaries().get(loaded.request.name)
+        if canary is not None:
+            info["canary"] = canary[0].canary_info(canary[1])
+        return info
 
     def model(self, model_id: str) -> dict[str, Any]:
         for loaded in self.table.active():
             if loaded.matches(model_id):
-                return loaded.info()
+                return self._info(loaded)
         raise HttpError(404, f"model {model_id!r} is not served", "not_found_error")
 
     def health(self) -> dict[str, Any]:
@@ -310,10 +330,16 @@ class App:
     def render_metrics(self) -> str:
         self.metrics.clear("ggufops_model_info")
         self.metrics.clear("ggufops_model_load_seconds")
+        self.metrics.clear("ggufops_canary_weight")
         for m in self.table.active():
             r = m.request
             self.metrics.set("ggufops_model_info", (r.name, r.version, r.display_id, r.sha256), 1)
             self.metrics.set("ggufops_model_load_seconds", m.labels, m.load_seconds)
+        for c, weight in self.table.canaries().values():
+            r = c.request
+            self.metrics.set("ggufops_canary_weight", (r.name, r.version, r.display_id, r.sha256),
+                             weight)
+            self.metrics.set("ggufops_model_load_seconds", c.labels, c.load_seconds)
         self.metrics.set("ggufops_models_draining", (), len(self.table.draining()))
         return self.metrics.render()
 
@@ -332,9 +358,12 @@ class App:
 
     def admin_state(self) -> dict[str, Any]:
         loading, errors = self.loader.state()
+        canaries = self.table.canaries()
         return {
             "models": [{**m.info(), "in_flight": m.refs, "requests_served": m.served}
                        for m in self.table.active()],
+            "canaries": [{**c.info(), "weight": weight, "in_flight": c.refs,
+                          "requests_served": c.served} for c, weight in canaries.values()],
             "draining": [{**m.info(), "in_flight": m.refs} for m in self.table.draining()],
             "loading": loading,
             "last_errors": errors,
@@ -346,12 +375,20 @@ class App:
             loaded, changed = self.loader.load(request)
         except GgufopsError as e:
             raise http_error_for(e) from None
-        return (201 if changed else 200), {"loaded": changed, "model": loaded.info()}
+        info = {**loaded.info(), "role": request.role}
+        if request.role == "canary":
+            info["weight"] = request.weight
+        return (201 if changed else 200), {"loaded": changed, "model": info}
 
-    def admin_unload(self, name: str) -> dict[str, Any]:
-        old = self.table.remove(name)
+    def admin_unload(self, path: str) -> dict[str, Any]:
+        """DELETE /admin/models/{name} (with its canary) or /admin/models/{name}/canary."""
+        name, _, rest = path.partition("/")
+        if rest not in ("", "canary"):
+            raise HttpError(404, f"no route DELETE /admin/models/{path}", "not_found_error")
+        old = self.table.remove_canary(name) if rest else self.table.remove(name)
         if old is None:
-            raise HttpError(404, f"model {name!r} is not served", "not_found_error")
+            what = "has no canary" if rest else "is not served"
+            raise HttpError(404, f"model {name!r} {what}", "not_found_error")
         return {"unloaded": old.info()}
 
     def close(self) -> None:
