@@ -72,6 +72,11 @@ class Scratch:
         data = yaml.safe_load(self.env_text(env, ref, where)) or {}
         return {m: str(e["version"]) for m, e in (data.get("models") or {}).items()}
 
+    def canaries(self, env: str, ref: str = "main") -> dict[str, dict[str, Any]]:
+        """model -> its `canary:` block ({version, weight}), for models that have one."""
+        data = yaml.safe_load(self.env_text(env, ref)) or {}
+        return {m: e["canary"] for m, e in (data.get("models") or {}).items() if "canary" in e}
+
 
 def add_metrics(path: Path, metrics: dict[str, float]) -> None:
     """Record gate results in a version file, as `ggufops bench --record` would."""
@@ -163,6 +168,13 @@ def ship(root: Path, ref: str, *envs: str) -> None:
     for env in envs or ("staging", "production"):
         result = cli(root, "deploy", ref, "--env", env, "--direct", "--push")
         assert result.exit_code == 0, result.output + result.stderr
+
+
+def ship_canary(root: Path, ref: str, env: str, weight: int) -> None:
+    """Start or ramp a canary of `ref` in `env` (committed on main and pushed)."""
+    result = cli(root, "deploy", ref, "--env", env, "--canary", str(weight), "--direct",
+                 "--push")
+    assert result.exit_code == 0, result.output + result.stderr
 
 
 # --- fake GitHub --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import yaml
 from ggufops import deploy
 from ggufops import git as gitops_git
 from ggufops.registry import VersionRef
-from testing.gitops import MODEL, OTHER, FakeGitHub, Scratch, cli, ship
+from testing.gitops import MODEL, OTHER, FakeGitHub, Scratch, cli, ship, ship_canary
 from testing.repos import git
 
 
@@ -243,3 +243,122 @@ def test_python_api_plan_then_apply(scratch: Scratch) -> None:
     landing = deploy.apply_deploy(scratch.root, plan)
     assert landing.branch == plan.branch
     assert git(scratch.root, "rev-parse", plan.branch) == landing.commit
+
+
+# --- canaries ----------------------------------------------------------------------------
+
+@pytest.fixture
+def staged(scratch: Scratch) -> Scratch:
+    """production runs MODEL 1.0.0 and OTHER 1.0.0; staging runs MODEL 2.0.0."""
+    ship(scratch.root, f"{MODEL}@1.0.0")
+    ship(scratch.root, f"{OTHER}@1.0.0")
+    ship(scratch.root, f"{MODEL}@2.0.0", "staging")
+    return scratch
+
+
+def test_canary_deploy_makes_one_commit_changing_one_entry(staged: Scratch) -> None:
+    s = staged
+    main_before = s.head()
+    before = s.env_text("production")
+
+    result = cli(s.root, "deploy", f"{MODEL}@2.0.0", "--env", "production", "--canary", "10")
+
+    assert result.exit_code == 0, result.output + result.stderr
+    branch = f"deploy/production/{MODEL}-2.0.0-canary-10"
+    assert git(s.root, "rev-list", "--count", f"main..{branch}") == "1"
+    assert git(s.root, "rev-parse", f"{branch}^") == main_before
+    assert git(s.root, "diff", "--name-only", f"{branch}^", branch) == \
+        "environments/production.yaml"
+    after = s.env_text("production", branch)
+    old, new = yaml.safe_load(before)["models"], yaml.safe_load(after)["models"]
+    assert new == {**old, MODEL: {"version": "1.0.0",
+                                  "canary": {"version": "2.0.0", "weight": 10}}}
+    assert comment_lines(after) == comment_lines(before)
+    assert git(s.root, "diff", "--numstat", f"{branch}^", branch).split()[:2] == ["3", "0"]
+    assert git(s.root, "log", "-1", "--format=%B", branch) == (
+        f"deploy(production): {MODEL} canary 2.0.0 (10%)\n\n"
+        f"Environment: production\nModel: {MODEL}\nFrom-Version: 1.0.0\nTo-Version: 1.0.0\n"
+        "Canary-Version: 2.0.0\nCanary-Weight: 10")
+    assert s.head() == main_before
+    assert git(s.root, "status", "--porcelain") == ""
+
+
+def test_canary_dry_run_json(staged: Scratch) -> None:
+    result = cli(staged.root, "deploy", f"{MODEL}@2.0.0", "--env", "production", "--canary",
+                 "5", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    plan = json.loads(result.output)
+    assert (plan["from"], plan["to"], plan["canary"], plan["from_canary"]) == (
+        "1.0.0", "1.0.0", {"version": "2.0.0", "weight": 5}, None)
+    assert plan["branch"] == f"deploy/production/{MODEL}-2.0.0-canary-5"
+    assert "+    canary:\n+      version: 2.0.0\n+      weight: 5\n" in plan["diff"]
+
+
+def test_ramp_changes_only_the_weight(staged: Scratch) -> None:
+    s = staged
+    ship_canary(s.root, f"{MODEL}@2.0.0", "production", 10)
+    result = cli(s.root, "deploy", f"{MODEL}@2.0.0", "--env", "production", "--canary", "50",
+                 "--direct", "--push")
+    assert result.exit_code == 0, result.output + result.stderr
+    diff = git(s.root, "diff", "HEAD^", "HEAD", "--", "environments/production.yaml")
+    assert [line for line in diff.splitlines()[4:] if line[:1] in "+-"] == [
+        "-      weight: 10", "+      weight: 50"]
+    assert git(s.root, "diff", "--numstat", "HEAD^", "HEAD").split()[:2] == ["1", "1"]
+    assert git(s.root, "log", "-1", "--format=%s") == \
+        f"deploy(production): {MODEL} canary 2.0.0 (50%)"
+    assert s.canaries("production") == {MODEL: {"version": "2.0.0", "weight": 50}}
+    assert s.running("production") == {MODEL: "1.0.0", OTHER: "1.0.0"}
+    assert s.remote_head() == s.head()
+
+
+def test_canary_of_a_model_without_a_primary_version_is_refused(scratch: Scratch) -> None:
+    result = cli(scratch.root, "deploy", f"{MODEL}@1.0.0", "--env", "staging", "--canary", "10")
+    assert result.exit_code == 1
+    assert f"staging runs no version of {MODEL}" in result.stderr
+    assert "cannot get a canary: deploy it first" in result.stderr
+    assert git(scratch.root, "branch", "--list", "deploy/*") == ""
+
+
+def test_same_canary_and_weight_is_refused(staged: Scratch) -> None:
+    ship_canary(staged.root, f"{MODEL}@2.0.0", "production", 10)
+    result = cli(staged.root, "deploy", f"{MODEL}@2.0.0", "--env", "production", "--canary",
+                 "10")
+    assert result.exit_code == 1
+    assert f"production already runs {MODEL}@2.0.0 as a canary at 10%" in result.stderr
+
+
+def test_canary_of_the_primary_version_is_refused(staged: Scratch) -> None:
+    result = cli(staged.root, "deploy", f"{MODEL}@1.0.0", "--env", "production", "--canary",
+                 "10")
+    assert result.exit_code == 1
+    assert f"production already runs {MODEL}@1.0.0 as its primary version" in result.stderr
+
+
+def test_canary_must_follow_the_promotion_order(staged: Scratch) -> None:
+    result = cli(staged.root, "deploy", f"{MODEL}@2.1.0", "--env", "production", "--canary",
+                 "10")
+    assert result.exit_code == 1
+    assert f"{MODEL}@2.1.0 cannot enter production as a canary: it does not run in " \
+        "staging" in result.stderr
+    assert "deploy it to staging first" in result.stderr
+
+
+@pytest.mark.parametrize("weight", ["0", "100"])
+def test_canary_weight_is_1_to_99(staged: Scratch, weight: str) -> None:
+    result = cli(staged.root, "deploy", f"{MODEL}@2.0.0", "--env", "production", "--canary",
+                 weight)
+    assert result.exit_code == 2
+    with pytest.raises(Exception, match="weight is a percent"):
+        deploy.plan_deploy(staged.root, VersionRef(MODEL, "2.0.0"), "production",
+                           canary=int(weight))
+
+
+def test_plain_deploy_of_the_canary_version_promotes_it(staged: Scratch) -> None:
+    s = staged
+    ship_canary(s.root, f"{MODEL}@2.0.0", "production", 10)
+    result = cli(s.root, "deploy", f"{MODEL}@2.0.0", "--env", "production", "--direct")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert s.canaries("production") == {}
+    assert yaml.safe_load(s.env_text("production"))["models"][MODEL] == {"version": "2.0.0"}
+    assert git(s.root, "log", "-1", "--format=%s") == \
+        f"deploy(production): {MODEL} 1.0.0 -> 2.0.0"

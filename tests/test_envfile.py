@@ -96,3 +96,35 @@ def test_removing_a_canary_in_the_middle_keeps_the_comment_before_the_next_model
     new = envfile.set_version(text, "a", "1.1.0", WHERE)
     assert new == ("models:\n  a:\n    version: 1.1.0  # keep\n    # about b\n  b:\n"
                    "    version: 2.0.0\n")
+
+
+def test_set_canary_adds_a_block_after_version_keeping_comments_and_quotes() -> None:
+    new = envfile.set_canary(TEXT, "llama3-instruct", "2.1.0", 10, WHERE)
+    assert new == TEXT.replace(
+        "    overrides:", "    canary:\n      version: 2.1.0\n      weight: 10\n    overrides:")
+    assert envfile.remove_canary(new, "llama3-instruct", WHERE) == TEXT
+    models = envfile.read_models(new, WHERE)
+    assert envfile.canary(models["llama3-instruct"]) == ("2.1.0", 10)
+    assert envfile.canary(models["phi-mini"]) == ("1.1.0", 10)
+
+
+def test_ramp_changes_only_the_weight_line() -> None:
+    new = envfile.set_canary(TEXT, "phi-mini", "1.1.0", 50, WHERE)
+    assert changed_lines(TEXT, new) == [("      weight: 10", "      weight: 50")]
+
+
+def test_canary_block_goes_before_the_comments_about_the_next_model() -> None:
+    text = "models:\n  a:\n    version: 1.0.0  # keep\n    # about b\n  b:\n    version: 2.0.0\n"
+    new = envfile.set_canary(text, "a", "1.1.0", 5, WHERE)
+    assert new == ("models:\n  a:\n    version: 1.0.0  # keep\n    canary:\n"
+                   "      version: 1.1.0\n      weight: 5\n    # about b\n  b:\n"
+                   "    version: 2.0.0\n")
+    assert envfile.remove_canary(new, "a", WHERE) == text
+
+
+def test_canary_needs_a_primary_version() -> None:
+    with pytest.raises(EnvironmentFileError, match=r"models\.new must be a mapping with "
+                       r"`version:`; deploy a version of it first"):
+        envfile.set_canary(TEXT, "new", "1.0.0", 5, WHERE)
+    flow = envfile.set_canary("models:\n  a: {version: 1.0.0}\n", "a", "1.1.0", 5, WHERE)
+    assert flow == "models:\n  a: {version: 1.0.0, canary: {version: 1.1.0, weight: 5}}\n"

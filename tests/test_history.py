@@ -11,7 +11,7 @@ import pytest
 
 from ggufops import git as gitops_git
 from ggufops import history
-from testing.gitops import MODEL, OTHER, Scratch, cli, ship
+from testing.gitops import MODEL, OTHER, Scratch, cli, ship, ship_canary
 from testing.repos import git, git_commit
 
 
@@ -189,3 +189,84 @@ def test_gate_figures_read_without_exponents() -> None:
                           "latency_p95_ms": 2.3561, "nll": 2.8})
     assert text == "perplexity=16.8 tg_tokens_per_s=16,030 latency_p95_ms=2.356"
     assert _metrics_text(None) == "-"
+
+
+# --- canaries ----------------------------------------------------------------------------
+
+@pytest.fixture
+def canary_story(scratch: Scratch) -> Scratch:
+    """deploy 1.0.0 -> canary 2.0.0 10% -> ramp 50% -> rollback (10%) -> promote 2.0.0."""
+    s = scratch
+    ship(s.root, f"{MODEL}@1.0.0")
+    ship(s.root, f"{MODEL}@2.0.0", "staging")
+    ship_canary(s.root, f"{MODEL}@2.0.0", "production", 10)
+    ship_canary(s.root, f"{MODEL}@2.0.0", "production", 50)
+    assert cli(s.root, "rollback", "--env", "production", "--push",
+               "--skip-artifact-check").exit_code == 0
+    ship(s.root, f"{MODEL}@2.0.0", "production")
+    return s
+
+
+def test_canary_changes_in_history(canary_story: Scratch, tmp_path: Path) -> None:
+    rows = history.read_history(canary_story.root, "production", "main")
+    assert [(d.kind, d.from_version, d.to_version, d.canary_version, d.canary_weight,
+             d.rolled_back) for d in rows] == [
+        ("deploy", None, "1.0.0", None, None, False),
+        ("canary", "1.0.0", "1.0.0", "2.0.0", 10, False),
+        ("canary", "1.0.0", "1.0.0", "2.0.0", 50, True),
+        ("rollback", "1.0.0", "1.0.0", "2.0.0", 10, False),
+        ("deploy", "1.0.0", "2.0.0", None, None, False),
+    ]
+    assert [history.change_text(d) for d in rows[1:4]] == [
+        "1.0.0 -> 1.0.0 + canary 2.0.0 (10%)", "1.0.0 -> 1.0.0 + canary 2.0.0 (50%)",
+        "1.0.0 -> 1.0.0 + canary 2.0.0 (10%)"]
+
+    db = tmp_path / "d.sqlite"
+    text = cli(canary_story.root, "history", "--env", "production", "--sqlite", str(db))
+    assert text.exit_code == 0, text.stderr
+    assert "canary    llama3-instruct  1.0.0 -> 1.0.0 + canary 2.0.0 (50%)" in text.output
+    as_json = json.loads(cli(canary_story.root, "history", "--env", "production",
+                             "--json").output)
+    assert [(r["canary_version"], r["canary_weight"]) for r in as_json][1:3] == [
+        ("2.0.0", 10), ("2.0.0", 50)]
+    with sqlite3.connect(db) as conn:
+        got = conn.execute("SELECT kind, version, canary_version, canary_weight "
+                           "FROM deployments ORDER BY id").fetchall()
+    assert got == [("deploy", "1.0.0", None, None), ("canary", "1.0.0", "2.0.0", 10),
+                   ("canary", "1.0.0", "2.0.0", 50), ("rollback", "1.0.0", "2.0.0", 10),
+                   ("deploy", "2.0.0", None, None)]
+
+
+def test_removed_canary_and_hand_edited_canaries(scratch: Scratch) -> None:
+    s = scratch
+    ship(s.root, f"{MODEL}@1.0.0")
+    ship(s.root, f"{MODEL}@2.0.0", "staging")
+    ship_canary(s.root, f"{MODEL}@2.0.0", "production", 10)
+    assert cli(s.root, "rollback", "--env", "production", "--push",
+               "--skip-artifact-check").exit_code == 0
+    path = s.root / "environments" / "production.yaml"
+    path.write_text(path.read_text().replace(
+        "    version: 1.0.0\n", "    version: 1.0.0\n    canary: {version: 2.0.0, weight: 5}\n"))
+    git_commit(s.root, "hand-made canary")
+    removed, edited = history.read_history(s.root, "production", "main")[-2:]
+    assert (removed.kind, removed.canary_version, removed.canary_weight) == (
+        "rollback", "2.0.0", 0)
+    assert history.change_text(removed) == "1.0.0 -> 1.0.0 (canary 2.0.0 removed)"
+    assert (edited.kind, edited.canary_version, edited.canary_weight) == ("edit", "2.0.0", 5)
+
+
+def test_sqlite_written_by_an_older_version_gets_the_new_columns(
+        canary_story: Scratch, tmp_path: Path) -> None:
+    db = tmp_path / "old.sqlite"
+    old_schema = history._SCHEMA.replace(",\n    canary_version TEXT,\n"
+                                         "    canary_weight INTEGER", "")
+    assert "canary" not in old_schema
+    with sqlite3.connect(db) as conn:
+        conn.executescript(old_schema)
+    assert cli(canary_story.root, "history", "--env", "production", "--sqlite",
+               str(db)).exit_code == 0
+    with sqlite3.connect(db) as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(deployments)")]
+        weights = [r[0] for r in conn.execute("SELECT canary_weight FROM deployments")]
+    assert columns[-3:] == ["subject", "canary_version", "canary_weight"]
+    assert weights == [None, 10, 50, 10, None]

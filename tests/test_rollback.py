@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ggufops import rollback
-from testing.gitops import MODEL, OTHER, FakeGitHub, ScratchS3, cli, ship
+from testing.gitops import MODEL, OTHER, FakeGitHub, ScratchS3, cli, ship, ship_canary
 from testing.repos import git
 
 
@@ -210,3 +210,88 @@ def test_python_api(two_deploys: ScratchS3) -> None:
     assert outcome.attempts == 1 and outcome.landing is not None
     assert outcome.landing.pushed
     assert outcome.plan.to_version == "2.0.0"
+
+
+# --- canaries ----------------------------------------------------------------------------
+
+@pytest.fixture
+def canary_10(two_deploys: ScratchS3) -> ScratchS3:
+    """two_deploys, then 3.0.0 staged and started as production's canary at 10%."""
+    ship(two_deploys.root, f"{MODEL}@3.0.0", "staging")
+    ship_canary(two_deploys.root, f"{MODEL}@3.0.0", "production", 10)
+    return two_deploys
+
+
+def test_rollback_of_a_canary_start_removes_the_canary(canary_10: ScratchS3) -> None:
+    s = canary_10
+    started = s.head()
+    before_start = s.env_text("production", f"{started}^")
+
+    result = cli(s.root, "rollback", "--env", "production", "--model", MODEL, "--push",
+                 "--json")
+
+    assert result.exit_code == 0, result.output + result.stderr
+    data = json.loads(result.output)
+    assert (data["from"], data["to"], data["strategy"], data["artifact_check"]) == (
+        "2.1.0", "2.1.0", "revert", "not needed")
+    assert (data["canary"], data["from_canary"]) == (
+        {"version": "3.0.0", "weight": 0}, {"version": "3.0.0", "weight": 10})
+    assert s.canaries("production") == {}
+    assert s.running("production") == {MODEL: "2.1.0", OTHER: "1.0.0"}
+    assert s.env_text("production") == before_start
+    assert git(s.root, "log", "-1", "--format=%B") == (
+        f"rollback(production): {MODEL} canary 3.0.0 removed\n\n"
+        f"This reverts commit {started}.\n\n"
+        f"Rollback-Of: {started}\nEnvironment: production\nModel: {MODEL}\n"
+        "From-Version: 2.1.0\nTo-Version: 2.1.0\nCanary-Version: 3.0.0\nCanary-Weight: 0")
+    assert s.remote_head() == s.head()
+
+
+def test_rollback_of_a_ramp_restores_the_weight_then_walks_back(canary_10: ScratchS3) -> None:
+    s = canary_10
+    ship_canary(s.root, f"{MODEL}@3.0.0", "production", 25)
+    ramp = s.head()
+
+    result = cli(s.root, "rollback", "--env", "production", "--push", "--json")
+
+    assert result.exit_code == 0, result.output + result.stderr
+    data = json.loads(result.output)
+    assert (data["rollback_of"], data["artifact_check"]) == (ramp, "ok")
+    assert s.canaries("production") == {MODEL: {"version": "3.0.0", "weight": 10}}
+    assert git(s.root, "log", "-1", "--format=%s") == \
+        f"rollback(production): {MODEL} canary 3.0.0 (25%) -> 3.0.0 (10%)"
+    assert git(s.root, "diff", "--numstat", "HEAD^", "HEAD").split()[:2] == ["1", "1"]
+    # next: the canary start is undone, then the primary deploy before it
+    assert cli(s.root, "rollback", "--env", "production", "--push").exit_code == 0
+    assert s.canaries("production") == {}
+    assert s.running("production")[MODEL] == "2.1.0"
+    assert cli(s.root, "rollback", "--env", "production", "--push").exit_code == 0
+    assert s.running("production")[MODEL] == "2.0.0"
+
+
+def test_rollback_of_a_promoted_canary_brings_the_canary_back(canary_10: ScratchS3) -> None:
+    s = canary_10
+    before = s.env_text("production")
+    ship(s.root, f"{MODEL}@3.0.0", "production")
+    assert s.canaries("production") == {}
+    result = cli(s.root, "rollback", "--env", "production", "--push")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert s.env_text("production") == before
+    assert git(s.root, "log", "-1", "--format=%s") == \
+        f"rollback(production): {MODEL} 3.0.0 -> 2.1.0"
+
+
+def test_canary_rollback_when_the_revert_does_not_apply(canary_10: ScratchS3) -> None:
+    """A hand edit next to the canary block: the canary is removed entry-wise instead."""
+    s = canary_10
+    path = s.root / "environments" / "production.yaml"
+    path.write_text(path.read_text().replace("      weight: 10\n",
+                                             "      weight: 10  # watch p95\n"))
+    git(s.root, "commit", "-qam", "note on the canary")
+    git(s.root, "push", "-q", "origin", "main")
+    result = cli(s.root, "rollback", "--env", "production", "--model", MODEL, "--push",
+                 "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert json.loads(result.output)["strategy"] == "restore-entry"
+    assert s.canaries("production") == {}
+    assert s.running("production") == {MODEL: "2.1.0", OTHER: "1.0.0"}

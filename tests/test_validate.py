@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from ggufops.cli import main
-from ggufops.validate import validate_repo
+from ggufops.validate import promotion_allowed, validate_repo
 from testing.repos import git_commit, set_environment, write_version
 
 
@@ -257,3 +257,57 @@ def test_parallel_parsing_reports_the_same_problems(registry_repo: Path,
     parallel = messages(registry_repo)
     assert parallel == serial
     assert len(serial) == 1 and "registry/m/1.5.0.yaml" in serial[0] and "colour" in serial[0]
+
+
+def write_env(root: Path, env: str, models: dict[str, dict[str, object]]) -> None:
+    body = {"environment": env, "models": models}
+    (root / "environments" / f"{env}.yaml").write_text(f"# {env}\n" + yaml.safe_dump(
+        body, sort_keys=False))
+
+
+def canary_repo(root: Path) -> None:
+    """m 1.0.0 in staging and production, 1.1.0 registered."""
+    write_version(root, "m", "1.0.0")
+    write_version(root, "m", "1.1.0", parent="1.0.0")
+    set_environment(root, "staging", {"m": "1.0.0"})
+    git_commit(root, "stage 1.0.0")
+    set_environment(root, "production", {"m": "1.0.0"})
+    git_commit(root, "prod 1.0.0")
+
+
+def test_canary_must_not_skip_staging(registry_repo: Path) -> None:
+    canary_repo(registry_repo)
+    write_env(registry_repo, "production",
+              {"m": {"version": "1.0.0", "canary": {"version": "1.1.0", "weight": 10}}})
+    (msg,) = messages(registry_repo, base="HEAD")
+    assert "m@1.1.0 enters production as a canary without having run in staging" in msg
+    assert "deploy it to staging first" in msg
+    assert msg.startswith("environments/production.yaml:7:")  # the canary's version line
+
+
+def test_canary_after_staging_and_its_ramp_pass(registry_repo: Path) -> None:
+    canary_repo(registry_repo)
+    set_environment(registry_repo, "staging", {"m": "1.1.0"})
+    git_commit(registry_repo, "stage 1.1.0")
+    write_env(registry_repo, "production",
+              {"m": {"version": "1.0.0", "canary": {"version": "1.1.0", "weight": 10}}})
+    assert messages(registry_repo, base="HEAD") == []
+    git_commit(registry_repo, "canary 1.1.0")
+    set_environment(registry_repo, "staging", {"m": "1.0.0"})  # staging moved on
+    write_env(registry_repo, "production",
+              {"m": {"version": "1.0.0", "canary": {"version": "1.1.0", "weight": 50}}})
+    assert messages(registry_repo, base="HEAD") == []  # a ramp: 1.1.0 enters nothing
+
+
+def test_promotion_allowed_for_canaries(registry_repo: Path) -> None:
+    canary_repo(registry_repo)
+    reason = promotion_allowed(registry_repo, "production", "m", "1.1.0", "HEAD", canary=True)
+    assert reason is not None
+    assert reason.startswith("m@1.1.0 cannot enter production as a canary: it does not run "
+                             "in staging")
+    write_env(registry_repo, "production",
+              {"m": {"version": "1.0.0", "canary": {"version": "1.1.0", "weight": 10}}})
+    git_commit(registry_repo, "canary by hand")
+    assert promotion_allowed(registry_repo, "production", "m", "1.1.0", "HEAD",
+                             canary=True) is None
+    assert promotion_allowed(registry_repo, "production", "m", "1.1.0", "HEAD") is not None

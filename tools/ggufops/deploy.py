@@ -6,6 +6,10 @@ plumbing on the up-to-date default branch, so the user's checkout is never switc
 by default it goes on a new branch `deploy/<env>/<model>-<version>` (pushed with --push,
 opened as a pull request with --pr); with --direct it goes on the default branch itself
 (repositories without pull requests, the demo).
+
+With a canary weight (`--canary PERCENT`) the deploy sets the entry's `canary:` block
+instead of its `version:` (branch `deploy/<env>/<model>-<version>-canary-<weight>`); run
+again with another weight to ramp it, deploy the version plainly to promote it.
 """
 
 from __future__ import annotations
@@ -72,11 +76,15 @@ class DeployPlan:
     pr: bool
     warnings: list[str] = field(default_factory=list)
     new_text: str = field(default="", repr=False)
+    canary: history.Canary | None = None  # the canary this deploy sets (None: a plain deploy)
+    from_canary: history.Canary | None = None  # the canary the entry had before
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "action": "deploy", "env": self.env, "model": self.model,
-            "from": self.from_version, "to": self.to_version, "display_id": self.display_id,
+            "from": self.from_version, "to": self.to_version,
+            "canary": _canary_dict(self.canary), "from_canary": _canary_dict(self.from_canary),
+            "display_id": self.display_id,
             "mode": self.mode, "branch": self.branch, "default_branch": self.default_branch,
             "remote": self.remote, "base": {"ref": self.base_ref, "commit": self.base_commit},
             "file": self.file, "diff": self.diff, "message": self.message, "push": self.push,
@@ -100,6 +108,10 @@ class Landing:
         return {"commit": self.commit, "branch": self.branch, "pushed": self.pushed,
                 "pull_request": pr.as_dict() if pr else None, "compare_url": self.compare_url,
                 "notes": self.notes}
+
+
+def _canary_dict(canary: history.Canary | None) -> dict[str, Any] | None:
+    return {"version": canary[0], "weight": canary[1]} if canary else None
 
 
 # --- checks shared with rollback --------------------------------------------------------
@@ -170,10 +182,12 @@ def version_doc_at(root: Path, base: Base, ref: VersionRef) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def promotion_check(root: Path, env: str, ref: VersionRef, base: Base) -> None:
+def promotion_check(root: Path, env: str, ref: VersionRef, base: Base, *,
+                    canary: bool = False) -> None:
     from ggufops import validate  # jsonschema: imported only when a check needs it
 
-    reason = validate.promotion_allowed(root, env, ref.name, ref.version, base.commit)
+    reason = validate.promotion_allowed(root, env, ref.name, ref.version, base.commit,
+                                        canary=canary)
     if reason is not None:
         raise PromotionRefused(reason)
 
@@ -182,24 +196,34 @@ def promotion_check(root: Path, env: str, ref: VersionRef, base: Base) -> None:
 
 def plan_deploy(root: Path, ref: VersionRef, env: str, *, remote: str = "origin",
                 default_branch: str = "main", direct: bool = False, push: bool = False,
-                pr: bool = False) -> DeployPlan:
-    """Every check a deploy needs, and exactly what it would commit; changes nothing."""
+                pr: bool = False, canary: int | None = None) -> DeployPlan:
+    """Every check a deploy needs, and exactly what it would commit; changes nothing.
+
+    `canary` (a weight, 1-99 percent) starts or ramps a canary of `ref` instead.
+    """
     if direct and pr:
         raise UsageError("--direct commits on the default branch; it cannot open a pull "
                          "request: drop --pr or --direct")
+    if canary is not None and not 1 <= canary <= 99:
+        raise UsageError(f"--canary {canary}: the weight is a percent of traffic from 1 to "
+                         "99 (deploy the version without --canary to send it all)")
     push = push or pr
     require_clean(root)
     base = resolve_base(root, remote, default_branch, need_remote=push)
     doc = version_doc_at(root, base, ref)
     path = environment_relpath(env)
     text = env_text_at(root, base, env)
-    current = envfile.versions(text, path).get(ref.name)
-    if current == ref.version:
-        raise AlreadyDeployed(f"{env} already runs {ref} ({path} on {base.ref} "
-                              f"{base.commit[:10]}); nothing to deploy")
-    promotion_check(root, env, ref, base)
-    new_text = envfile.set_version(text, ref.name, ref.version, path)
-    branch = default_branch if direct else f"deploy/{env}/{ref.name}-{ref.version}"
+    entry = envfile.read_models(text, path).get(ref.name, {})
+    current = str(entry["version"]) if "version" in entry else None
+    where = f"({path} on {base.ref} {base.commit[:10]})"
+    if canary is None:
+        change = _plain_change(text, ref, path=path, env=env, current=current, where=where)
+    else:
+        change = _canary_change(text, ref, path=path, env=env, entry=entry, weight=canary,
+                                where=where)
+    promotion_check(root, env, ref, base, canary=canary is not None)
+    branch = default_branch if direct else f"deploy/{env}/{ref.name}-{ref.version}" + (
+        f"-canary-{canary}" if canary is not None else "")
     if not direct and git.resolve(root, f"refs/heads/{branch}") is not None:
         raise BranchExists(f"branch {branch} already exists in {root}; delete it (`git branch "
                            f"-D {branch}`) or push and review it")
@@ -208,12 +232,49 @@ def plan_deploy(root: Path, ref: VersionRef, env: str, *, remote: str = "origin"
         warnings.append(f"local {default_branch} has {base.ahead} commit(s) not on {remote}; "
                         "the deploy branch carries them too")
     return DeployPlan(
-        env=env, model=ref.name, from_version=current, to_version=ref.version,
+        env=env, model=ref.name, from_version=current, to_version=change.to_version,
         display_id=display_id(doc), mode=DIRECT if direct else BRANCH, branch=branch,
         default_branch=default_branch, remote=remote, base_ref=base.ref,
-        base_commit=base.commit, file=path, diff=envfile.unified_diff(text, new_text, path),
-        message=history.format_message(history.DEPLOY, env, ref.name, current, ref.version),
-        push=push, pr=pr, warnings=warnings, new_text=new_text)
+        base_commit=base.commit, file=path,
+        diff=envfile.unified_diff(text, change.new_text, path), message=change.message,
+        push=push, pr=pr, warnings=warnings, new_text=change.new_text, canary=change.canary,
+        from_canary=envfile.canary(entry))
+
+
+@dataclass(frozen=True)
+class _Change:
+    to_version: str
+    new_text: str
+    message: str
+    canary: history.Canary | None = None
+
+
+def _plain_change(text: str, ref: VersionRef, *, path: str, env: str, current: str | None,
+                  where: str) -> _Change:
+    if current == ref.version:
+        raise AlreadyDeployed(f"{env} already runs {ref} {where}; nothing to deploy")
+    return _Change(ref.version, envfile.set_version(text, ref.name, ref.version, path),
+                   history.format_message(history.DEPLOY, env, ref.name, current, ref.version))
+
+
+def _canary_change(text: str, ref: VersionRef, *, path: str, env: str,
+                   entry: dict[str, Any], weight: int, where: str) -> _Change:
+    current = str(entry["version"]) if "version" in entry else None
+    if current is None:
+        raise PromotionRefused(f"{env} runs no version of {ref.name} {where}, so it cannot get a "
+                         f"canary: deploy it first (`ggufops deploy {ref} --env {env}`)")
+    if current == ref.version:
+        raise AlreadyDeployed(f"{env} already runs {ref} as its primary version {where}; a "
+                              "canary of it would change nothing")
+    if envfile.canary(entry) == (ref.version, weight):
+        raise AlreadyDeployed(f"{env} already runs {ref} as a canary at {weight}% {where}; "
+                              "nothing to deploy (pick another --canary weight to ramp it)")
+    canary = (ref.version, weight)
+    message = history.format_message(
+        history.DEPLOY, env, ref.name, current, current, canary=canary,
+        change=f"canary {ref.version} ({weight}%)")
+    return _Change(current, envfile.set_canary(text, ref.name, ref.version, weight, path),
+                   message, canary)
 
 
 # --- apply -------------------------------------------------------------------------------
@@ -307,12 +368,21 @@ def open_pull_request(root: Path, landing: Landing, remote: str, base_branch: st
 
 
 def pr_body(plan: DeployPlan) -> str:
+    what = (f"Sends {plan.canary[1]}% of **{plan.env}**'s traffic for {plan.model} to "
+            f"**{plan.display_id}** (canary)." if plan.canary
+            else f"Deploys **{plan.display_id}** to **{plan.env}**.")
+    before = (f"{plan.from_version or '(new)'}" + (
+        f" + canary {plan.from_canary[0]} ({plan.from_canary[1]}%)" if plan.from_canary else ""))
+    kept = plan.from_canary if plan.from_canary and plan.from_canary[0] != plan.to_version \
+        else None
+    canary = plan.canary or kept
+    after = plan.to_version + (f" + canary {canary[0]} ({canary[1]}%)" if canary else "")
     return "\n".join([
-        f"Deploys **{plan.display_id}** to **{plan.env}**.",
+        what,
         "",
         "| Environment | Model | From | To |",
         "|---|---|---|---|",
-        f"| {plan.env} | {plan.model} | {plan.from_version or '(new)'} | {plan.to_version} |",
+        f"| {plan.env} | {plan.model} | {before} | {after} |",
         "",
         "```diff",
         plan.diff.rstrip(),

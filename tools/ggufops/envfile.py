@@ -47,6 +47,46 @@ def versions(text: str | bytes, where: str) -> dict[str, str]:
     return {m: str(e["version"]) for m, e in read_models(text, where).items() if "version" in e}
 
 
+def canary(entry: dict[str, Any]) -> tuple[str, int] | None:
+    """(version, weight) of an entry's canary (plain data from `read_models`), or None."""
+    block = entry.get("canary")
+    if not isinstance(block, dict) or "version" not in block:
+        return None
+    weight = block.get("weight")
+    return str(block["version"]), int(weight) if isinstance(weight, int) else 0
+
+
+def set_canary(text: str, model: str, version: str, weight: int, where: str) -> str:
+    """`text` with `model`'s `canary:` set to `version` at `weight` percent.
+
+    An existing block is updated in place (its comments and quotes kept); a new one goes
+    right after the entry's `version:`. The model must already run a primary version.
+    """
+    def edit(doc: CommentedMap) -> None:
+        entry = _entry_map(_models_map(doc, where), model, where)
+        block = entry.get("canary")
+        if isinstance(block, CommentedMap):
+            block["version"] = _same_style(block.get("version"), version)
+            block["weight"] = weight
+            return
+        new = CommentedMap([("version", version), ("weight", weight)])
+        if entry.fa.flow_style():
+            new.fa.set_flow_style()
+        _insert_after(entry, "version", "canary", new)
+
+    return _checked_edit(text, where, edit, model)
+
+
+def remove_canary(text: str, model: str, where: str) -> str:
+    """`text` without `model`'s `canary:` block (comments after it are kept)."""
+    def edit(doc: CommentedMap) -> None:
+        entry = _entry_map(_models_map(doc, where), model, where)
+        if "canary" in entry:
+            _delete_key(entry, "canary")
+
+    return _checked_edit(text, where, edit, model)
+
+
 def set_version(text: str, model: str, version: str, where: str) -> str:
     """`text` with `model` set to run `version` (an entry is added if the model is new).
 
@@ -126,6 +166,33 @@ def _models_map(doc: Any, where: str) -> CommentedMap:
     if not isinstance(models, CommentedMap):
         raise EnvironmentFileError(f"{where}: `models:` must be a mapping of model -> entry")
     return models
+
+
+def _entry_map(models: CommentedMap, model: str, where: str) -> CommentedMap:
+    entry = models.get(model)
+    if not isinstance(entry, CommentedMap) or "version" not in entry:
+        raise EnvironmentFileError(f"{where}: models.{model} must be a mapping with "
+                                   "`version:`; deploy a version of it first")
+    return entry
+
+
+def _insert_after(mapping: CommentedMap, after: str, key: str, value: CommentedMap) -> None:
+    """Insert `key` right after `after`; whole-line comments that followed `after` follow
+    the new block instead (they were about what comes next)."""
+    keys = list(mapping)
+    mapping.insert(keys.index(after) + 1, key, value)
+    slot = mapping.ca.items.get(after)
+    token = slot[2] if slot and len(slot) > 2 else None
+    if token is None or "\n" not in str(token.value):
+        return
+    own, rest = str(token.value).split("\n", 1)
+    if not rest.strip():
+        return
+    if own.strip():
+        token.value = own + "\n"
+    else:
+        slot[2] = None
+    _append_comment(mapping, key, rest)
 
 
 def _delete_key(mapping: CommentedMap, key: str) -> None:

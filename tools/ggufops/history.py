@@ -10,7 +10,9 @@ message ends with trailers::
     From-Version: 2.0.0
     To-Version: 2.1.0
 
-(a rollback adds `Rollback-Of: <sha>` and `Reason: ...`). The whole history of an
+(a rollback adds `Rollback-Of: <sha>` and `Reason: ...`; a canary start, ramp or removal
+keeps From-Version = To-Version = the primary and adds `Canary-Version:` and
+`Canary-Weight:`, weight 0 when the canary was removed). The whole history of an
 environment comes from ONE `git log` walk of its file. Commits without trailers (hand
 edits, `git revert`, squash merges that lost them) are understood by comparing the file
 with its parent, fetched for all of them at once through one `git cat-file --batch`.
@@ -41,9 +43,12 @@ FROM_VERSION = "From-Version"
 TO_VERSION = "To-Version"
 ROLLBACK_OF = "Rollback-Of"
 REASON = "Reason"
+CANARY_VERSION = "Canary-Version"
+CANARY_WEIGHT = "Canary-Weight"
 NO_VERSION = "none"  # From-Version of a model's first deploy
 
 DEPLOY = "deploy"
+CANARY = "canary"  # a canary started, ramped (primary version unchanged)
 ROLLBACK = "rollback"
 EDIT = "edit"  # a change without ggufops trailers (hand edit, merge resolution, ...)
 
@@ -56,11 +61,19 @@ _REVERTS = re.compile(r"This reverts commit ([0-9a-f]{7,40})")
 _BENCHMARKS_BLOCK = re.compile(r"^benchmarks:[^\n]*(?:\n(?:[ \t][^\n]*|#[^\n]*)?)*", re.MULTILINE)
 
 
+Canary = tuple[str, int]  # (version, weight in percent); weight 0: the canary was removed
+
+
 def format_message(kind: str, env: str, model: str, from_version: str | None,
                    to_version: str, *, rollback_of: str | None = None,
-                   reason: str | None = None, body: str = "") -> str:
-    """The commit message of a deploy or rollback: subject, optional body, trailers."""
-    subject = f"{kind}({env}): {model} {from_version or '(new)'} -> {to_version}"
+                   reason: str | None = None, body: str = "",
+                   canary: Canary | None = None, change: str | None = None) -> str:
+    """The commit message of a deploy or rollback: subject, optional body, trailers.
+
+    `change` replaces the subject's `FROM -> TO` (canary changes say what they do).
+    """
+    what = change or f"{from_version or '(new)'} -> {to_version}"
+    subject = f"{kind}({env}): {model} {what}"
     trailers: list[tuple[str, str]] = []
     if rollback_of:
         trailers.append((ROLLBACK_OF, rollback_of))
@@ -68,6 +81,8 @@ def format_message(kind: str, env: str, model: str, from_version: str | None,
         trailers.append((REASON, " ".join(reason.split())))
     trailers += [(ENVIRONMENT, env), (MODEL, model),
                  (FROM_VERSION, from_version or NO_VERSION), (TO_VERSION, to_version)]
+    if canary is not None:
+        trailers += [(CANARY_VERSION, canary[0]), (CANARY_WEIGHT, str(canary[1]))]
     parts = [subject, body.strip(), "\n".join(f"{k}: {v}" for k, v in trailers)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -92,6 +107,8 @@ class Deployment:
     reason: str | None = None
     rolled_back_by: str | None = None
     metrics: dict[str, Any] | None = None
+    canary_version: str | None = None  # the canary this change set (or removed)
+    canary_weight: int | None = None  # its weight after the change; 0: removed
 
     @property
     def rolled_back(self) -> bool:
@@ -206,12 +223,25 @@ def _from_trailers(commit: _Commit, walk: _Walk, env: str) -> Deployment | None:
             or not t.get(TO_VERSION.lower()):
         return None
     rollback_of = t.get(ROLLBACK_OF.lower())
-    kind = ROLLBACK if rollback_of or commit.subject.startswith(f"{ROLLBACK}(") else DEPLOY
+    canary = _canary_trailers(t)
+    kind = ROLLBACK if rollback_of or commit.subject.startswith(f"{ROLLBACK}(") else \
+        CANARY if canary is not None else DEPLOY
     from_version = t.get(FROM_VERSION.lower())
-    return _event(commit, walk, env, kind, model=t[MODEL.lower()],
-                  from_version=None if from_version in (None, NO_VERSION, "") else from_version,
-                  to_version=t[TO_VERSION.lower()], rollback_of=rollback_of,
-                  reason=t.get(REASON.lower()))
+    event = _event(commit, walk, env, kind, model=t[MODEL.lower()],
+                   from_version=None if from_version in (None, NO_VERSION, "") else from_version,
+                   to_version=t[TO_VERSION.lower()], rollback_of=rollback_of,
+                   reason=t.get(REASON.lower()))
+    if canary is not None:
+        event.canary_version, event.canary_weight = canary
+    return event
+
+
+def _canary_trailers(trailers: dict[str, str]) -> Canary | None:
+    version = trailers.get(CANARY_VERSION.lower())
+    weight = trailers.get(CANARY_WEIGHT.lower(), "")
+    if not version:
+        return None
+    return version, int(weight) if weight.isdigit() else 0
 
 
 def _event(commit: _Commit, walk: _Walk, env: str, kind: str, *, model: str,
@@ -231,31 +261,43 @@ def _pr_number(subject: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+_State = tuple[str | None, Canary | None]  # a model's (primary version, canary)
+_NOTHING: _State = (None, None)
+
+
 def _from_contents(root: Path, commits: list[_Commit], walk: _Walk, env: str,
                    path: str) -> Iterator[Deployment]:
     """Changes of commits without trailers, from the file at the commit and its parent."""
     specs = [s for c in commits for s in (f"{c.sha}:{path}", f"{c.sha}^:{path}")]
     contents = git.cat_objects(root, specs)
-    parsed: dict[bytes, dict[str, str]] = {}
+    parsed: dict[bytes, dict[str, _State]] = {}
     for i, commit in enumerate(commits):
-        after, before = _versions(contents[2 * i], path, parsed), \
-            _versions(contents[2 * i + 1], path, parsed)
+        after, before = _states(contents[2 * i], path, parsed), \
+            _states(contents[2 * i + 1], path, parsed)
         reverted = _REVERTS.search(commit.body)
         kind = ROLLBACK if reverted else EDIT
         for model in sorted(set(before) | set(after)):
-            if before.get(model) != after.get(model):
-                yield _event(commit, walk, env, kind, model=model,
-                             from_version=before.get(model), to_version=after.get(model),
-                             rollback_of=reverted.group(1) if reverted else None, reason=None)
+            old, new = before.get(model, _NOTHING), after.get(model, _NOTHING)
+            if old == new:
+                continue
+            event = _event(commit, walk, env, kind, model=model, from_version=old[0],
+                           to_version=new[0],
+                           rollback_of=reverted.group(1) if reverted else None, reason=None)
+            if old[1] != new[1]:
+                event.canary_version = (new[1] or old[1] or ("", 0))[0]
+                event.canary_weight = new[1][1] if new[1] else 0
+            yield event
 
 
-def _versions(content: bytes | None, path: str, cache: dict[bytes, dict[str, str]]
-              ) -> dict[str, str]:
+def _states(content: bytes | None, path: str, cache: dict[bytes, dict[str, _State]]
+            ) -> dict[str, _State]:
     if content is None:
         return {}
     if content not in cache:
         try:
-            cache[content] = envfile.versions(content, path)
+            cache[content] = {m: (str(e["version"]) if "version" in e else None,
+                                  envfile.canary(e))
+                              for m, e in envfile.read_models(content, path).items()}
         except EnvironmentFileError:
             cache[content] = {}
     return cache[content]
@@ -317,14 +359,23 @@ def format_table(deployments: list[Deployment]) -> str:
         return "no deploys or rollbacks recorded for this environment yet"
     header = ("DEPLOYED AT", "KIND", "MODEL", "FROM -> TO", "COMMIT", "PR", "AUTHOR",
               "ROLLED BACK", "GATE")
-    rows = [(d.deployed_at, d.kind, d.model,
-             f"{d.from_version or '(new)'} -> {d.to_version or '(removed)'}", d.commit[:10],
+    rows = [(d.deployed_at, d.kind, d.model, change_text(d), d.commit[:10],
              f"#{d.pr}" if d.pr else "-", d.author,
              f"yes ({d.rolled_back_by[:10]})" if d.rolled_back_by else "no",
              _metrics_text(d.metrics)) for d in deployments]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in (header, *rows))
+
+
+def change_text(d: Deployment) -> str:
+    """FROM -> TO in words: `2.0.0 -> 2.0.0 + canary 2.1.0 (10%)`."""
+    text = f"{d.from_version or '(new)'} -> {d.to_version or '(removed)'}"
+    if d.canary_version is None:
+        return text
+    if d.canary_weight:
+        return f"{text} + canary {d.canary_version} ({d.canary_weight}%)"
+    return f"{text} (canary {d.canary_version} removed)"
 
 
 def _metrics_text(metrics: dict[str, Any] | None) -> str:
@@ -359,14 +410,17 @@ CREATE TABLE IF NOT EXISTS deployments (
     rollback_of TEXT,
     rolled_back_by TEXT,
     reason TEXT,
-    subject TEXT NOT NULL
+    subject TEXT NOT NULL,
+    canary_version TEXT,
+    canary_weight INTEGER
 );
 CREATE INDEX IF NOT EXISTS deployments_env_model ON deployments (env, model_name, deployed_at);
 """
 
 _COLUMNS = ("env", "model_name", "version", "deployed_at", "rolled_back", "metrics", "kind",
             "from_version", "commit_sha", "author", "authored_at", "pr", "rollback_of",
-            "rolled_back_by", "reason", "subject")
+            "rolled_back_by", "reason", "subject", "canary_version", "canary_weight")
+_ADDED_COLUMNS = {"canary_version": "TEXT", "canary_weight": "INTEGER"}  # newer than the table
 
 
 def write_sqlite(path: Path, env: str, deployments: list[Deployment]) -> int:
@@ -384,6 +438,7 @@ def write_sqlite(path: Path, env: str, deployments: list[Deployment]) -> int:
             tmp.write_bytes(path.read_bytes())
         with contextlib.closing(sqlite3.connect(tmp)) as db, db:
             db.executescript(_SCHEMA)
+            _add_missing_columns(db)
             db.execute("DELETE FROM deployments WHERE env = ?", (env,))
             db.executemany(f"INSERT INTO deployments ({', '.join(_COLUMNS)}) VALUES "
                            f"({', '.join('?' for _ in _COLUMNS)})",
@@ -399,4 +454,12 @@ def _row(d: Deployment) -> tuple[Any, ...]:
     return (d.env, d.model, d.to_version, d.deployed_at, int(d.rolled_back),
             json.dumps(d.metrics, sort_keys=True) if d.metrics is not None else None, d.kind,
             d.from_version, d.commit, d.author, d.authored_at, d.pr, d.rollback_of,
-            d.rolled_back_by, d.reason, d.subject)
+            d.rolled_back_by, d.reason, d.subject, d.canary_version, d.canary_weight)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """A file written by an older ggufops lacks the newer (nullable) columns: add them."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(deployments)")}
+    for name, kind in _ADDED_COLUMNS.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE deployments ADD COLUMN {name} {kind}")

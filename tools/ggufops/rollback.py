@@ -7,6 +7,9 @@ Its revert is generated for the environment file alone: a three-way merge of the
 commit that restores only that model's version. `--to` picks the version instead; it must
 have run in the environment before, or be allowed there by the promotion policy.
 
+When the change to undo started or ramped a canary (the primary version unchanged), the
+rollback undoes just that: the canary block goes, or gets its previous weight back.
+
 Before anything is committed, the target version's artifact must exist in the S3 remote:
 a rollback must never point the fleet at a deleted file.
 
@@ -40,6 +43,8 @@ PUSH = "push"  # push the commit straight to the remote default branch (break-gl
 PR = "pr"  # push a rollback branch and open a pull request
 REVERT = "revert"
 RESTORE_ENTRY = "restore-entry"
+SKIPPED = "skipped"  # artifact check turned off (--skip-artifact-check)
+NOT_NEEDED = "not needed"  # the rollback points at no artifact (a canary removed)
 MAX_ATTEMPTS = 5
 
 
@@ -77,6 +82,8 @@ class RollbackPlan:
     artifact_check: str
     warnings: list[str] = field(default_factory=list)
     new_text: str = field(default="", repr=False)
+    canary: history.Canary | None = None  # a canary rollback: the canary after (weight 0: gone)
+    from_canary: history.Canary | None = None  # ... and before
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -87,8 +94,13 @@ class RollbackPlan:
             "default_branch": self.default_branch, "remote": self.remote,
             "base": {"ref": self.base_ref, "commit": self.base_commit}, "file": self.file,
             "diff": self.diff, "message": self.message, "artifact_check": self.artifact_check,
-            "warnings": self.warnings,
+            "warnings": self.warnings, "canary": _canary_dict(self.canary),
+            "from_canary": _canary_dict(self.from_canary),
         }
+
+
+def _canary_dict(canary: history.Canary | None) -> dict[str, Any] | None:
+    return {"version": canary[0], "weight": canary[1]} if canary else None
 
 
 @dataclass
@@ -122,6 +134,8 @@ def plan_rollback(root: Path, request: RollbackRequest) -> RollbackPlan:
         raise NothingToRollBack(f"{request.env} does not run {model} ({path} on {base.ref}); "
                                 "nothing to roll back")
     undo = _change_to_undo(events, model, current)
+    if request.to is None and undo is not None and _is_canary_change(undo):
+        return _plan_canary_rollback(root, request, base, text, undo)
     target = request.to or _previous_version(undo, request.env, model, current)
     if target == current:
         raise AlreadyDeployed(f"{request.env} already runs {model}@{target} ({path} on "
@@ -134,17 +148,12 @@ def plan_rollback(root: Path, request: RollbackRequest) -> RollbackPlan:
     new_text, strategy = _new_text(root, text, path, ref, undo)
     branch = (f"rollback/{request.env}/{model}-{target}" if request.mode == PR
               else request.default_branch)
-    if request.mode == PR and git.resolve(root, f"refs/heads/{branch}") is not None:
-        raise BranchExists(f"branch {branch} already exists in {root}; delete it (`git branch "
-                           f"-D {branch}`) or push and review it")
+    _check_branch_free(root, request, branch)
     message = history.format_message(
         history.ROLLBACK, request.env, model, current, target,
         rollback_of=undo.commit if undo else None, reason=request.reason,
-        body=_body(undo, strategy, model, target, request.env)
-        + ("" if artifact_check == "ok" else "\n\nThe artifact of the restored version was "
-           "not checked in the S3 remote (--skip-artifact-check)."))
-    warnings = [] if artifact_check == "ok" else [
-        f"the artifact of {ref} was NOT checked in the S3 remote (--skip-artifact-check)"]
+        body=_body(undo, strategy, model, target, request.env) + _skipped_note(artifact_check))
+    warnings = _skipped_warning(ref, artifact_check)
     return RollbackPlan(
         env=request.env, model=model, from_version=current, to_version=target,
         rollback_of=undo.commit if undo else None,
@@ -153,6 +162,82 @@ def plan_rollback(root: Path, request: RollbackRequest) -> RollbackPlan:
         default_branch=request.default_branch, remote=request.remote, base_ref=base.ref,
         base_commit=base.commit, file=path, diff=envfile.unified_diff(text, new_text, path),
         message=message, artifact_check=artifact_check, warnings=warnings, new_text=new_text)
+
+
+def _skipped_note(artifact_check: str) -> str:
+    return ("\n\nThe artifact of the restored version was not checked in the S3 remote "
+            "(--skip-artifact-check).") if artifact_check == SKIPPED else ""
+
+
+def _skipped_warning(ref: VersionRef, artifact_check: str) -> list[str]:
+    return [f"the artifact of {ref} was NOT checked in the S3 remote (--skip-artifact-check)"
+            ] if artifact_check == SKIPPED else []
+
+
+# --- canary rollbacks ----------------------------------------------------------------------
+
+def _is_canary_change(event: Deployment) -> bool:
+    """A change to the model's canary alone (start, ramp), its primary version unchanged."""
+    return event.canary_version is not None and event.from_version == event.to_version
+
+
+def _plan_canary_rollback(root: Path, request: RollbackRequest, base: deploy.Base, text: str,
+                          undo: Deployment) -> RollbackPlan:
+    """Undo `undo`'s canary change: the canary goes, or gets its previous weight back."""
+    env, model, path = request.env, undo.model, environment_relpath(request.env)
+    new_text, strategy = _canary_text(root, text, path, model, undo)
+    before = envfile.canary(envfile.read_models(text, path).get(model, {}))
+    after = envfile.canary(envfile.read_models(new_text, path).get(model, {}))
+    primary = str(envfile.read_models(text, path)[model]["version"])
+    if before == after or before is None:
+        raise AlreadyDeployed(f"{env}'s canary of {model} is already as it was before "
+                              f"{undo.commit[:10]} ({path} on {base.ref}); nothing to roll back")
+    artifact_check = NOT_NEEDED
+    if after is not None:
+        ref = VersionRef(model, after[0])
+        artifact_check = _check_artifact(root, ref, deploy.version_doc_at(root, base, ref),
+                                         request)
+    change = (f"canary {before[0]} removed" if after is None
+              else f"canary {before[0]} ({before[1]}%) -> {after[0]} ({after[1]}%)")
+    body = (f"This reverts commit {undo.commit}." if strategy == REVERT
+            else f"Restores {model}'s canary in {env}, undoing commit {undo.commit}.")
+    message = history.format_message(
+        history.ROLLBACK, env, model, primary, primary, rollback_of=undo.commit,
+        reason=request.reason, body=body + _skipped_note(artifact_check),
+        canary=after or (before[0], 0), change=change)
+    branch = (f"rollback/{env}/{model}-{before[0]}-canary" if request.mode == PR
+              else request.default_branch)
+    _check_branch_free(root, request, branch)
+    return RollbackPlan(
+        env=env, model=model, from_version=primary, to_version=primary,
+        rollback_of=undo.commit, rollback_of_subject=undo.subject, strategy=strategy,
+        reason=request.reason, mode=request.mode, branch=branch,
+        default_branch=request.default_branch, remote=request.remote, base_ref=base.ref,
+        base_commit=base.commit, file=path, diff=envfile.unified_diff(text, new_text, path),
+        message=message, artifact_check=artifact_check,
+        warnings=_skipped_warning(VersionRef(model, after[0]), artifact_check) if after else [],
+        new_text=new_text, canary=after or (before[0], 0), from_canary=before)
+
+
+def _canary_text(root: Path, text: str, path: str, model: str,
+                 undo: Deployment) -> tuple[str, str]:
+    """The file with `undo`'s canary change undone: its revert if clean, else the canary
+    the entry had before that commit."""
+    reverted = _revert_file(root, text, path, undo.commit)
+    if reverted is not None and envfile.changed_models(text, reverted, path) == [model] \
+            and envfile.versions(reverted, path).get(model) == undo.to_version:
+        return reverted, REVERT
+    (parent,) = git.cat_objects(root, [f"{undo.commit}^:{path}"])
+    previous = envfile.canary(envfile.read_models(parent or b"", path).get(model, {}))
+    if previous is None:
+        return envfile.remove_canary(text, model, path), RESTORE_ENTRY
+    return envfile.set_canary(text, model, previous[0], previous[1], path), RESTORE_ENTRY
+
+
+def _check_branch_free(root: Path, request: RollbackRequest, branch: str) -> None:
+    if request.mode == PR and git.resolve(root, f"refs/heads/{branch}") is not None:
+        raise BranchExists(f"branch {branch} already exists in {root}; delete it (`git branch "
+                           f"-D {branch}`) or push and review it")
 
 
 def _latest_model(events: list[Deployment], running: dict[str, str], env: str) -> str:
@@ -208,7 +293,7 @@ def _check_target_allowed(root: Path, env: str, ref: VersionRef, events: list[De
 def _check_artifact(root: Path, ref: VersionRef, doc: dict[str, Any],
                     request: RollbackRequest) -> str:
     if request.skip_artifact_check:
-        return "skipped"
+        return SKIPPED
     from ggufops import artifacts  # S3 only when it is needed
 
     missing = artifacts.missing_objects(root, {ref: doc})
@@ -280,19 +365,31 @@ def rollback(root: Path, request: RollbackRequest, *,
             if plan.mode != PUSH or attempt == max_attempts:
                 raise
         # Someone pushed in between: rebase = plan again on the new tip, same target.
-        retry = replace(request, model=plan.model, to=plan.to_version)
+        retry = replace(request, model=plan.model,
+                        to=None if plan.canary is not None else plan.to_version)
         try:
-            plan = plan_rollback(root, retry)
+            again = plan_rollback(root, retry)
         except AlreadyDeployed:
-            note = (f"{request.remote}/{request.default_branch} already runs "
-                    f"{plan.model}@{plan.to_version} (someone else rolled it back); nothing "
-                    "was pushed")
-            return RollbackOutcome(plan, None, attempt + 1, [note])
+            again = None
+        if again is None or (plan.canary is not None and again.rollback_of != plan.rollback_of):
+            return RollbackOutcome(plan, None, attempt + 1, [_already_note(request, plan)])
+        plan = again
     raise AssertionError("unreachable")
 
 
+def _already_note(request: RollbackRequest, plan: RollbackPlan) -> str:
+    where = f"{request.remote}/{request.default_branch}"
+    what = (f"{plan.model}'s canary change {plan.rollback_of[:10]} is already undone there"
+            if plan.canary is not None and plan.rollback_of
+            else f"already runs {plan.model}@{plan.to_version}")
+    return f"{where} {what} (someone else rolled it back); nothing was pushed"
+
+
 def pr_body(plan: RollbackPlan) -> str:
-    lines = [f"Rolls **{plan.model}** in **{plan.env}** back from {plan.from_version} to "
+    change = plan.message.splitlines()[0].split(f"{plan.model} ", 1)[-1]
+    lines = [f"Rolls back **{plan.model}**'s canary in **{plan.env}**: {change}."
+             if plan.canary is not None else
+             f"Rolls **{plan.model}** in **{plan.env}** back from {plan.from_version} to "
              f"**{plan.to_version}**."]
     if plan.rollback_of:
         lines.append(f"Undoes {plan.rollback_of} ({plan.rollback_of_subject}).")

@@ -333,22 +333,41 @@ def _check_promotion(checker: Checker, state: State, base_sha: str) -> None:
         doc = state.environments.get(env)
         if doc is None:
             continue
-        before = _models_at(root, base_sha, env)
-        entered = {m: e["version"] for m, e in (doc.data.get("models") or {}).items()
-                   if before.get(m) != e["version"]}
+        entered = _entering(doc.data.get("models") or {}, _entries_at(root, base_sha, env))
         if not entered:
             continue
         staged = _models_at(root, base_sha, previous_env)
         history = _versions_ever_in(root, base_sha, env)
-        for model, version in entered.items():
+        for model, version, where in entered:
             if staged.get(model) == version or (model, version) in history:
                 continue
-            checker.add(doc, ["models", model, "version"], f"{model}@{version} enters {env} "
+            role = " as a canary" if where[0] == "canary" else ""
+            checker.add(doc, ["models", model, *where], f"{model}@{version} enters {env}{role} "
                         f"without having run in {previous_env} (promotion order "
                         f"{' -> '.join(order)}); deploy it to {previous_env} first", "promotion")
 
 
+def _entering(models: dict[str, Any], before: dict[str, dict[str, Any]]
+              ) -> list[tuple[str, str, list[str]]]:
+    """(model, version, path in the entry) of every version new to the environment:
+    primary versions that changed, and canary versions it ran in no role before."""
+    found: list[tuple[str, str, list[str]]] = []
+    for model, entry in models.items():
+        old = before.get(model, {})
+        old_canary = (old.get("canary") or {}).get("version")
+        if str(old.get("version")) != str(entry["version"]):
+            found.append((model, str(entry["version"]), ["version"]))
+        canary = (entry.get("canary") or {}).get("version")
+        if canary is not None and str(canary) not in (str(old.get("version")), str(old_canary)):
+            found.append((model, str(canary), ["canary", "version"]))
+    return found
+
+
 def _models_at(root: Path, ref: str, env: str) -> dict[str, str]:
+    return {m: str(e.get("version")) for m, e in _entries_at(root, ref, env).items()}
+
+
+def _entries_at(root: Path, ref: str, env: str) -> dict[str, dict[str, Any]]:
     raw = git.show_file(root, ref, f"{ENVIRONMENTS_DIR}/{env}.yaml")
     if raw is None:
         return {}
@@ -357,7 +376,7 @@ def _models_at(root: Path, ref: str, env: str) -> dict[str, str]:
     except YamlError:
         return {}
     models = (data or {}).get("models") or {} if isinstance(data, dict) else {}
-    return {m: str(e.get("version")) for m, e in models.items() if isinstance(e, dict)}
+    return {m: e for m, e in models.items() if isinstance(e, dict)}
 
 
 def _versions_ever_in(root: Path, ref: str, env: str) -> set[tuple[str, str]]:
@@ -393,12 +412,14 @@ def _check_artifacts(checker: Checker, state: State) -> None:
 # --- used by deploy and rollback (gitops) ---------------------------------------------------
 
 
-def promotion_allowed(root: Path, env: str, model: str, version: str, ref: str) -> str | None:
+def promotion_allowed(root: Path, env: str, model: str, version: str, ref: str, *,
+                      canary: bool = False) -> str | None:
     """Why `model@version` may not enter `env` at commit `ref`; None when it may.
 
     The same rule `validate --base` applies to a pull request: a version enters an
     environment only while it runs in the one before it in the promotion order, or when
-    it ran in this environment before (a rollback).
+    it ran in this environment before (a rollback). With `canary`, the version enters as
+    the model's canary: the same rule, except that the canary it already is may be ramped.
     """
     raw = git.show_file(root, ref, POLICY_FILE)
     try:
@@ -412,7 +433,18 @@ def promotion_allowed(root: Path, env: str, model: str, version: str, ref: str) 
     previous = order[order.index(env) - 1]
     if _models_at(root, ref, previous).get(model) == version:
         return None
+    if canary and _is_canary_at(root, ref, env, model, version):
+        return None  # a ramp: the version is already this environment's canary
     if (model, version) in _versions_ever_in(root, ref, env):
         return None
+    if canary:
+        return (f"{model}@{version} cannot enter {env} as a canary: it does not run in "
+                f"{previous} (promotion order {' -> '.join(order)}); deploy it to {previous} "
+                "first")
     return (f"{model}@{version} does not run in {previous} (promotion order "
             f"{' -> '.join(order)}); deploy it to {previous} first")
+
+
+def _is_canary_at(root: Path, ref: str, env: str, model: str, version: str) -> bool:
+    canary = _entries_at(root, ref, env).get(model, {}).get("canary")
+    return isinstance(canary, dict) and str(canary.get("version")) == version

@@ -45,21 +45,26 @@ def git_target_options(func: F) -> F:
               "REST API with GITHUB_TOKEN; else print the compare URL).")
 @click.option("--direct", is_flag=True, help="Commit on the default branch itself instead of "
               "a deploy branch (repositories without pull requests, the demo).")
+@click.option("--canary", "canary", type=click.IntRange(1, 99), default=None,
+              metavar="PERCENT", help="Start (or ramp) a canary: send PERCENT of the traffic "
+              "to NAME@X.Y.Z, keeping the primary version. Deploy without it to promote.")
 @git_target_options
 @dry_run_option
 @json_option
 @click.pass_context
 def deploy(ctx: click.Context, *, ref: VersionRef, env: str, push: bool, pr: bool, direct: bool,
-           remote: str, default_branch: str, dry_run: bool, as_json: bool) -> None:
+           canary: int | None, remote: str, default_branch: str, dry_run: bool,
+           as_json: bool) -> None:
     """Deploy NAME@X.Y.Z to an environment: a commit on branch deploy/ENV/NAME-X.Y.Z.
 
     Checks that the version is registered on the default branch, that the promotion
     policy allows it, that the local default branch is not behind its remote and that
-    the working tree is clean. The checkout is never switched.
+    the working tree is clean. The checkout is never switched. With --canary PERCENT the
+    commit sets the model's canary instead (branch deploy/ENV/NAME-X.Y.Z-canary-PERCENT).
     """
     root = registry_from(ctx).root
     plan = deploy_api.plan_deploy(root, ref, env, remote=remote, default_branch=default_branch,
-                                  direct=direct, push=push, pr=pr)
+                                  direct=direct, push=push, pr=pr, canary=canary)
     if dry_run:
         _show(as_json, {**plan.as_dict(), "dry_run": True}, deploy_api.describe(plan))
         return
@@ -92,7 +97,9 @@ def rollback(ctx: click.Context, *, env: str, model: str | None, to: str | None,
              default_branch: str, dry_run: bool, as_json: bool) -> None:
     """Roll ENV back: revert the last deploy of a model (or restore --to X.Y.Z).
 
-    Without --push or --pr the commit goes on the local default branch.
+    When that last change started or ramped a canary, the canary goes (or gets its
+    previous weight back). Without --push or --pr the commit goes on the local default
+    branch.
     """
     if push and pr:
         raise UsageError("--push and --pr are alternatives: pick one")
@@ -129,7 +136,8 @@ def rollback(ctx: click.Context, *, env: str, model: str | None, to: str | None,
 @click.pass_context
 def history(ctx: click.Context, *, env: str, model: str | None, ref: str | None,
             sqlite_path: Path | None, as_json: bool) -> None:
-    """Every deploy and rollback of ENV: when, who, commit, PR, from -> to, rolled back?"""
+    """Every deploy, canary and rollback of ENV: when, who, commit, PR, from -> to, rolled
+    back?"""
     from ggufops import git
 
     root = registry_from(ctx).root
