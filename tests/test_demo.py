@@ -26,7 +26,7 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     out = io.StringIO()
     steps = run_demo(workdir, out=out)
     text = out.getvalue()
-    assert [s.ok for s in steps] == [True] * 10, text
+    assert [s.ok for s in steps] == [True] * 11, text
     results = {s.title.split(":")[0]: s.result for s in steps}
     rollback = next(r for t, r in results.items() if t.startswith("roll production back"))
     assert rollback.startswith("serving 2.0.0 again")  # timings are bench_rollback's business
@@ -34,8 +34,9 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert "gate failed on perplexity" in blocked.result
     assert "❌" in (workdir / "gate-staging-2.2.0.md").read_text()
     assert "✅" in (workdir / "gate-production-2.1.0.md").read_text()
-    history = [line for line in text.splitlines() if "llama3-instruct" in line
-               and ("deploy " in line or "rollback " in line) and "T" in line.split()[0]]
-    kinds = [line.split()[1] for line in history]
-    assert kinds == ["deploy", "deploy", "rollback"], text
+    rows = [line.split() for line in text.splitlines() if "llama3-instruct" in line]
+    kinds = [row[1] for row in rows if len(row) > 2 and row[0][:4].isdigit() and "T" in row[0]]
+    assert kinds == ["deploy", "deploy", "rollback", "canary"], text
+    canary = next(s for s in steps if s.title.startswith("canary"))
+    assert canary.result.startswith("primary 2.0.0 + canary 2.1.0 (25%)")
     assert _ours(workdir) == []  # serve, agent and weed are all stopped

@@ -158,6 +158,24 @@ class Demo:
         raise DemoFailed(f"the server did not serve {MODEL}@{version} within {timeout:.0f} s "
                          f"(serving: {self.serving()}); see {self.workdir}/agent.log")
 
+    def wait_canary(self, version: str, timeout: float) -> float:
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            canary = (self.serving() or {}).get("canary") or {}
+            if canary.get("version") == version:
+                return time.monotonic() - began
+            time.sleep(0.05)
+        raise DemoFailed(f"the server did not load canary {MODEL}@{version} within "
+                         f"{timeout:.0f} s; see {self.workdir}/agent.log")
+
+    def complete_as(self, user: str, prompt: str) -> str:
+        """Which display id answered a request from `user` (canaries are sticky per user)."""
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 4, "user": user}
+        reply = request_json("POST", f"{self.server_url}/v1/completions", body, timeout=30)
+        if reply.status != 200:
+            raise DemoFailed(f"/v1/completions answered {error_message(reply)}")
+        return str(reply.data["model"])
+
     def trigger_sync(self) -> None:
         """What a webhook on push would do: ask the agent to look at once."""
         with contextlib.suppress(OSError):
@@ -214,6 +232,7 @@ def _story(demo: Demo, s3: s3server.S3Server) -> None:
     _upgrade(demo)
     _rollback(demo)
     _blocked(demo)
+    _canary(demo)
     _history(demo)
 
 
@@ -311,15 +330,17 @@ def _wait_http(url: str, timeout: float, demo: Demo) -> None:
     raise DemoFailed(f"{url} did not answer within {timeout:.0f} s; see logs in {demo.workdir}")
 
 
-def _promote(demo: Demo, version: str, env: str) -> subprocess.CompletedProcess[str]:
+def _promote(demo: Demo, version: str, env: str,
+             canary: int | None = None) -> subprocess.CompletedProcess[str]:
     """A deploy PR: branch + commit, the CI checks on it, then merge if they pass."""
-    demo.ggufops("deploy", f"{MODEL}@{version}", "--env", env, "--push")
-    branch = f"deploy/{env}/{MODEL}-{version}"
+    extra = ["--canary", str(canary)] if canary else []
+    demo.ggufops("deploy", f"{MODEL}@{version}", "--env", env, "--push", *extra)
+    branch = f"deploy/{env}/{MODEL}-{version}" + (f"-canary-{canary}" if canary else "")
     demo.pr_number += 1
     demo.say(f"  (pull request #{demo.pr_number}: {branch} -> main; CI runs validate and gate)")
     demo.git("checkout", "-q", branch)
     demo.ggufops("validate", "--base", "origin/main", "--check-artifacts")
-    report = demo.workdir / f"gate-{env}-{version}.md"
+    report = demo.workdir / f"gate-{env}-{version}{'-canary' if canary else ''}.md"
     gate = demo.ggufops("gate", "--base", "origin/main", "--env", env, "--report", str(report),
                         check=False, quiet=True)
     _show_report(demo, report, gate)
@@ -392,6 +413,23 @@ def _blocked(demo: Demo) -> None:
         if entry.get("version") != "2.0.0":
             raise DemoFailed(f"production changed although nothing was merged: {entry}")
         step.result = "gate failed on perplexity; not merged; production still serves 2.0.0"
+
+
+def _canary(demo: Demo) -> None:
+    with demo.step(f"canary: {MODEL}@2.1.0 on 25% of production traffic (PR, gated)") as step:
+        if _promote(demo, "2.1.0", "production", canary=25).returncode != 0:
+            raise DemoFailed("the gate refused the canary 2.1.0 for production")
+        demo.trigger_sync()
+        waited = demo.wait_canary("2.1.0", 120)
+        answered: dict[str, int] = {}
+        for i in range(40):
+            display = demo.complete_as(f"user-{i}", "The ")
+            answered[display] = answered.get(display, 0) + 1
+        demo.say(f"    40 users, one request each, answered by: {answered}")
+        if len(answered) != 2:
+            raise DemoFailed(f"expected both versions to answer, got {answered}")
+        step.result = (f"primary 2.0.0 + canary 2.1.0 (25%), live {waited:.1f} s after merge; "
+                       f"{answered.get(f'{MODEL}-v2.1.0-f32', 0)} of 40 users on the canary")
 
 
 def _history(demo: Demo) -> None:
