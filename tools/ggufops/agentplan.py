@@ -16,7 +16,13 @@ from typing import Any
 
 from ggufops import git, validate
 from ggufops.errors import InvalidDesiredState
-from ggufops.registry import ENVIRONMENTS_DIR, REGISTRY_DIR, Registry, display_id
+from ggufops.registry import (
+    ENVIRONMENTS_DIR,
+    REGISTRY_DIR,
+    Registry,
+    display_id,
+    environment_models,
+)
 
 DEFAULT_KEEP = 3
 EXPORTED_PATHS = (REGISTRY_DIR, ENVIRONMENTS_DIR, ".dvc/config")
@@ -153,7 +159,7 @@ def plan_from_tree(tree: Path, commit: str, env: str, keep: int | None) -> Plan:
     if not registry.environment_file(env).is_file():
         raise InvalidDesiredState(f"commit {commit[:12]} has no {ENVIRONMENTS_DIR}/{env}.yaml; "
                                   "check --env or add the environment")
-    models = registry.environment(env).get("models") or {}
+    models = environment_models(registry.environment(env))
     targets = {name: _target(registry, name, entry) for name, entry in models.items()}
     return Plan(commit, tree, targets, keep or _policy_keep(registry))
 

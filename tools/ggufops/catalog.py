@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ggufops import semver
-from ggufops.registry import Registry, VersionRef, display_id
+from ggufops.registry import Registry, VersionRef, display_id, environment_models
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Row:
 def _deployments(registry: Registry) -> dict[tuple[str, str], list[str]]:
     where: dict[tuple[str, str], list[str]] = {}
     for env in registry.environments():
-        for model, entry in (registry.environment(env).get("models") or {}).items():
+        for model, entry in environment_models(registry.environment(env)).items():
             where.setdefault((model, str(entry["version"])), []).append(env)
             canary = (entry.get("canary") or {}).get("version")
             if canary:

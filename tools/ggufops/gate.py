@@ -29,10 +29,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import bench, git, llm, yamlio
+from ggufops import bench, git, llm
 from ggufops.benchcache import BenchCache
-from ggufops.errors import GateFailed, GitError, YamlError
-from ggufops.registry import ENVIRONMENTS_DIR, Registry, VersionRef, display_id
+from ggufops.errors import GateFailed, GitError
+from ggufops.registry import (
+    ENVIRONMENTS_DIR,
+    Registry,
+    VersionRef,
+    display_id,
+    environment_models,
+    environment_models_in,
+)
 
 PASS, FAIL, INFO = "pass", "fail", "info"
 SPEED_METRICS = (  # name, higher is better
@@ -88,11 +95,6 @@ def resolve_base(root: Path, base: str | None) -> tuple[str, str | None]:
     return "(empty tree)", None
 
 
-def _models_of(data: Any) -> dict[str, dict[str, Any]]:
-    models = data.get("models") if isinstance(data, dict) else None
-    return {str(m): e for m, e in (models or {}).items() if isinstance(e, dict)}
-
-
 def environments_at(root: Path, sha: str | None) -> dict[str, dict[str, dict[str, Any]]]:
     """env -> model -> entry, as the environment files were at commit `sha`."""
     if sha is None:
@@ -101,11 +103,7 @@ def environments_at(root: Path, sha: str | None) -> dict[str, dict[str, dict[str
     result = {}
     for path, raw in files.items():
         if path.endswith(".yaml") and path.count("/") == 1:
-            try:
-                data = yamlio.parse(raw.decode(), Path(f"{sha[:12]}:{path}")).data
-            except (YamlError, UnicodeDecodeError):
-                data = None
-            result[Path(path).stem] = _models_of(data)
+            result[Path(path).stem] = environment_models_in(raw, f"{sha[:12]}:{path}")
     return result
 
 
@@ -130,7 +128,7 @@ def plan_gates(registry: Registry, base: str | None = None, env: str | None = No
     envs = [env] if env else registry.environments()
     jobs: list[GateJob] = []
     for name in envs:
-        now = _models_of(registry.environment(name))
+        now = environment_models(registry.environment(name))
         jobs.extend(_jobs_for(name, now, before.get(name, {})))
     return GatePlan(description, sha, jobs)
 

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from ggufops import semver, yamlio
-from ggufops.errors import BadReference, NotARegistry, UnknownEnvironment, UnknownVersion
+from ggufops.errors import (
+    BadReference,
+    NotARegistry,
+    UnknownEnvironment,
+    UnknownVersion,
+    YamlError,
+)
 
 REGISTRY_DIR = "registry"
 ENVIRONMENTS_DIR = "environments"
@@ -60,6 +66,26 @@ def split_version_relpath(relpath: str) -> VersionRef | None:
     if not parts[2].endswith(".yaml"):
         return None
     return VersionRef(parts[1], parts[2][: -len(".yaml")])
+
+
+def environment_models(data: Any) -> dict[str, dict[str, Any]]:
+    """model name -> entry of a parsed environment file; lenient: malformed parts are skipped.
+
+    For reading history, where a file at an old commit may not be valid; `validate`
+    reports what is wrong with the current files.
+    """
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict):
+        return {}
+    return {str(m): e for m, e in models.items() if isinstance(e, dict)}
+
+
+def environment_models_in(raw: bytes | str, where: str) -> dict[str, dict[str, Any]]:
+    """environment_models() of an environment file's bytes; {} if it is not YAML."""
+    try:
+        return environment_models(yamlio.parse(raw, Path(where)).data)
+    except YamlError:
+        return {}
 
 
 def find_root(start: Path) -> Path:
@@ -131,7 +157,7 @@ class Registry:
 
     def deployed(self, env: str) -> dict[str, str]:
         """model name -> version running in `env`."""
-        models = self.environment(env).get("models") or {}
+        models = environment_models(self.environment(env))
         return {name: str(entry["version"]) for name, entry in models.items()}
 
     def policy(self) -> dict[str, Any]:

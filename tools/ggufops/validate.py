@@ -27,6 +27,7 @@ from ggufops.registry import (
     REGISTRY_DIR,
     Registry,
     VersionRef,
+    environment_models_in,
     split_version_relpath,
 )
 
@@ -368,15 +369,9 @@ def _models_at(root: Path, ref: str, env: str) -> dict[str, str]:
 
 
 def _entries_at(root: Path, ref: str, env: str) -> dict[str, dict[str, Any]]:
-    raw = git.show_file(root, ref, f"{ENVIRONMENTS_DIR}/{env}.yaml")
-    if raw is None:
-        return {}
-    try:
-        data = yamlio.parse(raw.decode(), Path(f"{ref}:{ENVIRONMENTS_DIR}/{env}.yaml")).data
-    except YamlError:
-        return {}
-    models = (data or {}).get("models") or {} if isinstance(data, dict) else {}
-    return {m: e for m, e in models.items() if isinstance(e, dict)}
+    path = f"{ENVIRONMENTS_DIR}/{env}.yaml"
+    raw = git.show_file(root, ref, path)
+    return environment_models_in(raw, f"{ref}:{path}") if raw is not None else {}
 
 
 def _versions_ever_in(root: Path, ref: str, env: str) -> set[tuple[str, str]]:
@@ -384,12 +379,8 @@ def _versions_ever_in(root: Path, ref: str, env: str) -> set[tuple[str, str]]:
     path = f"{ENVIRONMENTS_DIR}/{env}.yaml"
     seen: set[tuple[str, str]] = set()
     for _commit, text in git.file_history(root, ref, path):
-        try:
-            data = yamlio.parse(text, Path(path)).data
-        except YamlError:
-            continue
-        models = (data or {}).get("models") or {} if isinstance(data, dict) else {}
-        seen.update((m, str(e.get("version"))) for m, e in models.items() if isinstance(e, dict))
+        models = environment_models_in(text, path)
+        seen.update((m, str(e.get("version"))) for m, e in models.items())
     return seen
 
 
