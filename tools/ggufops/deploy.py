@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ggufops import envfile, git, github, history, yamlio
 from ggufops.errors import (
@@ -56,13 +56,16 @@ class Base:
     ahead: int = 0  # local commits the remote does not have yet
 
 
-@dataclass
-class DeployPlan:
+@dataclass(kw_only=True)
+class ChangePlan:
+    """A commit to an environment file, computed before anything is written (--dry-run
+    prints it; applying it writes exactly this). Deploys and rollbacks are both one."""
+
+    action: ClassVar[str] = ""
     env: str
     model: str
     from_version: str | None
     to_version: str
-    display_id: str
     mode: str
     branch: str
     default_branch: str
@@ -72,24 +75,41 @@ class DeployPlan:
     file: str
     diff: str
     message: str
-    push: bool
-    pr: bool
     warnings: list[str] = field(default_factory=list)
     new_text: str = field(default="", repr=False)
-    canary: history.Canary | None = None  # the canary this deploy sets (None: a plain deploy)
+    canary: history.Canary | None = None  # the canary after the change (weight 0: removed)
     from_canary: history.Canary | None = None  # the canary the entry had before
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "action": "deploy", "env": self.env, "model": self.model,
+            "action": self.action, "env": self.env, "model": self.model,
             "from": self.from_version, "to": self.to_version,
-            "canary": _canary_dict(self.canary), "from_canary": _canary_dict(self.from_canary),
-            "display_id": self.display_id,
+            "canary": canary_dict(self.canary), "from_canary": canary_dict(self.from_canary),
+            **self.details(),
             "mode": self.mode, "branch": self.branch, "default_branch": self.default_branch,
             "remote": self.remote, "base": {"ref": self.base_ref, "commit": self.base_commit},
-            "file": self.file, "diff": self.diff, "message": self.message, "push": self.push,
-            "pr": self.pr, "warnings": self.warnings,
+            "file": self.file, "diff": self.diff, "message": self.message,
+            "warnings": self.warnings,
         }
+
+    def details(self) -> dict[str, Any]:
+        """What only this kind of change has, for as_dict()."""
+        return {}
+
+
+def canary_dict(canary: history.Canary | None) -> dict[str, Any] | None:
+    return {"version": canary[0], "weight": canary[1]} if canary else None
+
+
+@dataclass(kw_only=True)
+class DeployPlan(ChangePlan):
+    action: ClassVar[str] = "deploy"
+    display_id: str
+    push: bool
+    pr: bool
+
+    def details(self) -> dict[str, Any]:
+        return {"display_id": self.display_id, "push": self.push, "pr": self.pr}
 
 
 @dataclass
@@ -109,9 +129,6 @@ class Landing:
                 "pull_request": pr.as_dict() if pr else None, "compare_url": self.compare_url,
                 "notes": self.notes}
 
-
-def _canary_dict(canary: history.Canary | None) -> dict[str, Any] | None:
-    return {"version": canary[0], "weight": canary[1]} if canary else None
 
 
 # --- checks shared with rollback --------------------------------------------------------

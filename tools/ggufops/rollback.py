@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ggufops import deploy, envfile, git, history
 from ggufops.errors import (
@@ -60,47 +60,20 @@ class RollbackRequest:
     skip_artifact_check: bool = False
 
 
-@dataclass
-class RollbackPlan:
-    env: str
-    model: str
-    from_version: str
-    to_version: str
+@dataclass(kw_only=True)
+class RollbackPlan(deploy.ChangePlan):
+    action: ClassVar[str] = "rollback"
     rollback_of: str | None
     rollback_of_subject: str | None
     strategy: str
     reason: str | None
-    mode: str
-    branch: str
-    default_branch: str
-    remote: str
-    base_ref: str
-    base_commit: str
-    file: str
-    diff: str
-    message: str
     artifact_check: str
-    warnings: list[str] = field(default_factory=list)
-    new_text: str = field(default="", repr=False)
-    canary: history.Canary | None = None  # a canary rollback: the canary after (weight 0: gone)
-    from_canary: history.Canary | None = None  # ... and before
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "action": "rollback", "env": self.env, "model": self.model,
-            "from": self.from_version, "to": self.to_version, "rollback_of": self.rollback_of,
-            "rollback_of_subject": self.rollback_of_subject, "strategy": self.strategy,
-            "reason": self.reason, "mode": self.mode, "branch": self.branch,
-            "default_branch": self.default_branch, "remote": self.remote,
-            "base": {"ref": self.base_ref, "commit": self.base_commit}, "file": self.file,
-            "diff": self.diff, "message": self.message, "artifact_check": self.artifact_check,
-            "warnings": self.warnings, "canary": _canary_dict(self.canary),
-            "from_canary": _canary_dict(self.from_canary),
-        }
+    def details(self) -> dict[str, Any]:
+        return {"rollback_of": self.rollback_of, "rollback_of_subject": self.rollback_of_subject,
+                "strategy": self.strategy, "reason": self.reason,
+                "artifact_check": self.artifact_check}
 
-
-def _canary_dict(canary: history.Canary | None) -> dict[str, Any] | None:
-    return {"version": canary[0], "weight": canary[1]} if canary else None
 
 
 @dataclass
