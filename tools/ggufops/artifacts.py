@@ -424,11 +424,6 @@ def dvc_add(root: Path, path: Path, push_to: S3Settings | None = None) -> DvcOut
     return read_pointer(pointer)
 
 
-def dvc_push(root: Path, pointer: Path, settings: S3Settings) -> None:
-    """`dvc push -r <remote> -j 1 <pointer>`, with the endpoint and credentials we resolved."""
-    _run_dvc(root, _push_request(settings, _rel(root, pointer)))
-
-
 def read_pointer(pointer: Path) -> DvcOut:
     from ggufops import yamlio
 

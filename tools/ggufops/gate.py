@@ -79,15 +79,17 @@ def resolve_base(root: Path, base: str | None) -> tuple[str, str | None]:
     if base:
         return base, git.rev_parse(root, base)
     pr_base = os.environ.get("GITHUB_BASE_REF")
-    branch = f"origin/{pr_base}" if pr_base and git.ref_exists(root, f"origin/{pr_base}") \
+    branch = f"origin/{pr_base}" if pr_base and git.resolve(root, f"origin/{pr_base}") \
         else git.default_branch(root)
-    if branch and git.ref_exists(root, "HEAD"):
+    has_head = git.resolve(root, "HEAD") is not None
+    if branch and has_head:
         sha = git.merge_base(root, "HEAD", branch)
         if sha:
             return f"merge-base(HEAD, {branch})", sha
-    if git.ref_exists(root, "HEAD~1"):
-        return "HEAD~1", git.rev_parse(root, "HEAD~1")
-    if git.ref_exists(root, "HEAD") and git.is_shallow(root):
+    parent = git.resolve(root, "HEAD~1")
+    if parent is not None:
+        return "HEAD~1", parent
+    if has_head and git.is_shallow(root):
         raise GitError(
             f"{root} is a shallow clone without the base branch, so the gate cannot tell what "
             "changed; fetch full history (actions/checkout fetch-depth: 0) or pass --base REF"

@@ -68,10 +68,10 @@ def toplevel(path: Path) -> Path | None:
 
 def rev_parse(cwd: Path, ref: str) -> str:
     """The commit sha `ref` names; GitError naming the ref if it does not exist."""
-    proc = run(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd, check=False)
-    if proc.returncode != 0:
+    sha = resolve(cwd, ref)
+    if sha is None:
         raise GitError(f"{ref!r} is not a commit in {cwd}; fetch it or name another --base")
-    return proc.stdout.decode().strip()
+    return sha
 
 
 def ls_tree(cwd: Path, ref: str, paths: Iterable[str] = ()) -> dict[str, str]:
@@ -174,16 +174,7 @@ def commits_adding(cwd: Path, ref: str, paths: Sequence[str]) -> dict[str, str]:
     return result
 
 
-def is_dirty(cwd: Path) -> bool:
-    return bool(run(["status", "--porcelain", "--untracked-files=no"], cwd).stdout.strip())
-
-
 # --- models + gates: base refs for `gate` and `bench --record` ---------------------------
-
-
-def ref_exists(cwd: Path, ref: str) -> bool:
-    proc = run(["rev-parse", "--verify", "-q", f"{ref}^{{commit}}"], cwd, check=False)
-    return proc.returncode == 0
 
 
 def default_branch(cwd: Path) -> str | None:
@@ -193,7 +184,7 @@ def default_branch(cwd: Path) -> str | None:
     if proc.returncode == 0 and target:
         return target.removeprefix("refs/remotes/")
     for ref in ("origin/main", "origin/master", "main", "master"):
-        if ref_exists(cwd, ref):
+        if resolve(cwd, ref) is not None:
             return ref
     return None
 

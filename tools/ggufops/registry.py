@@ -165,14 +165,3 @@ class Registry:
             data = yamlio.load(self.root / POLICY_FILE)
             self._policy = data if isinstance(data, dict) else {}
         return self._policy
-
-    def promotion_order(self) -> list[str]:
-        order = self.policy().get("promotion", {}).get("order", [])
-        return [str(e) for e in order]
-
-
-def versions_of(registry: Registry, name: str) -> list[str]:
-    model_dir = registry.root / REGISTRY_DIR / name
-    versions = [p.stem for p in model_dir.glob("*.yaml") if semver.is_semver(p.stem)]
-    return sorted(versions, key=semver.sort_key)
-

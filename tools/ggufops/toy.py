@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ggufops.atomic import atomic_write_bytes, atomic_write_text
+from ggufops.atomic import atomic_write_text
 from ggufops.errors import ToyBuildError
 from ggufops.store import file_sha256
 
@@ -136,14 +136,6 @@ def training_documents() -> list[bytes]:
     held = {p for doc in _documents(heldout=True) for p in doc.split(b"\n\n") if len(p) > 80}
     return [b"\n\n".join(p for p in doc.split(b"\n\n") if p not in held)
             for doc in _documents(heldout=False)]
-
-
-def write_eval_set(evals_dir: Path) -> Path:
-    """Write registry/evals/<EVAL_SET>.txt unless it exists (eval sets are immutable)."""
-    path = evals_dir / f"{EVAL_SET}.txt"
-    if not path.exists():
-        atomic_write_bytes(path, heldout_text())
-    return path
 
 
 # --- the bigram table -------------------------------------------------------------------
