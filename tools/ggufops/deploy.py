@@ -133,6 +133,13 @@ class Landing:
 
 # --- checks shared with rollback --------------------------------------------------------
 
+def require_branch_free(root: Path, branch: str) -> None:
+    """BranchExists when a local branch of that name is already there."""
+    if git.resolve(root, f"refs/heads/{branch}") is not None:
+        raise BranchExists(f"branch {branch} already exists in {root}; delete it (`git branch "
+                           f"-D {branch}`) or push and review it")
+
+
 def require_clean(root: Path) -> None:
     dirty = git.dirty_paths(root)
     if dirty:
@@ -241,9 +248,8 @@ def plan_deploy(root: Path, ref: VersionRef, env: str, *, remote: str = "origin"
     promotion_check(root, env, ref, base, canary=canary is not None)
     branch = default_branch if direct else f"deploy/{env}/{ref.name}-{ref.version}" + (
         f"-canary-{canary}" if canary is not None else "")
-    if not direct and git.resolve(root, f"refs/heads/{branch}") is not None:
-        raise BranchExists(f"branch {branch} already exists in {root}; delete it (`git branch "
-                           f"-D {branch}`) or push and review it")
+    if not direct:
+        require_branch_free(root, branch)
     warnings = []
     if base.ahead and not direct:
         warnings.append(f"local {default_branch} has {base.ahead} commit(s) not on {remote}; "

@@ -208,9 +208,8 @@ def _canary_text(root: Path, text: str, path: str, model: str,
 
 
 def _check_branch_free(root: Path, request: RollbackRequest, branch: str) -> None:
-    if request.mode == PR and git.resolve(root, f"refs/heads/{branch}") is not None:
-        raise BranchExists(f"branch {branch} already exists in {root}; delete it (`git branch "
-                           f"-D {branch}`) or push and review it")
+    if request.mode == PR:
+        deploy.require_branch_free(root, branch)
 
 
 def _latest_model(events: list[Deployment], running: dict[str, str], env: str) -> str:
@@ -226,16 +225,10 @@ def _latest_model(events: list[Deployment], running: dict[str, str], env: str) -
 
 
 def _change_to_undo(events: list[Deployment], model: str, current: str) -> Deployment | None:
-    """The latest change that brought `current` in and has not been rolled back yet."""
-    undone: set[str] = set()
+    """The latest change that brought `current` in and has not been rolled back yet
+    (read_history has already marked what later rollbacks undid)."""
     for event in reversed(events):
-        if event.model != model:
-            continue
-        if event.kind == history.ROLLBACK:
-            if event.rollback_of:
-                undone.add(event.rollback_of)
-            continue
-        if any(event.commit.startswith(u) for u in undone):
+        if event.model != model or event.kind == history.ROLLBACK or event.rolled_back:
             continue
         if event.to_version == current:
             return event
