@@ -320,7 +320,8 @@ def bench_version(registry: Registry, ref: VersionRef, store_root: Path, setting
 
     doc = registry.load_ref(ref)
     eval_set = load_eval_set(registry.root, doc)
-    path = pull.pull_version(registry, ref, store_root, progress=False)
+    path = pull.pull_doc(doc, str(ref), store_root, pull.lazy_remote(registry.root),
+                         progress=False)
     metrics, cached, n_scored = bench_file(path, doc["artifact"]["sha256"], eval_set, settings,
                                            cache, label=display_id(doc))
     return BenchResult(

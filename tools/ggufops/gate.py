@@ -3,7 +3,7 @@
 1. plan    which (environment, model) pairs change between a base ref and the work tree:
            the candidate is the version the work tree names, the baseline the version
            the environment ran at the base ref (none: a new model, held to policy minimums);
-2. fetch   both artifacts, verified, into the local store (pull.pull_version);
+2. fetch   both artifacts, verified, into the local store (pull.pull_doc);
 3. smoke   each file in a child process: it loads, generates, its logits are finite
            (a file that makes llama.cpp abort fails here; the gate process survives);
 4. quality perplexity of both on the candidate's pinned eval set, KL divergence and top-1
@@ -489,6 +489,7 @@ def run_gates(registry: Registry, plan: GatePlan, store_root: Path, cache: Bench
 
     timings: dict[str, float] = {}
     clock = _Clock(timings)
+    remote = pull.lazy_remote(registry.root)
     gates = []
     for job in plan.jobs:
         policy = _with_threads(bench.gate_policy(registry.policy(), job.env), threads)
@@ -496,9 +497,10 @@ def run_gates(registry: Registry, plan: GatePlan, store_root: Path, cache: Bench
         base_doc = registry.load_ref(job.baseline) if job.baseline else None
         eval_set = bench.load_eval_set(registry.root, cand_doc)
         with clock("fetch"):
-            cand_path = pull.pull_version(registry, job.candidate, store_root, progress=False)
-            base_path = (pull.pull_version(registry, job.baseline, store_root, progress=False)
-                         if job.baseline else None)
+            cand_path = pull.pull_doc(cand_doc, str(job.candidate), store_root, remote,
+                                      progress=False)
+            base_path = (pull.pull_doc(base_doc, str(job.baseline), store_root, remote,
+                                       progress=False) if base_doc else None)
         candidate = Subject.of(cand_doc, cand_path)
         baseline = Subject.of(base_doc, base_path) if base_doc and base_path else None
         gate = gate_models(job.env, candidate, baseline, eval_set, policy=policy, cache=cache,

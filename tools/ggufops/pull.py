@@ -8,9 +8,10 @@ object already in the store (with the right size) is not downloaded again.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,10 +93,23 @@ def _progress_bar(enabled: bool, total: int | None, label: str) -> Iterator[Prog
         yield bar.update
 
 
+RemoteSource = S3Remote | Callable[[], S3Remote]
+
+
+def _remote(source: RemoteSource) -> S3Remote:
+    return source if isinstance(source, S3Remote) else source()
+
+
+def lazy_remote(root: Path) -> Callable[[], S3Remote]:
+    """S3Remote.from_repo(root), made on first use and then reused: a run that finds
+    every artifact in the store never reads the S3 settings or builds a client."""
+    return functools.cache(lambda: S3Remote.from_repo(root))
+
+
 def pull_artifact(
     store_root: Path,
     artifact: Artifact,
-    remote: S3Remote,
+    remote: RemoteSource,
     *,
     progress: bool | None = None,
     verify_existing: bool = False,
@@ -108,9 +122,10 @@ def pull_artifact(
         not verify_existing or store.verify(artifact.sha256)
     ):
         return PullResult(dest, False, artifact)
-    key = remote.key_for_md5(artifact.dvc_md5)
+    s3 = _remote(remote)
+    key = s3.key_for_md5(artifact.dvc_md5)
     with _progress_bar(progress_wanted(progress), artifact.size, artifact.label) as bar:
-        remote.download_verified(
+        s3.download_verified(
             key, artifact.sha256, dest, size=artifact.size, tmp_dir=store.tmp_dir,
             label=artifact.label, progress=bar,
         )  # fmt: skip
@@ -123,7 +138,7 @@ def pull_object(
     *,
     sha256: str,
     dvc_md5: str,
-    remote: S3Remote,
+    remote: RemoteSource,
     size: int | None = None,
     label: str | None = None,
     progress: bool | None = None,
@@ -140,13 +155,13 @@ def pull(
     *,
     output: Path | None = None,
     progress: bool | None = None,
-    remote: S3Remote | None = None,
+    remote: RemoteSource | None = None,
 ) -> PullResult:
     """`ggufops pull`: the version's artifact into the store (and a copy at `output`)."""
     ref = ref if isinstance(ref, VersionRef) else VersionRef.parse(ref)
     artifact = Artifact.of(registry.load_ref(ref), str(ref))
-    remote = remote or S3Remote.from_repo(registry.root)
-    result = pull_artifact(store_root, artifact, remote, progress=progress)
+    result = pull_artifact(store_root, artifact, remote or lazy_remote(registry.root),
+                           progress=progress)
     if output is None:
         return result
     return PullResult(result.path, result.downloaded, artifact, export_file(result.path, output))
@@ -155,5 +170,11 @@ def pull(
 def pull_version(
     registry: Registry, ref: VersionRef | str, store_root: Path, progress: bool | None = None
 ) -> Path:
-    """The verified store path of `ref`'s artifact (the API the agent and the gate use)."""
+    """The verified store path of `ref`'s artifact."""
     return pull(registry, ref, store_root, progress=progress).path
+
+
+def pull_doc(doc: Mapping[str, Any], label: str, store_root: Path, remote: RemoteSource, *,
+             progress: bool | None = None) -> Path:
+    """The verified store path of the artifact of a version file already loaded."""
+    return pull_artifact(store_root, Artifact.of(doc, label), remote, progress=progress).path
