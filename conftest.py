@@ -6,4 +6,5 @@ pytest_plugins = [
     "testing.s3",
     "testing.toys",
     "testing.runtime",
+    "testing.realmodels",
 ]

@@ -438,14 +438,18 @@ def require_smoke(label: str, result: Smoke) -> None:
 # --- quantize, environment ------------------------------------------------------------------
 
 
-def quantize(src: Path, dst: Path, ftype: str, *, n_threads: int = 1) -> Path:
-    """Quantize `src` to `dst` with llama.cpp's quantizer (temp file, then rename)."""
+def quantize(src: Path, dst: Path, ftype: str, *, n_threads: int = 1,
+             allow_requantize: bool = False) -> Path:
+    """Quantize `src` to `dst` with llama.cpp's quantizer (temp file, then rename).
+
+    `allow_requantize` lets it start from an already quantized file, as a published GGUF is."""
     lib = _lib()
     if ftype not in FTYPES:
         raise LlamaError(f"unknown quantization {ftype!r}; use one of {', '.join(FTYPES)}")
     params = lib.llama_model_quantize_default_params()
     params.ftype = FTYPES[ftype]
     params.nthread = n_threads
+    params.allow_requantize = allow_requantize
     tmp = dst.with_name(f".{dst.name}.tmp")
     rc = lib.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
     if rc != 0:
