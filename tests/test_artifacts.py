@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import random
 import socket
 import uuid
 from pathlib import Path
@@ -218,6 +219,33 @@ def test_copy_bounded_reports_a_short_stream(tmp_path: Path) -> None:
     assert (digest, got) == (hashlib.sha256(b"short").hexdigest(), 5)
     with pytest.raises(ArtifactSizeMismatch, match="u is 5 bytes, the version file says 10"):
         artifacts._check_bytes("m", "u", sha256=digest, size=10, digest=digest, got=got)
+
+
+def test_upload_multipart_to_the_key(s3_server: ServerInfo, prefix: str, tmp_path: Path) -> None:
+    data = random.Random(5).randbytes(artifacts.UPLOAD_PART * 2 + 12345)
+    source = tmp_path / "model.gguf"
+    source.write_bytes(data)
+    remote = S3Remote(_settings(s3_server, prefix))
+    key = remote.key_for_md5(hashlib.md5(data).hexdigest())
+    sent: list[int] = []
+    remote.upload(source, key, progress=sent.append)
+    head = s3_client(s3_server).head_object(Bucket="models", Key=key)  # type: ignore[attr-defined]
+    assert head["ContentLength"] == len(data)
+    assert head["ETag"].strip('"').endswith("-3")  # three parts
+    assert sum(sent) == len(data)
+    remote.download_verified(key, hashlib.sha256(data).hexdigest(), tmp_path / "back",
+                             size=len(data))
+    assert (tmp_path / "back").read_bytes() == data
+
+
+def test_upload_with_wrong_credentials_is_one_line(
+    s3_server: ServerInfo, prefix: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "model.gguf"
+    source.write_bytes(b"x" * 1000)
+    remote = S3Remote(_settings(s3_server, prefix, secret_access_key="wrong"))
+    with pytest.raises(S3AuthError, match=r"rejected the credentials \(SignatureDoesNotMatch\)"):
+        remote.upload(source, f"{prefix}/files/md5/00/x", label="m@1.0.0")
 
 
 def test_missing_object_names_version_and_key(

@@ -1,11 +1,15 @@
-"""Every DVC and boto3 call of ggufops: tracking with DVC, reading S3 with boto3.
+"""Every DVC and boto3 call of ggufops: S3 reads and writes with boto3, DVC in a child.
 
-DVC tracks artifacts (`dvc add` writes the .dvc pointer, `dvc push` uploads); it runs in a
-child process (isolated memory, threads and logging; credentials passed on stdin, never
-on the command line). Downloads do not use DVC: DVC does not verify what it downloads and
-is several times slower, so `S3Remote` streams the object with boto3 into a temp file
-beside the destination, checking its length first and hashing sha256 in the same pass,
-and renames only verified bytes.
+`S3Remote` talks to the S3 side of a DVC remote with boto3. Uploads (`register`) go
+straight to DVC's key layout with boto3's multipart transfer manager (dvctrack.py writes
+what `dvc add` would, so DVC sees the same repository). Downloads do not use DVC either:
+DVC does not verify what it downloads and is several times slower, so `S3Remote` streams
+the object into a temp file beside the destination, checking its length first and hashing
+sha256 in the same pass, and renames only verified bytes.
+
+DVC itself (`dvc_add`, for tests and tools that want DVC's own behaviour) runs in a child
+process (isolated memory, threads and logging; credentials passed on stdin, never on the
+command line).
 
 Object keys follow DVC 3's remote layout: `<prefix>/files/md5/<md5[:2]>/<md5[2:]>`.
 Nothing here deletes an object from a remote.
@@ -52,6 +56,8 @@ if TYPE_CHECKING:
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 CHUNK = 1024 * 1024  # measured: 1 MiB reads beat 8 MiB ones here
+UPLOAD_PART = 8 * 1024 * 1024  # boto3's default part size and multipart threshold
+UPLOAD_THREADS = 10  # boto3's default concurrency
 MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _AUTH_CODES = frozenset(
@@ -301,6 +307,34 @@ class S3Remote:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
+
+    def upload(self, path: Path, key: str, *, label: str | None = None,
+               progress: Progress | None = None) -> None:
+        """Upload the file at `path` to `key`: one PUT below UPLOAD_PART bytes, else a
+        multipart upload of UPLOAD_PART parts, UPLOAD_THREADS at a time (boto3's transfer
+        manager; a failed or interrupted multipart upload is aborted)."""
+        from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+        config = TransferConfig(multipart_threshold=UPLOAD_PART, multipart_chunksize=UPLOAD_PART,
+                                max_concurrency=UPLOAD_THREADS)
+        with _s3_errors(self.settings, key, label), \
+                create_transfer_manager(self.client, config) as manager:
+            manager.upload(str(path), self.settings.bucket, key,
+                           subscribers=_subscribers(progress)).result()
+
+
+def _subscribers(progress: Progress | None) -> list[Any] | None:
+    """s3transfer subscribers forwarding byte counts (negative when a part is retried)."""
+    if progress is None:
+        return None
+    from s3transfer.subscribers import BaseSubscriber
+
+    class Forward(BaseSubscriber):
+        def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+            assert progress is not None
+            progress(bytes_transferred)
+
+    return [Forward()]
 
 
 def copy_bounded(body: Any, f: IO[bytes], size: int | None, *, what: str, url: str,
