@@ -9,6 +9,7 @@ import os
 import pty
 import random
 import re
+import resource
 import shutil
 import signal
 import stat
@@ -529,3 +530,37 @@ def test_progress_bar_on_a_terminal_only(s3_registry: Path, tmp_path: Path) -> N
                          r"\[\d\d:\d\d<(\d\d:\d\d|\?)", shown), (phase, shown)
     assert _register_on_a_terminal(s3_registry, source, "1.0.1", env={"CI": "true"}) == ""
     assert _register_on_a_terminal(s3_registry, source, "1.0.2", "--json", env=env) == ""
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    def preexec() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return preexec
+
+
+def test_disk_full_while_copying_leaves_nothing(s3_registry: Path, tmp_path: Path) -> None:
+    source = write_tiny_gguf(tmp_path / "big.gguf", seed=4, extra_bytes=12_000_000)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ggufops"), "-C", str(s3_registry), "register",
+         str(source), "--model", "tiny", "--version", "1.0.0"],
+        capture_output=True, text=True, preexec_fn=_file_size_limit(5_000_000), check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: writing a copy of the model to ")
+    assert "free disk space (or raise the file size limit) and register again" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert _leftovers(s3_registry, "tiny") == []
+    assert list((s3_registry / staging.STAGING_DIR).iterdir()) == []
+
+
+def test_copy_hashing_hashes_what_it_writes(tmp_path: Path) -> None:
+    data = random.Random(9).randbytes(staging.CHUNK * 3 + 17)
+    source, dest = tmp_path / "src", tmp_path / "dest"
+    source.write_bytes(data)
+    seen: list[int] = []
+    digest = staging.copy_hashing(source, dest, seen.append)
+    assert digest == staging.Digest(hashlib.sha256(data).hexdigest(),
+                                    hashlib.md5(data).hexdigest(), len(data))
+    assert dest.read_bytes() == data
+    assert seen == [staging.CHUNK] * 3 + [17]
