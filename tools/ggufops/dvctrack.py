@@ -54,6 +54,15 @@ _PLAIN_NAME = re.compile(r"^[0-9A-Za-z._+-]+$")
 _GITIGNORE_SPECIAL = "[]!*#?"
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # once, at import: os.umask is process-wide, so not while threads run
+
+
 @dataclass(frozen=True)
 class DvcCache:
     """DVC's local cache as configured for one repository."""
@@ -81,11 +90,11 @@ class DvcCache:
     @property
     def file_mode(self) -> int:
         """Mode of a file DVC copies out of its cache (umask applies unless shared)."""
-        return 0o664 if self.shared else 0o666 & ~_umask()
+        return 0o664 if self.shared else 0o666 & ~_UMASK
 
     @property
     def dir_mode(self) -> int:
-        return 0o2775 if self.shared else 0o777 & ~_umask()
+        return 0o2775 if self.shared else 0o777 & ~_UMASK
 
 
 def config_files(root: Path) -> list[Path]:
@@ -111,12 +120,6 @@ def _link_types(value: str, root: Path) -> tuple[str, ...]:
             f"; use a comma-separated list of {', '.join(LINK_TYPES)} (`dvc config cache.type`)"
         )
     return types
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def track(root: Path, staged: Path, target: Path, digest: Digest) -> DvcOut:
