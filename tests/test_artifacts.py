@@ -4,6 +4,8 @@ downloads, and the one-line errors for a dead endpoint, wrong credentials, missi
 from __future__ import annotations
 
 import hashlib
+import io
+import random
 import socket
 import uuid
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from ggufops import artifacts, s3config
 from ggufops.artifacts import S3Remote, dvc_key, missing_objects
 from ggufops.errors import (
+    ArtifactSizeMismatch,
     ChecksumMismatch,
     ObjectMissing,
     S3AuthError,
@@ -165,13 +168,84 @@ def test_download_sha_mismatch_leaves_nothing(
     assert [p.name for p in tmp_path.iterdir()] == ["out.gguf"]
 
 
-def test_download_size_mismatch(s3_server: ServerInfo, prefix: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("expected", [13, 11], ids=["object-shorter", "object-longer"])
+def test_size_mismatch_is_refused_before_a_byte_is_read(
+    s3_server: ServerInfo, prefix: str, tmp_path: Path, expected: int
+) -> None:
     data = b"twelve bytes"
     _, key = _put(s3_server, prefix, data)
-    with pytest.raises(ChecksumMismatch, match="has 12 bytes, the registry says 13"):
+    received: list[int] = []
+    with pytest.raises(ArtifactSizeMismatch) as e:
         S3Remote(_settings(s3_server, prefix)).download_verified(
-            key, hashlib.sha256(data).hexdigest(), tmp_path / "o", size=13)
-    assert list(tmp_path.iterdir()) == []
+            key, hashlib.sha256(data).hexdigest(), tmp_path / "o", size=expected,
+            label="m@1.0.0", progress=received.append)
+    message = str(e.value)
+    assert message.startswith(f"m@1.0.0: s3://models/{key} is 12 bytes, the version file says "
+                              f"{expected};")
+    assert "refused before downloading it" in message
+    assert "put the artifact's bytes back at that key" in message
+    assert "\n" not in message
+    assert isinstance(e.value, ChecksumMismatch)  # callers that refuse bad bytes catch it too
+    assert received == []  # no byte of the body was read
+    assert list(tmp_path.iterdir()) == []  # not even a temp file was created
+
+
+class _Body:
+    """A response body that never ends (as a lying or unframed stream would)."""
+
+    def __init__(self) -> None:
+        self.read_sizes: list[int] = []
+
+    def read(self, n: int) -> bytes:
+        self.read_sizes.append(n)
+        return b"x" * n
+
+
+def test_copy_bounded_stops_at_the_first_byte_past_the_size(tmp_path: Path) -> None:
+    body = _Body()
+    size = artifacts.CHUNK * 2 + 5
+    with (tmp_path / "part").open("wb") as f, pytest.raises(ArtifactSizeMismatch) as e:
+        artifacts.copy_bounded(body, f, size, what="m@1.0.0", url="s3://models/k")
+    assert (tmp_path / "part").stat().st_size == size  # never one byte more on disk
+    assert body.read_sizes == [artifacts.CHUNK, artifacts.CHUNK, 5, 1]
+    assert f"s3://models/k is more than {size} bytes, the version file says {size}" in str(e.value)
+    assert "at the first byte past that size" in str(e.value)
+
+
+def test_copy_bounded_reports_a_short_stream(tmp_path: Path) -> None:
+    data = io.BytesIO(b"short")
+    with (tmp_path / "part").open("wb") as f:
+        digest, got = artifacts.copy_bounded(data, f, 10, what="m", url="u")
+    assert (digest, got) == (hashlib.sha256(b"short").hexdigest(), 5)
+    with pytest.raises(ArtifactSizeMismatch, match="u is 5 bytes, the version file says 10"):
+        artifacts._check_bytes("m", "u", sha256=digest, size=10, digest=digest, got=got)
+
+
+def test_upload_multipart_to_the_key(s3_server: ServerInfo, prefix: str, tmp_path: Path) -> None:
+    data = random.Random(5).randbytes(artifacts.UPLOAD_PART * 2 + 12345)
+    source = tmp_path / "model.gguf"
+    source.write_bytes(data)
+    remote = S3Remote(_settings(s3_server, prefix))
+    key = remote.key_for_md5(hashlib.md5(data).hexdigest())
+    sent: list[int] = []
+    remote.upload(source, key, progress=sent.append)
+    head = s3_client(s3_server).head_object(Bucket="models", Key=key)  # type: ignore[attr-defined]
+    assert head["ContentLength"] == len(data)
+    assert head["ETag"].strip('"').endswith("-3")  # three parts
+    assert sum(sent) == len(data)
+    remote.download_verified(key, hashlib.sha256(data).hexdigest(), tmp_path / "back",
+                             size=len(data))
+    assert (tmp_path / "back").read_bytes() == data
+
+
+def test_upload_with_wrong_credentials_is_one_line(
+    s3_server: ServerInfo, prefix: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "model.gguf"
+    source.write_bytes(b"x" * 1000)
+    remote = S3Remote(_settings(s3_server, prefix, secret_access_key="wrong"))
+    with pytest.raises(S3AuthError, match=r"rejected the credentials \(SignatureDoesNotMatch\)"):
+        remote.upload(source, f"{prefix}/files/md5/00/x", label="m@1.0.0")
 
 
 def test_missing_object_names_version_and_key(

@@ -10,6 +10,7 @@ import pytest
 
 from ggufops.errors import BadGguf, TruncatedGguf
 from ggufops.ggufheader import quantization_name, read_header
+from ggufops.ggufparse import GgufFile
 from testing.s3 import write_tiny_gguf
 
 TOKENS = ["a", "b", "c", "d", "e", "f", "g", "<s>"]
@@ -141,3 +142,90 @@ def test_toy_models_from_llama_cpp_quantizer(tmp_path: Path) -> None:
     assert headers["baseline-q4_k_m"].parameter_count == base.parameter_count
     assert headers["baseline-q4_k_m"].tokenizer_sha256 == base.tokenizer_sha256
     assert base.context_length > 0
+
+
+# --- ggufparse against the gguf package's own reader ------------------------------------
+
+
+def _reference(path: Path) -> tuple[dict[str, object], list[tuple[str, tuple[int, ...], int, int]]]:
+    """Every metadata value and tensor entry, as gguf's GGUFReader reads them."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    fields = {key: field.contents() for key, field in reader.fields.items()
+              if not key.startswith("GGUF.")}
+    tensors = [(t.name, tuple(int(d) for d in reversed(t.shape)), int(t.tensor_type),
+                int(t.data_offset)) for t in reader.tensors]
+    return fields, tensors
+
+
+def _parsed(path: Path) -> tuple[dict[str, object], list[tuple[str, tuple[int, ...], int, int]]]:
+    with GgufFile(path) as f:
+        fields = {key: f.value(key) for key in f.fields}
+        tensors = [(t.name, t.shape, t.ggml_type, t.data_offset) for t in f.tensors]
+    return fields, tensors
+
+
+def _close(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-6)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _assert_same(path: Path) -> None:
+    (ref_fields, ref_tensors), (fields, tensors) = _reference(path), _parsed(path)
+    assert fields.keys() == ref_fields.keys()
+    different = [k for k in fields if not _close(fields[k], ref_fields[k])]
+    assert different == []
+    assert tensors == ref_tensors
+
+
+@pytest.mark.slow
+def test_parser_reads_the_real_model_as_gguf_does(smollm2: Path) -> None:
+    _assert_same(smollm2)
+    header = read_header(smollm2)
+    assert header.parameter_count == 134_515_008
+    assert (header.quantization, header.context_length) == ("q4_1", 8192)
+    assert header.tensor_count == 272
+
+
+def test_parser_reads_toys_as_gguf_does(tmp_path: Path) -> None:
+    _assert_same(write_tiny_gguf(tmp_path / "m.gguf", chat_template="{{ x }}",
+                                 extra_bytes=1000))
+
+
+def test_big_endian_file_gives_the_same_header(tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    headers = []
+    for endian in (gguf.GGUFEndian.LITTLE, gguf.GGUFEndian.BIG):
+        path = tmp_path / f"{endian.name}.gguf"
+        writer = gguf.GGUFWriter(str(path), "llama", endianess=endian)
+        writer.add_context_length(64)
+        writer.add_file_type(0)
+        writer.add_token_list(TOKENS)
+        writer.add_token_merges(["a b", "c d"])
+        writer.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        headers.append(read_header(path))
+    little, big = headers
+    assert big.tokenizer_sha256 == little.tokenizer_sha256 == \
+        _expected_tokenizer_sha(TOKENS, ["a b", "c d"])
+    assert (big.context_length, big.parameter_count) == (64, 32)
+
+
+def test_unknown_value_type_is_refused_as_corrupt(tmp_path: Path) -> None:
+    path = write_tiny_gguf(tmp_path / "m.gguf")
+    data = bytearray(path.read_bytes())
+    # the first key/value follows the 24-byte preamble: u64 key length, key, u32 value type
+    key_length = struct.unpack_from("<Q", data, 24)[0]
+    struct.pack_into("<I", data, 32 + key_length, 99)
+    path.write_bytes(bytes(data))
+    with pytest.raises(TruncatedGguf, match="unknown value type 99"):
+        read_header(path)

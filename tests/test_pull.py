@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import resource
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,8 +20,9 @@ from click.testing import CliRunner
 from ggufops import s3config
 from ggufops.artifacts import S3Remote
 from ggufops.cli import main
-from ggufops.errors import ChecksumMismatch, ObjectMissing, StoreError
-from ggufops.pull import progress_wanted, pull, pull_object, pull_version
+from ggufops.errors import ArtifactSizeMismatch, ChecksumMismatch, ObjectMissing, StoreError
+from ggufops.progress import wanted as progress_wanted
+from ggufops.pull import pull, pull_object, pull_version
 from ggufops.register import RegisterRequest, register
 from ggufops.registry import Registry, VersionRef
 from ggufops.s3server import ServerInfo
@@ -164,19 +168,29 @@ def test_wrong_credentials(s3_registry: Path, tmp_path: Path) -> None:
     assert "rejected the credentials (InvalidAccessKeyId)" in result.output
 
 
-def _limit_file_size() -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    """A preexec_fn: no file the child writes can grow past `limit` bytes."""
+    def preexec() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return preexec
+
+
+def _cli_pull(root: Path, ref: str, store: Path,
+              file_size_limit: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ggufops"), "-C", str(root), "pull", ref,
+         "--store", str(store)],
+        capture_output=True, text=True, preexec_fn=_file_size_limit(file_size_limit),
+        check=False,
+    )
 
 
 def test_disk_write_failure_removes_temp(s3_registry: Path, tmp_path: Path) -> None:
     doc = _register(s3_registry, tmp_path, "1.0.0")  # 2.5 MB > the 1 MB limit below
     store = tmp_path / "store"
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ggufops"), "-C", str(s3_registry), "pull",
-         "tiny@1.0.0", "--store", str(store)],
-        capture_output=True, text=True, preexec_fn=_limit_file_size, check=False,
-    )
+    proc = _cli_pull(s3_registry, "tiny@1.0.0", store, 1_000_000)
     assert proc.returncode == 1, proc.stderr
     assert "failed" in proc.stderr
     assert "free disk space" in proc.stderr
@@ -240,3 +254,85 @@ def test_progress_only_on_a_terminal_outside_ci(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("CI")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     assert progress_wanted(None) is False
+
+
+class _TmpSampler(threading.Thread):
+    """Samples the bytes in a store's tmp/ until stopped: the largest total it saw."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        super().__init__(daemon=True)
+        self.tmp_dir = tmp_dir
+        self.largest = 0
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            total = 0
+            for path in self.tmp_dir.glob("*") if self.tmp_dir.is_dir() else ():
+                with contextlib.suppress(FileNotFoundError):
+                    total += path.stat().st_size
+            self.largest = max(self.largest, total)
+            self.samples += 1
+            self._stop_event.wait(0.002)
+
+    def __enter__(self) -> _TmpSampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def _replace_object(s3_server: ServerInfo, key: str, tmp_path: Path, size: int) -> None:
+    """Put `size` bytes (a sparse file of zeros; multipart above 8 MiB) at `key`."""
+    blob = tmp_path / "replacement.bin"
+    with blob.open("wb") as f:
+        f.truncate(size)
+    s3_client(s3_server).upload_file(str(blob), "models", key)  # type: ignore[attr-defined]
+    blob.unlink()
+
+
+def _count_gets(remote: S3Remote) -> list[str]:
+    sent: list[str] = []
+    remote.client.meta.events.register(
+        "before-send.s3.GetObject", lambda request, **_: sent.append(request.url))
+    return sent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("replacement", [200 * 1024 * 1024, "shorter"], ids=["200MiB", "shorter"])
+def test_object_of_the_wrong_size_is_refused_without_filling_tmp(
+    s3_registry: Path, s3_server: ServerInfo, tmp_path: Path, replacement: int | str
+) -> None:
+    doc = _register(s3_registry, tmp_path, "1.0.0")
+    expected = doc["artifact"]["size"]
+    actual = replacement if isinstance(replacement, int) else expected // 2
+    key = _key(s3_registry, doc)
+    _replace_object(s3_server, key, tmp_path, actual)
+    store = tmp_path / "store"
+    (store / "tmp").mkdir(parents=True)
+    # the CLI, in a process that cannot write a file past the expected size (+64 KiB)
+    with _TmpSampler(store / "tmp") as sampler:
+        proc = _cli_pull(s3_registry, "tiny@1.0.0", store, expected + 65536)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0] == (
+        f"error: tiny@1.0.0: s3://models/{key} is {actual} bytes, the version file says "
+        f"{expected}; the object in S3 was replaced or truncated: refused before downloading "
+        "it (nothing was stored); put the artifact's bytes back at that key from a clone that "
+        "has the file, or deploy another version")
+    assert sampler.samples > 0
+    assert sampler.largest <= expected
+    assert list((store / "tmp").iterdir()) == []
+    assert list((store / "sha256").iterdir()) == []
+    # the Python API raises the permanent error after one GET: no retry, every time
+    remote = S3Remote.from_repo(s3_registry)
+    gets = _count_gets(remote)
+    for attempt in (1, 2):
+        with pytest.raises(ArtifactSizeMismatch):
+            pull(Registry(s3_registry), "tiny@1.0.0", store, progress=False, remote=remote)
+        assert len(gets) == attempt
+    assert list((store / "tmp").iterdir()) == []

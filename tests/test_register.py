@@ -1,20 +1,31 @@
-"""`register` on a real git repo, real DVC and the real SeaweedFS."""
+"""`register` on a real git repo, real DVC and the real SeaweedFS: what it writes is what
+`dvc add` writes, DVC works on what it pushed, and a kill at any phase leaves no lie."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
+import pty
 import random
+import re
+import resource
+import shutil
 import signal
+import stat
+import struct
 import subprocess
 import sys
-import time
+import termios
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from ggufops import s3config, validate
+from ggufops import s3config, staging, validate
 from ggufops.artifacts import S3Remote, dvc_add, dvc_key
 from ggufops.cli import main
 from ggufops.errors import (
@@ -29,8 +40,10 @@ from ggufops.errors import (
 )
 from ggufops.register import RegisterRequest, register
 from ggufops.registry import Registry
-from testing.repos import git
-from testing.s3 import write_tiny_gguf
+from ggufops.s3server import ServerInfo
+from testing.realmodels import SMOLLM2_SHA256
+from testing.repos import git, git_commit, make_registry, make_remote
+from testing.s3 import configure_s3, write_tiny_gguf
 
 
 @pytest.fixture
@@ -188,31 +201,60 @@ def test_rerun_after_interruption_completes(s3_registry: Path, gguf: Path) -> No
     assert validate.validate_repo(s3_registry) == []
 
 
+KILLING_REGISTER = """
+import os, signal, sys
+from pathlib import Path
+from ggufops.register import RegisterRequest, register
+from ggufops.registry import Registry
+
+root, source, version, phase, after = sys.argv[1:6]
+
+class KillAt:
+    def phase(self, name, total=None):
+        if name != phase:
+            return None
+        if int(after) == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        seen = [0]
+        def advance(n):
+            seen[0] += n
+            if seen[0] >= int(after):
+                os.kill(os.getpid(), signal.SIGKILL)
+        return advance
+    def close(self):
+        pass
+
+register(Registry(Path(root)), RegisterRequest(Path(source), "killed", version),
+         reporter=KillAt())
+"""
+KILL_POINTS = [("hashing", 0), ("hashing", 1 << 20), ("uploading", 0), ("uploading", 9 << 20),
+               ("tracking", 0), ("writing the version file", 0)]
+
+
 @pytest.mark.slow
-def test_killed_at_any_point_never_leaves_a_version_without_its_object(
-    s3_registry: Path, gguf: Path
+def test_killed_at_each_phase_never_leaves_a_version_without_its_object(
+    s3_registry: Path, tmp_path: Path
 ) -> None:
-    exe = str(Path(sys.executable).parent / "ggufops")
     remote = S3Remote.from_repo(s3_registry)
-    outcomes = []
-    for i, delay in enumerate((0.2, 0.6, 1.0, 1.4, 1.8, 2.2, 2.6, 3.5)):
+    registry = Registry(s3_registry)
+    for i, (phase, after) in enumerate(KILL_POINTS):
         version = f"1.0.{i}"
-        source = write_tiny_gguf(gguf.with_name(f"{i}.gguf"), seed=1000 + i, extra_bytes=50_000)
-        proc = subprocess.Popen([exe, "-C", str(s3_registry), "register", str(source),
-                                 "--model", "killed", "--version", version],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        yaml_path = s3_registry / "registry" / "killed" / f"{version}.yaml"
-        if yaml_path.exists():
-            doc = yaml.safe_load(yaml_path.read_text())
-            assert remote.head(remote.key_for_md5(doc["artifact"]["dvc_md5"])), version
-            outcomes.append("registered")
-        else:
-            outcomes.append("nothing")
-    assert "nothing" in outcomes  # the kills did land mid-way
+        # > 2 parts of 8 MiB, so a kill after 9 MiB lands inside a multipart upload
+        source = write_tiny_gguf(tmp_path / f"{i}.gguf", seed=1000 + i, extra_bytes=20_000_000)
+        proc = subprocess.run([sys.executable, "-c", KILLING_REGISTER, str(s3_registry),
+                               str(source), version, phase, str(after)], check=False)
+        assert proc.returncode == -signal.SIGKILL, (phase, after)
+        assert not registry.version_file("killed", version).exists(), (phase, after)
+        # running it again finishes the job, and leaves no staged copy behind
+        result = register(registry, RegisterRequest(source, "killed", version))
+        assert remote.stat(remote.key_for_md5(result.doc["artifact"]["dvc_md5"])).size == \
+            source.stat().st_size  # type: ignore[union-attr]
+        assert list((s3_registry / staging.STAGING_DIR).iterdir()) == []
     assert validate.validate_repo(s3_registry) == []
+    assert sorted(p.name for p in (s3_registry / "registry" / "killed").iterdir()
+                  if p.name.startswith(".") and p.name != ".gitignore") == []
+    assert _dvc(s3_registry, "status", *_pointers(s3_registry, "killed")) == \
+        "Data and pipelines are up to date."
 
 
 def test_no_push_is_caught_by_check_artifacts(s3_registry: Path, gguf: Path) -> None:
@@ -241,3 +283,284 @@ def test_register_a_toy_model(s3_registry: Path, tmp_path: Path) -> None:
     assert result.doc["base_model"] == "toy-base"
     assert result.doc["artifact"]["size"] == path.stat().st_size
     assert validate.validate_repo(s3_registry) == []
+
+
+# --- what DVC sees -------------------------------------------------------------------------
+
+
+def _dvc(cwd: Path, *args: str) -> str:
+    """Run the real DVC CLI; its stdout (stripped). Fails the test on a non-zero exit."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, f"dvc {' '.join(args)}: {proc.stdout}{proc.stderr}"
+    return proc.stdout.strip()
+
+
+def _pointers(root: Path, model: str) -> list[str]:
+    return sorted(p.relative_to(root).as_posix()
+                  for p in (root / "registry" / model).glob("*.gguf.dvc"))
+
+
+def _dvc_add_reference(tmp_path: Path, source: Path, model: str, version: str,
+                       setup: Callable[[Path], None]) -> Path:
+    """A second registry where the real `dvc add` tracks the same file at the same path."""
+    other = make_registry(tmp_path / "dvc-add-reference")
+    setup(other)
+    target = other / "registry" / model / f"{version}.gguf"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    dvc_add(other, target)
+    return other
+
+
+def _dvc_files(root: Path, model: str, version: str) -> dict[str, bytes | None]:
+    """What `dvc add` leaves: pointer, .gitignore beside it, the cache entry and its mode."""
+    model_dir = root / "registry" / model
+    pointer = model_dir / f"{version}.gguf.dvc"
+    gitignore = model_dir / ".gitignore"
+    md5 = yaml.safe_load(pointer.read_text())["outs"][0]["md5"]
+    entry = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    return {
+        "pointer": pointer.read_bytes(),
+        "gitignore": gitignore.read_bytes() if gitignore.exists() else None,
+        "cache entry sha256": hashlib.sha256(entry.read_bytes()).digest(),
+        "cache entry mode": oct(stat.S_IMODE(entry.stat().st_mode)).encode(),
+        "workspace sha256": hashlib.sha256((model_dir / f"{version}.gguf").read_bytes()).digest(),
+    }
+
+
+def _no_gitignore(root: Path) -> None:
+    return None
+
+
+def _gitignore_without_final_newline(root: Path) -> None:
+    (root / "registry" / "tiny").mkdir(parents=True, exist_ok=True)
+    (root / "registry" / "tiny" / ".gitignore").write_text("/0.9.0.gguf\n*.tmp")
+
+
+def _ignored_by_a_parent_rule(root: Path) -> None:
+    (root / "registry" / ".gitignore").write_text("*.gguf\n")
+
+
+@pytest.mark.parametrize("setup", [_no_gitignore, _gitignore_without_final_newline,
+                                   _ignored_by_a_parent_rule])
+def test_register_writes_what_dvc_add_writes(
+    s3_registry: Path, gguf: Path, tmp_path: Path, setup: Callable[[Path], None]
+) -> None:
+    setup(s3_registry)
+    register(Registry(s3_registry), RegisterRequest(gguf, "tiny", "1.0.0"))
+    reference = _dvc_add_reference(tmp_path, gguf, "tiny", "1.0.0", setup)
+    assert _dvc_files(s3_registry, "tiny", "1.0.0") == _dvc_files(reference, "tiny", "1.0.0")
+
+
+@pytest.mark.slow
+def test_dvc_works_on_what_register_pushed_with_the_real_model(
+    s3_registry: Path, s3_server: ServerInfo, smollm2: Path, tmp_path: Path
+) -> None:
+    result = register(Registry(s3_registry), RegisterRequest(smollm2, "smollm2", "1.0.0"))
+    assert result.doc["artifact"]["sha256"] == SMOLLM2_SHA256
+    reference = _dvc_add_reference(tmp_path, smollm2, "smollm2", "1.0.0", _no_gitignore)
+    assert _dvc_files(s3_registry, "smollm2", "1.0.0") == \
+        _dvc_files(reference, "smollm2", "1.0.0")
+    pointer = "registry/smollm2/1.0.0.gguf.dvc"
+    assert _dvc(s3_registry, "status", pointer) == "Data and pipelines are up to date."
+    assert _dvc(s3_registry, "status", "-c", pointer) == "Cache and remote 'models' are in sync."
+    assert _dvc(s3_registry, "push", pointer) == "Everything is up to date."
+    git_commit(s3_registry, "register smollm2-v1.0.0-q4_1")
+    # a fresh clone: DVC finds the object in the remote and pulls it
+    bare = make_remote(tmp_path, s3_registry)
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(bare), str(clone))
+    configure_s3(clone, s3_server, prefix=s3config.resolve(s3_registry).prefix)
+    in_remote_only = _dvc(clone, "status", "-c", pointer).split()
+    assert in_remote_only == ["deleted:", "registry/smollm2/1.0.0.gguf"]
+    _dvc(clone, "pull", pointer)
+    assert hashlib.sha256((clone / "registry/smollm2/1.0.0.gguf").read_bytes()).hexdigest() == \
+        SMOLLM2_SHA256
+    assert _dvc(clone, "status", pointer) == "Data and pipelines are up to date."
+    assert _dvc(clone, "status", "-c", pointer) == "Cache and remote 'models' are in sync."
+
+
+def _local_dvc_config(root: Path, text: str) -> None:
+    with (root / ".dvc" / "config.local").open("a") as f:
+        f.write(text)
+
+
+@pytest.mark.parametrize(("cache_type", "expected"), [
+    (None, "hardlink"), ("copy", "copy"), ("symlink", "symlink"), ("reflink,hardlink", "hardlink"),
+])
+def test_workspace_file_follows_the_cache_link_type(
+    s3_registry: Path, gguf: Path, cache_type: str | None, expected: str
+) -> None:
+    if cache_type is not None:
+        _local_dvc_config(s3_registry, f"[cache]\n    type = {cache_type}\n")
+    result = register(Registry(s3_registry), RegisterRequest(gguf, "tiny", "1.0.0", push=False))
+    md5 = result.doc["artifact"]["dvc_md5"]
+    entry = s3_registry / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    workspace = s3_registry / "registry" / "tiny" / "1.0.0.gguf"
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o444
+    if expected == "hardlink":
+        assert workspace.stat().st_ino == entry.stat().st_ino  # one copy on disk, read-only
+    elif expected == "symlink":
+        assert workspace.is_symlink()
+        assert workspace.readlink() == entry
+    else:
+        assert workspace.stat().st_ino != entry.stat().st_ino
+        assert stat.S_IMODE(workspace.stat().st_mode) == 0o666 & ~_umask()
+    assert workspace.read_bytes() == gguf.read_bytes()
+    assert _dvc(s3_registry, "status", "registry/tiny/1.0.0.gguf.dvc") == \
+        "Data and pipelines are up to date."
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_cache_dir_from_dvc_config_and_dvc_push_later(
+    s3_registry: Path, gguf: Path, tmp_path: Path
+) -> None:
+    _local_dvc_config(s3_registry, "[cache]\n    dir = ../../shared-cache\n")  # from .dvc/
+    result = register(Registry(s3_registry), RegisterRequest(gguf, "tiny", "1.0.0", push=False))
+    md5 = result.doc["artifact"]["dvc_md5"]
+    shared = s3_registry.parent / "shared-cache"
+    assert _dvc(s3_registry, "cache", "dir") == str(shared)
+    assert (shared / "files" / "md5" / md5[:2] / md5[2:]).read_bytes() == gguf.read_bytes()
+    assert not (s3_registry / ".dvc" / "cache").exists()
+    # --no-push: DVC itself pushes from the cache register filled
+    remote = S3Remote.from_repo(s3_registry)
+    assert not remote.head(remote.key_for_md5(md5))
+    _dvc(s3_registry, "push", "-r", "models", "registry/tiny/1.0.0.gguf.dvc")
+    assert remote.head(remote.key_for_md5(md5))
+
+
+class _Phases:
+    """A progress.Reporter that records the phases it is told about and their bytes."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+
+    def phase(self, name: str, total: int | None = None) -> Callable[[int], None]:
+        self.seen[name] = 0
+
+        def advance(n: int) -> None:
+            self.seen[name] += n
+
+        return advance
+
+    def close(self) -> None:
+        return None
+
+
+def test_same_bytes_are_uploaded_once(s3_registry: Path, gguf: Path) -> None:
+    registry = Registry(s3_registry)
+    size = gguf.stat().st_size
+    first, second = _Phases(), _Phases()
+    register(registry, RegisterRequest(gguf, "tiny", "1.0.0"), reporter=first)
+    register(registry, RegisterRequest(gguf, "tiny", "1.0.1"), reporter=second)
+    assert first.seen == {"hashing": size, "uploading": size, "tracking": 0,
+                          "writing the version file": 0}
+    assert second.seen == {"hashing": size, "tracking": 0, "writing the version file": 0}
+    assert validate.validate_repo(s3_registry) == []
+
+
+def test_register_the_workspace_file_in_place(s3_registry: Path, gguf: Path) -> None:
+    target = s3_registry / "registry" / "tiny" / "1.0.0.gguf"
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(gguf, target)
+    result = register(Registry(s3_registry), RegisterRequest(target, "tiny", "1.0.0"))
+    assert target.read_bytes() == gguf.read_bytes()
+    assert result.doc["artifact"]["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert validate.validate_repo(s3_registry) == []
+
+
+def test_staged_copies_of_dead_processes_are_removed(s3_registry: Path, gguf: Path) -> None:
+    area = s3_registry / staging.STAGING_DIR
+    area.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (area / f"{dead}.abc123.part").write_bytes(b"left by a killed register")
+    (area / f"{os.getpid()}.def456.part").write_bytes(b"a register still running")
+    register(Registry(s3_registry), RegisterRequest(gguf, "tiny", "1.0.0"))
+    assert [p.name for p in area.iterdir()] == [f"{os.getpid()}.def456.part"]
+    assert git(s3_registry, "status", "--porcelain", "--ignored", ".dvc/tmp") == "!! .dvc/tmp/"
+
+
+def _read_all(fd: int, into: list[bytes]) -> None:
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            return
+        if not data:
+            return
+        into.append(data)
+
+
+def _register_on_a_terminal(root: Path, source: Path, version: str,
+                            *extra: str, env: dict[str, str] | None = None) -> str:
+    """`ggufops register` with stderr on a pseudo-terminal; what the terminal showed."""
+    main_fd, child_fd = pty.openpty()
+    fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 120 columns
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "ggufops"), "-C", str(root),
+                             "register", str(source), "--model", "tiny", "--version", version,
+                             *extra], stdout=subprocess.DEVNULL, stderr=child_fd,
+                            env={**os.environ, **(env or {})})
+    os.close(child_fd)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=_read_all, args=(main_fd, chunks))
+    reader.start()
+    assert proc.wait() == 0
+    reader.join()
+    os.close(main_fd)
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_progress_bar_on_a_terminal_only(s3_registry: Path, tmp_path: Path) -> None:
+    from tqdm import tqdm
+
+    source = write_tiny_gguf(tmp_path / "big.gguf", seed=3, extra_bytes=20_000_000)
+    total = tqdm.format_sizeof(source.stat().st_size, divisor=1024)
+    env = {"CI": ""}
+    shown = _register_on_a_terminal(s3_registry, source, "1.0.0", env=env)
+    for phase in ("hashing", "uploading"):
+        assert re.search(rf"tiny@1\.0\.0: {phase}: +\d+%\|.*\| [\d.]+[kMG]?B?/{total}B? "
+                         r"\[\d\d:\d\d<(\d\d:\d\d|\?)", shown), (phase, shown)
+    assert _register_on_a_terminal(s3_registry, source, "1.0.1", env={"CI": "true"}) == ""
+    assert _register_on_a_terminal(s3_registry, source, "1.0.2", "--json", env=env) == ""
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    def preexec() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return preexec
+
+
+def test_disk_full_while_copying_leaves_nothing(s3_registry: Path, tmp_path: Path) -> None:
+    source = write_tiny_gguf(tmp_path / "big.gguf", seed=4, extra_bytes=12_000_000)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ggufops"), "-C", str(s3_registry), "register",
+         str(source), "--model", "tiny", "--version", "1.0.0"],
+        capture_output=True, text=True, preexec_fn=_file_size_limit(5_000_000), check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: writing a copy of the model to ")
+    assert "free disk space (or raise the file size limit) and register again" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert _leftovers(s3_registry, "tiny") == []
+    assert list((s3_registry / staging.STAGING_DIR).iterdir()) == []
+
+
+def test_copy_hashing_hashes_what_it_writes(tmp_path: Path) -> None:
+    data = random.Random(9).randbytes(staging.CHUNK * 3 + 17)
+    source, dest = tmp_path / "src", tmp_path / "dest"
+    source.write_bytes(data)
+    seen: list[int] = []
+    digest = staging.copy_hashing(source, dest, seen.append)
+    assert digest == staging.Digest(hashlib.sha256(data).hexdigest(),
+                                    hashlib.md5(data).hexdigest(), len(data))
+    assert dest.read_bytes() == data
+    assert seen == [staging.CHUNK] * 3 + [17]

@@ -1,10 +1,15 @@
-"""Every DVC and boto3 call of ggufops: tracking with DVC, reading S3 with boto3.
+"""Every DVC and boto3 call of ggufops: S3 reads and writes with boto3, DVC in a child.
 
-DVC tracks artifacts (`dvc add` writes the .dvc pointer, `dvc push` uploads); it runs in a
-child process (isolated memory, threads and logging; credentials passed on stdin, never
-on the command line). Downloads do not use DVC: DVC does not verify what it downloads and
-is several times slower, so `S3Remote` streams the object with boto3 into a temp file
-beside the destination, hashing sha256 in the same pass, and renames only verified bytes.
+`S3Remote` talks to the S3 side of a DVC remote with boto3. Uploads (`register`) go
+straight to DVC's key layout with boto3's multipart transfer manager (dvctrack.py writes
+what `dvc add` would, so DVC sees the same repository). Downloads do not use DVC either:
+DVC does not verify what it downloads and is several times slower, so `S3Remote` streams
+the object into a temp file beside the destination, checking its length first and hashing
+sha256 in the same pass, and renames only verified bytes.
+
+DVC itself (`dvc_add`, for tests and tools that want DVC's own behaviour) runs in a child
+process (isolated memory, threads and logging; credentials passed on stdin, never on the
+command line).
 
 Object keys follow DVC 3's remote layout: `<prefix>/files/md5/<md5[:2]>/<md5[2:]>`.
 Nothing here deletes an object from a remote.
@@ -20,7 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 from ggufops import s3config
 from ggufops.atomic import fsync_path
 from ggufops.errors import (
+    ArtifactSizeMismatch,
     ChecksumMismatch,
     DvcError,
     GgufopsError,
@@ -39,6 +45,7 @@ from ggufops.errors import (
     S3Unreachable,
     StoreError,
 )
+from ggufops.progress import Progress
 from ggufops.s3config import S3Settings
 
 if TYPE_CHECKING:
@@ -49,6 +56,8 @@ if TYPE_CHECKING:
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 CHUNK = 1024 * 1024  # measured: 1 MiB reads beat 8 MiB ones here
+UPLOAD_PART = 8 * 1024 * 1024  # boto3's default part size and multipart threshold
+UPLOAD_THREADS = 10  # boto3's default concurrency
 MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _AUTH_CODES = frozenset(
@@ -56,7 +65,6 @@ _AUTH_CODES = frozenset(
      "ExpiredToken", "AuthorizationHeaderMalformed"}
 )  # fmt: skip
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
-Progress = Callable[[int], None]
 
 
 def dvc_key(md5: str) -> str:
@@ -251,24 +259,46 @@ class S3Remote:
     ) -> None:
         """Download `key` to `dest` only if its bytes hash to `sha256` (and have `size`).
 
-        Bytes go to a temp file in `tmp_dir` (default: dest's directory, so the rename is
-        atomic), hashed while they arrive, fsynced, then renamed over `dest`. On any error
-        the temp file is removed and `dest` is left as it was.
+        With `size`, the object's length (GetObject's Content-Length) is checked before a
+        byte is read or a temp file created, and the stream is cut at `size` bytes, so a
+        replaced (larger or shorter) object raises ArtifactSizeMismatch having written at
+        most `size` bytes. Bytes go to a temp file in `tmp_dir` (default: dest's directory,
+        so the rename is atomic), hashed while they arrive, fsynced, then renamed over
+        `dest`. On any error the temp file is removed and `dest` is left as it was.
         """
         if not SHA256_HEX.match(sha256):
             raise ChecksumMismatch(
                 f"{label or key}: {sha256!r} is not a sha256; fix the version file"
             )
-        tmp_dir = tmp_dir or dest.parent
+        what = label or key
+        with _s3_errors(self.settings, key, label), self._open_object(key, size, what) as body:
+            self._receive(body, key, sha256, dest, size=size, tmp_dir=tmp_dir or dest.parent,
+                          what=what, progress=progress)
+
+    @contextlib.contextmanager
+    def _open_object(self, key: str, size: int | None, what: str) -> Iterator[Any]:
+        """GetObject's body, after checking its Content-Length against `size`."""
+        response = self.client.get_object(Bucket=self.settings.bucket, Key=key)
+        body = response["Body"]
+        try:  # close() drops the connection: the rest of a refused body is never read
+            length = response.get("ContentLength")
+            if size is not None and length is not None and int(length) != size:
+                raise _size_mismatch(what, self.settings.url_of(key), size, int(length),
+                                     before=True)
+            yield body
+        finally:
+            body.close()
+
+    def _receive(self, body: Any, key: str, sha256: str, dest: Path, *, size: int | None,
+                 tmp_dir: Path, what: str, progress: Progress | None) -> None:
         fd, tmp_name = tempfile.mkstemp(prefix=".pull-", suffix=".part", dir=tmp_dir)
         tmp = Path(tmp_name)
+        url = self.settings.url_of(key)
         try:
             with os.fdopen(fd, "wb") as f:
-                digest, got = self._stream(key, f, label, progress)
-                _check_bytes(
-                    label or key, self.settings.url_of(key),
-                    sha256=sha256, size=size, digest=digest, got=got,
-                )  # fmt: skip
+                digest, got = copy_bounded(body, f, size, what=what, url=url,
+                                           progress=progress)
+                _check_bytes(what, url, sha256=sha256, size=size, digest=digest, got=got)
                 f.flush()
                 os.fsync(f.fileno())
             tmp.replace(dest)
@@ -278,22 +308,50 @@ class S3Remote:
                 tmp.unlink()
             raise
 
-    def _stream(self, key: str, f: IO[bytes], label: str | None,
-                progress: Progress | None) -> tuple[str, int]:
-        hasher = hashlib.sha256()
-        total = 0
-        with _s3_errors(self.settings, key, label):
-            body = self.client.get_object(Bucket=self.settings.bucket, Key=key)["Body"]
-            try:
-                while chunk := body.read(CHUNK):
-                    hasher.update(chunk)
-                    _write(f, chunk, label or key)
-                    total += len(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
-            finally:
-                body.close()
-        return hasher.hexdigest(), total
+    def upload(self, path: Path, key: str, *, label: str | None = None,
+               progress: Progress | None = None) -> None:
+        """Upload the file at `path` to `key`: one PUT below UPLOAD_PART bytes, else a
+        multipart upload of UPLOAD_PART parts, UPLOAD_THREADS at a time (boto3's transfer
+        manager; a failed or interrupted multipart upload is aborted)."""
+        from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+        config = TransferConfig(multipart_threshold=UPLOAD_PART, multipart_chunksize=UPLOAD_PART,
+                                max_concurrency=UPLOAD_THREADS)
+        with _s3_errors(self.settings, key, label), \
+                create_transfer_manager(self.client, config) as manager:
+            manager.upload(str(path), self.settings.bucket, key,
+                           subscribers=_subscribers(progress)).result()
+
+
+def _subscribers(progress: Progress | None) -> list[Any] | None:
+    """s3transfer subscribers forwarding byte counts (negative when a part is retried)."""
+    if progress is None:
+        return None
+    from s3transfer.subscribers import BaseSubscriber
+
+    class Forward(BaseSubscriber):
+        def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+            assert progress is not None
+            progress(bytes_transferred)
+
+    return [Forward()]
+
+
+def copy_bounded(body: Any, f: IO[bytes], size: int | None, *, what: str, url: str,
+                 progress: Progress | None = None) -> tuple[str, int]:
+    """Copy `body` (anything with read(n)) to `f`, hashing sha256; with `size`, never read
+    or write past it: one more byte raises ArtifactSizeMismatch. Returns (sha256, bytes)."""
+    hasher = hashlib.sha256()
+    total = 0
+    while chunk := body.read(CHUNK if size is None else min(CHUNK, size - total) or 1):
+        if size is not None and total + len(chunk) > size:
+            raise _size_mismatch(what, url, size, None, before=False)
+        hasher.update(chunk)
+        _write(f, chunk, what)
+        total += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    return hasher.hexdigest(), total
 
 
 def _write(f: IO[bytes], chunk: bytes, what: str) -> None:
@@ -306,19 +364,26 @@ def _write(f: IO[bytes], chunk: bytes, what: str) -> None:
         ) from None
 
 
+def _size_mismatch(what: str, url: str, expected: int, actual: int | None, *,
+                   before: bool) -> ArtifactSizeMismatch:
+    found = f"{actual} bytes" if actual is not None else f"more than {expected} bytes"
+    when = "before downloading it" if before else "at the first byte past that size"
+    return ArtifactSizeMismatch(
+        f"{what}: {url} is {found}, the version file says {expected}; the object in S3 was "
+        f"replaced or truncated: refused {when} (nothing was stored); put the artifact's "
+        "bytes back at that key from a clone that has the file, or deploy another version"
+    )
+
+
 def _check_bytes(what: str, url: str, *, sha256: str, size: int | None, digest: str,
                  got: int) -> None:
     if size is not None and got != size:
-        raise ChecksumMismatch(
-            f"{what}: {url} has {got} bytes, the registry says {size}; the object in S3 was "
-            "replaced or damaged: refusing it (nothing was stored)"
-        )
+        raise _size_mismatch(what, url, size, got, before=False)
     if digest != sha256:
         raise ChecksumMismatch(
             f"{what}: sha256 of {url} is {digest}, the registry says {sha256}; the object in "
             "S3 was replaced or damaged: refusing it (nothing was stored)"
         )
-
 
 
 def missing_objects(

@@ -105,6 +105,11 @@ class S3ServerError(GgufopsError):
     """The embedded SeaweedFS server could not be started or found."""
 
 
+class ArtifactSizeMismatch(ChecksumMismatch):
+    """An S3 object's length differs from the version file's artifact.size: the object was
+    replaced or truncated. Permanent: downloading it again gives the same bytes."""
+
+
 # --- models + gates (toy models, llama.cpp, bench, gate) --------------------------------
 
 

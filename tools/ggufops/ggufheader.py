@@ -1,20 +1,21 @@
-"""What a GGUF file's header says, read with the `gguf` package's GGUFReader.
+"""What a GGUF file's header says, read with ggufparse (the `gguf` package names types).
 
-Only the header and the tensor table are read (GGUFReader maps the file; tensor data is
-not touched), so this is fast for any file size. A file that is not GGUF, or whose tensor
-data would extend past the end of the file, is refused with one line naming the file.
+Only the header and the tensor table are read (through a read-only map; tensor data is
+not touched), so this is fast for any file size and any vocabulary. A file that is not
+GGUF, or whose tensor data would extend past the end of the file, is refused with one line
+naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ggufops.errors import BadGguf, TruncatedGguf
+from ggufops.ggufparse import GgufFile, GgufFormatError, TensorInfo
 
 GGUF_MAGIC = b"GGUF"
 TOKENS_KEY = "tokenizer.ggml.tokens"
@@ -63,14 +64,26 @@ def quantization_name(file_type: int) -> str:
 def read_header(path: Path) -> GgufHeader:
     """Read and check a GGUF header; raise BadGguf / TruncatedGguf naming `path`."""
     size = _check_magic(path)
-    reader = _open_reader(path)
+    try:
+        with GgufFile(path) as reader:
+            return _header(path, size, reader)
+    except GgufFormatError as e:
+        raise TruncatedGguf(
+            f"{path}: GGUF header cannot be read ({e}); the file is truncated or corrupt: "
+            "copy or download it again"
+        ) from None
+    except OSError as e:
+        raise BadGguf(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _header(path: Path, size: int, reader: GgufFile) -> GgufHeader:
     _check_extent(path, reader, size)
     arch = _string_field(path, reader, ARCH_KEY)
     return GgufHeader(
         path=path,
         size=size,
         architecture=arch,
-        parameter_count=sum(int(t.n_elements) for t in reader.tensors),
+        parameter_count=sum(t.n_elements for t in reader.tensors),
         context_length=_int_field(path, reader, f"{arch}.context_length"),
         quantization=_quantization(path, reader),
         tokenizer_sha256=tokenizer_sha256(reader),
@@ -94,21 +107,9 @@ def _check_magic(path: Path) -> int:
     return size
 
 
-def _open_reader(path: Path) -> Any:
-    from gguf import GGUFReader
-
-    try:
-        return GGUFReader(path, "r")
-    except (ValueError, IndexError, KeyError, OverflowError, TypeError, UnicodeDecodeError) as e:
-        raise TruncatedGguf(
-            f"{path}: GGUF header cannot be read ({type(e).__name__}: {e}); "
-            "the file is truncated or corrupt: copy or download it again"
-        ) from None
-
-
-def _check_extent(path: Path, reader: Any, size: int) -> None:
+def _check_extent(path: Path, reader: GgufFile, size: int) -> None:
     for t in reader.tensors:
-        end = int(t.data_offset) + int(t.n_bytes)
+        end = t.data_offset + _tensor_bytes(path, t)
         if end > size:
             raise TruncatedGguf(
                 f"{path}: truncated GGUF: tensor {t.name!r} ends at byte {end} "
@@ -116,26 +117,47 @@ def _check_extent(path: Path, reader: Any, size: int) -> None:
             )
 
 
-def _field(reader: Any, key: str) -> Any:
-    field = reader.get_field(key)
-    return None if field is None else field.contents()
+def _tensor_bytes(path: Path, tensor: TensorInfo) -> int:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(tensor.ggml_type)]
+    except (ValueError, KeyError):
+        raise BadGguf(
+            f"{path}: tensor {tensor.name!r} has ggml type {tensor.ggml_type}, which the "
+            "installed gguf package does not know; upgrade it (pip install -U gguf)"
+        ) from None
+    return tensor.n_elements * type_size // block
 
 
-def _string_field(path: Path, reader: Any, key: str) -> str:
+def _type_name(ggml_type: int) -> str:
+    from gguf.constants import GGMLQuantizationType
+
+    try:
+        return GGMLQuantizationType(ggml_type).name.lower()
+    except ValueError:
+        return f"type {ggml_type}"
+
+
+def _field(reader: GgufFile, key: str) -> Any:
+    return reader.value(key)
+
+
+def _string_field(path: Path, reader: GgufFile, key: str) -> str:
     value = _field(reader, key)
     if not isinstance(value, str) or not value:
         raise BadGguf(f"{path}: GGUF header has no string key {key!r}; not a complete model")
     return value
 
 
-def _int_field(path: Path, reader: Any, key: str) -> int:
+def _int_field(path: Path, reader: GgufFile, key: str) -> int:
     value = _field(reader, key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise BadGguf(f"{path}: GGUF header has no positive integer key {key!r}")
     return value
 
 
-def _quantization(path: Path, reader: Any) -> str:
+def _quantization(path: Path, reader: GgufFile) -> str:
     value = _field(reader, FILE_TYPE_KEY)
     if value is None:
         return _guess_quantization(path, reader)
@@ -145,9 +167,9 @@ def _quantization(path: Path, reader: Any) -> str:
         raise BadGguf(f"{path}: {e}; this ggufops does not know that file type") from None
 
 
-def _guess_quantization(path: Path, reader: Any) -> str:
+def _guess_quantization(path: Path, reader: GgufFile) -> str:
     """Without general.file_type: the type of the matrices (2-D+ tensors), if they agree."""
-    types = {str(t.tensor_type.name).lower() for t in reader.tensors if len(t.shape) >= 2}
+    types = {_type_name(t.ggml_type) for t in reader.tensors if len(t.shape) >= 2}
     if len(types) != 1:
         raise BadGguf(
             f"{path}: GGUF header has no {FILE_TYPE_KEY!r} and mixed tensor types "
@@ -156,25 +178,25 @@ def _guess_quantization(path: Path, reader: Any) -> str:
     return types.pop()
 
 
-def _string_items(reader: Any, key: str) -> Iterable[bytes]:
-    field = reader.get_field(key)
-    if field is None:
-        return ()
-    return (field.parts[i].tobytes() for i in field.data)
+def tokenizer_sha256(reader: GgufFile) -> str:
+    """sha256 over tokens then merges, each item length-prefixed (u64 LE), in file order.
 
-
-def tokenizer_sha256(reader: Any) -> str:
-    """sha256 over tokens then merges, each item length-prefixed (u64 LE), in file order."""
+    That is exactly how a little-endian file stores a string array, so its bytes are
+    hashed as they are; a big-endian file's items are re-prefixed one by one."""
     h = hashlib.sha256()
     for key in (TOKENS_KEY, MERGES_KEY):
         h.update(key.encode() + b"\0")
-        for item in _string_items(reader, key):
+        raw = reader.raw_array(key) if reader.little_endian else None
+        if raw is not None:
+            h.update(raw)
+            continue
+        for item in reader.string_items(key):
             h.update(struct.pack("<Q", len(item)))
             h.update(item)
     return h.hexdigest()
 
 
-def _chat_template_sha256(reader: Any) -> str | None:
+def _chat_template_sha256(reader: GgufFile) -> str | None:
     value = _field(reader, CHAT_TEMPLATE_KEY)
     if not isinstance(value, str):
         return None

@@ -66,6 +66,13 @@ def toplevel(path: Path) -> Path | None:
     return Path(proc.stdout.decode().strip()) if proc.returncode == 0 else None
 
 
+def is_ignored(cwd: Path, path: Path) -> bool:
+    """True if git's ignore rules (any .gitignore, info/exclude, core.excludesFile) match
+    `path`, whether or not it is tracked; False outside a git repository."""
+    proc = run(["check-ignore", "-q", "--no-index", "--", str(path)], cwd, check=False)
+    return proc.returncode == 0
+
+
 def rev_parse(cwd: Path, ref: str) -> str:
     """The commit sha `ref` names; GitError naming the ref if it does not exist."""
     sha = resolve(cwd, ref)

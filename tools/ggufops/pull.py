@@ -3,21 +3,22 @@
 The registry's version file is the trust anchor: it names the sha256 and size of the
 artifact and the DVC md5 that is its S3 key. A download lands in `<store>/tmp/`, is hashed
 while it arrives, and is renamed to `<store>/sha256/<hex>.gguf` only if it matches; an
-object already in the store (with the right size) is not downloaded again.
+object already in the store (with the right size) is not downloaded again. An object of
+the wrong length is refused before its first byte is read (ArtifactSizeMismatch, a
+permanent error: nothing here retries it), and no download writes past `artifact.size`.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import sys
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ggufops.artifacts import MD5_HEX, Progress, S3Remote
+from ggufops import progress as progress_bars
+from ggufops.artifacts import MD5_HEX, S3Remote
 from ggufops.errors import StoreError
 from ggufops.registry import Registry, VersionRef
 from ggufops.store import ArtifactStore, export_file
@@ -73,26 +74,6 @@ def default_store(repo: Path) -> Path:
     return Path(env) if env else repo / DEFAULT_STORE
 
 
-def progress_wanted(progress: bool | None) -> bool:
-    """Explicit choice, else: only on a terminal (stderr) and never when CI is set."""
-    if progress is not None:
-        return progress
-    ci = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-    return sys.stderr.isatty() and not ci
-
-
-@contextmanager
-def _progress_bar(enabled: bool, total: int | None, label: str) -> Iterator[Progress | None]:
-    if not enabled:
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-              file=sys.stderr, leave=False) as bar:
-        yield bar.update
-
-
 RemoteSource = S3Remote | Callable[[], S3Remote]
 
 
@@ -124,7 +105,8 @@ def pull_artifact(
         return PullResult(dest, False, artifact)
     s3 = _remote(remote)
     key = s3.key_for_md5(artifact.dvc_md5)
-    with _progress_bar(progress_wanted(progress), artifact.size, artifact.label) as bar:
+    with progress_bars.bar(progress_bars.wanted(progress), artifact.size,
+                           artifact.label) as bar:
         s3.download_verified(
             key, artifact.sha256, dest, size=artifact.size, tmp_dir=store.tmp_dir,
             label=artifact.label, progress=bar,

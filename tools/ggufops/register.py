@@ -3,30 +3,34 @@
 Order matters, so that an interruption at any point leaves nothing that lies:
   1. every check that needs no writing: name, version, parent, header, flags, eval set,
      and (unless --no-push) that the S3 remote answers with these credentials;
-  2. copy the file to registry/<model>/<X.Y.Z>.gguf, hashing sha256 (and md5) in one pass;
-  3. `dvc add` (writes the .gguf.dvc pointer and the .gitignore entry) and `dvc push` in one
-     DVC process; DVC's md5 is cross-checked against ours;
-  4. HEAD the object in the remote: it must be there with that size;
-  5. only then write the version YAML, atomically (temp file + rename).
-A run interrupted before 5 leaves no YAML; running register again completes it.
+  2. hashing: one read of the file into a private copy under .dvc/tmp/ (staging.py),
+     computing md5 (DVC's id and S3 key) and sha256 on the way;
+  3. uploading: the copy goes straight to DVC's key in the remote (files/md5/xx/yyyy) with
+     boto3's multipart transfer, unless an object of that size is already there, while
+     the copy is fsynced; then a HEAD must find the object with that size;
+  4. tracking: the copy is moved into DVC's cache and the workspace file, the .gguf.dvc
+     pointer and the .gitignore entry are written exactly as `dvc add` would (dvctrack.py);
+  5. only then the version YAML, atomically (temp file + rename).
+A run interrupted before 5 leaves no YAML (at most a staged copy, which the next register
+removes, and an object or cache entry that nothing names yet); running register again
+completes it. A `progress.Reporter` is told when each phase starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ggufops import artifacts, schemas, semver, yamlio
-from ggufops.atomic import atomic_write_text
+from ggufops import artifacts, dvctrack, schemas, semver, staging, yamlio
+from ggufops.atomic import atomic_write_text, fsync_path
 from ggufops.errors import (
     BadReference,
-    DvcError,
     GgufopsError,
     HeaderMismatch,
     ObjectMissing,
@@ -35,6 +39,7 @@ from ggufops.errors import (
     VersionExists,
 )
 from ggufops.ggufheader import GgufHeader, read_header
+from ggufops.progress import Quiet, Reporter
 from ggufops.registry import EVALS_DIR, MODEL_NAME, REGISTRY_DIR, Registry, display_id
 
 DEFAULT_INFERENCE: dict[str, Any] = {
@@ -43,7 +48,6 @@ DEFAULT_INFERENCE: dict[str, Any] = {
     "max_tokens": 256,
     "prompt_template": "chatml",
 }
-COPY_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -90,27 +94,50 @@ class RegisterResult:
         }
 
 
-def register(registry: Registry, req: RegisterRequest) -> RegisterResult:
-    """Check, track, push, then write the version file; see the module docstring."""
+def register(registry: Registry, req: RegisterRequest, *, reporter: Reporter | None = None,
+             remote: artifacts.S3Remote | None = None) -> RegisterResult:
+    """Check, stage, upload, track, then write the version file; see the module docstring.
+
+    `remote` (default: the repository's remote `models`) lets a long-lived caller reuse one
+    S3 client for many registrations."""
     _check_names(req)
     _check_free(registry, req)
     parent_doc = _parent(registry, req)
     header = read_header(req.source)
     _check_quantization(req, header)
     eval_block = _eval_block(registry, req.eval_set)
-    remote = _reachable_remote(registry.root) if req.push else None
+    remote = _reachable_remote(registry.root, remote) if req.push else None
     target = registry.root / REGISTRY_DIR / req.model / f"{req.version}.gguf"
-    sha256, md5, size = copy_hashing(req.source, target)
-    doc = _document(req, header=header, parent_doc=parent_doc, eval_block=eval_block,
-                    artifact={"sha256": sha256, "size": size, "dvc_md5": md5})
-    _check_schema(registry.root, doc)
-    out = _track(registry.root, target, md5, remote)
-    if remote is not None:
-        _check_pushed(remote, out, size, _ref(req))
-    version_file = registry.version_file(req.model, req.version)
-    atomic_write_text(version_file, yamlio.dump(doc))
+    report = reporter or Quiet()
+    with _closing(report), staging.staged_file(registry.root) as staged:
+        sha256, md5, size = _hash(req.source, staged, report)
+        doc = _document(req, header=header, parent_doc=parent_doc, eval_block=eval_block,
+                        artifact={"sha256": sha256, "size": size, "dvc_md5": md5})
+        _check_schema(registry.root, doc)
+        digest = staging.Digest(sha256, md5, size)
+        _push_synced(remote, staged, digest, _ref(req), report)
+        report.phase("tracking")
+        out = dvctrack.track(registry.root, staged, target, digest)
+        report.phase("writing the version file")
+        version_file = registry.version_file(req.model, req.version)
+        atomic_write_text(version_file, yamlio.dump(doc))
     return RegisterResult(doc, version_file, out.pointer, req.push,
                           _git_paths(registry.root, version_file, out.pointer))
+
+
+@contextlib.contextmanager
+def _closing(report: Reporter) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        report.close()
+
+
+def _hash(source: Path, staged: Path, report: Reporter) -> tuple[str, str, int]:
+    """(sha256, md5, size) of `source`, read once into the private copy `staged`."""
+    digest = staging.copy_hashing(source, staged,
+                                  report.phase("hashing", source.stat().st_size))
+    return digest.sha256, digest.md5, digest.size
 
 
 def _ref(req: RegisterRequest) -> str:
@@ -179,71 +206,42 @@ def _eval_block(registry: Registry, eval_set: str | None) -> dict[str, str]:
     return {"set": eval_set, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
-def copy_hashing(source: Path, target: Path) -> tuple[str, str, int]:
-    """Copy `source` to `target` (atomically) hashing sha256 and md5 in the same pass."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
-    same = target.exists() and source.samefile(target)
-    fd, tmp_name = (-1, "") if same else tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
-    )
-    try:
-        with source.open("rb") as src, _maybe_open(fd) as dst:
-            while chunk := src.read(COPY_CHUNK):
-                sha.update(chunk)
-                md5.update(chunk)
-                size += len(chunk)
-                if dst is not None:
-                    dst.write(chunk)
-            if dst is not None:
-                dst.flush()
-                os.fsync(dst.fileno())
-        if not same:
-            Path(tmp_name).replace(target)
-    except BaseException:
-        if not same:
-            with contextlib.suppress(FileNotFoundError):
-                Path(tmp_name).unlink()
-        raise
-    return sha.hexdigest(), md5.hexdigest(), size
+def _push_synced(remote: artifacts.S3Remote | None, staged: Path, digest: staging.Digest,
+                 ref: str, report: Reporter) -> None:
+    """Upload the staged copy (if pushing) while it is fsynced: it must be on disk before it
+    enters DVC's cache, and the flush costs nothing while the network is busy."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync") as pool:
+        synced = pool.submit(fsync_path, staged)
+        if remote is not None:
+            _upload(remote, staged, digest, ref, report)
+        synced.result()
 
 
-@contextlib.contextmanager
-def _maybe_open(fd: int) -> Any:
-    if fd < 0:
-        yield None
-        return
-    with os.fdopen(fd, "wb") as f:
-        yield f
+def _upload(remote: artifacts.S3Remote, staged: Path, digest: staging.Digest, ref: str,
+            report: Reporter) -> None:
+    """Put the object at DVC's key unless it is there with this size (as `dvc push` skips
+    what the remote has), then HEAD it."""
+    key = remote.key_for_md5(digest.md5)
+    info = remote.stat(key, label=ref)
+    if info is None or info.size != digest.size:
+        remote.upload(staged, key, label=ref, progress=report.phase("uploading", digest.size))
+    _check_pushed(remote, key, digest.size, ref)
 
 
-def _track(root: Path, target: Path, md5: str,
-           remote: artifacts.S3Remote | None) -> artifacts.DvcOut:
-    out = artifacts.dvc_add(root, target, push_to=remote.settings if remote else None)
-    if out.md5 != md5:
-        raise DvcError(
-            f"{out.pointer}: dvc add recorded md5 {out.md5} but the copied file has md5 {md5}; "
-            "the file changed while registering: run register again"
-        )
-    return out
-
-
-def _reachable_remote(root: Path) -> artifacts.S3Remote:
+def _reachable_remote(root: Path, remote: artifacts.S3Remote | None) -> artifacts.S3Remote:
     """The remote, checked before anything is written: clear errors for a dead endpoint or
-    bad credentials (DVC would only say that an upload failed)."""
-    remote = artifacts.S3Remote.from_repo(root)
+    bad credentials (before a byte is read)."""
+    remote = remote or artifacts.S3Remote.from_repo(root)
     remote.check_bucket()
     return remote
 
 
-def _check_pushed(remote: artifacts.S3Remote, out: artifacts.DvcOut, size: int,
-                  ref: str) -> None:
-    key = remote.key_for_md5(out.md5)
+def _check_pushed(remote: artifacts.S3Remote, key: str, size: int, ref: str) -> None:
     info = remote.stat(key, label=ref)
     if info is None or info.size != size:
         found = "missing" if info is None else f"{info.size} bytes, not {size}"
         raise ObjectMissing(
-            f"{ref}: after dvc push, {remote.settings.url_of(key)} is {found}; nothing was "
+            f"{ref}: after the upload, {remote.settings.url_of(key)} is {found}; nothing was "
             "registered: run register again"
         )
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ggufops import progress
 from ggufops import pull as pull_api
 from ggufops import register as register_api
 from ggufops.cli.options import VERSION_REF, json_option, print_json, registry_from
@@ -57,7 +58,8 @@ def register(ctx: click.Context, *, file: Path, model: str, version: str, parent
         notes=notes, quantization=quantization, eval_set=eval_set, push=push,
         inference=_inference(temperature, top_p, max_tokens, prompt_template),
     )
-    result = register_api.register(registry_from(ctx), request)
+    bars = progress.reporter(progress.wanted(False if as_json else None), f"{model}@{version}")
+    result = register_api.register(registry_from(ctx), request, reporter=bars)
     if as_json:
         print_json(result.as_dict())
         return
