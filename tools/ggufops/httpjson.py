@@ -6,7 +6,8 @@ shutdown. Both are bounded (`Limits`), because both listen before anyone authent
   * a connection waits at most `idle_timeout` s for a request to start, then has
     `header_timeout` s to send its request line, headers and body (a deadline for the
     whole request, not per read: a client that trickles a byte at a time is cut too);
-  * a body needs a Content-Length (411 without one, 400 if it is not a number >= 0,
+  * a body needs a Content-Length (411 without one, unless the server takes bodiless
+    POSTs such as the agent's `curl -X POST .../sync`; 400 if it is not a number >= 0;
     413 above `max_body`), is read only after the route has authenticated the request,
     and must be JSON nested at most `max_depth` deep (400, never a 500);
   * at most `max_connections` connections are served at once; one more is answered 503
@@ -47,6 +48,7 @@ class Limits:
     header_timeout: float = 10.0
     idle_timeout: float = 15.0
     write_timeout: float = 60.0
+    length_required: bool = True  # False: a POST without Content-Length has an empty body
 
 
 def rfc3339(ts: float) -> str:
@@ -110,6 +112,7 @@ def read_json_body(handler: JsonHandler) -> Any:
     length = handler.content_length()
     limits = handler.limits
     if length > limits.max_body:
+        handler.close_connection = True  # the body is never read
         raise HttpError(413, f"the request body is {length} bytes, over the limit of "
                         f"{limits.max_body}", code="request_too_large")
     raw = handler.rfile.read(length) if length else b""
@@ -180,7 +183,7 @@ class JsonHandler(BaseHTTPRequestHandler):
                             "Content-Length", code="length_required")
         raw = self.headers.get("Content-Length")
         if raw is None:
-            if self.command == "POST":
+            if self.command == "POST" and self.limits.length_required:
                 self.close_connection = True
                 raise HttpError(411, "a POST needs a Content-Length header",
                                 code="length_required")

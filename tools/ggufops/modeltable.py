@@ -143,7 +143,7 @@ class LoadedModel:
             "owned_by": "ggufops", "name": r.name, "version": r.version,
             "display_id": r.display_id, "sha256": r.sha256,
             "loaded_at": rfc3339(self.loaded_at), "load_seconds": round(self.load_seconds, 4),
-            "n_ctx": self.model.n_ctx,
+            "n_ctx": self.model.n_ctx, "chat_template": self.model.chat_template,
         }  # fmt: skip
 
     def canary_info(self, weight: int) -> dict[str, Any]:
