@@ -753,6 +753,10 @@ def chat(model: Model, messages: list[dict[str, Any]], params: dict[str, Any], *
 
 def _openai(model: Model, call: Callable[..., Any], stream: bool, trace: Trace | None,
             **kwargs: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
+    # Every prompt is evaluated from scratch: llama.cpp's results depend on batch shapes, so
+    # reusing the cached prefix of the previous request changed greedy answers (the same
+    # request answered differently after another one). Repeatable beats a saved prefix.
+    model.llama.reset()
     model.llama.trace = trace
     try:
         result = call(stream=stream, **kwargs)
