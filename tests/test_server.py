@@ -344,6 +344,44 @@ def test_metrics_are_prometheus_text_labelled_by_version(running: Running,
     assert "# TYPE ggufops_request_duration_seconds histogram" in lines
 
 
+class CountingWriter:
+    """A Writer that reads the request counter at the moment the answer is written."""
+
+    def __init__(self, app: server.App, labels: tuple[str, ...]) -> None:
+        self.app = app
+        self.labels = labels
+        self.counted_when_answered: list[float] = []
+
+    def _snapshot(self) -> None:
+        self.counted_when_answered.append(
+            self.app.metrics.value("ggufops_requests_total", self.labels))
+
+    def send_json(self, status: int, body: Any) -> None:
+        self._snapshot()
+
+    def start_events(self) -> None:
+        pass
+
+    def send_event(self, data: str) -> None:
+        if data == "[DONE]":
+            self._snapshot()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_is_counted_before_its_answer_is_written(
+        running: Running, runtime_models: dict[str, Path], stream: bool) -> None:
+    """The root of the flaky metrics test: the counter was incremented after the reply."""
+    running.load(runtime_models["baseline"], "2.0.0")
+    ok = ("llama3-instruct", "2.0.0", "completions", "200")
+    writer = CountingWriter(running.app, ok)
+    running.app.generator.handle(writer, "completions",
+                                 {"prompt": "a", "max_tokens": 2, "stream": stream})
+    assert writer.counted_when_answered == [1]
+    missing = CountingWriter(running.app, ("", "", "completions", "404"))
+    running.app.generator.handle(missing, "completions", {"prompt": "a", "model": "nope"})
+    assert missing.counted_when_answered == [1]
+
+
 @pytest.mark.slow
 def test_serve_command_runs_and_stops_on_sigterm(tmp_path: Path, store: Path,
                                                  runtime_models: dict[str, Path]) -> None:
