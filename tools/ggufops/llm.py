@@ -734,29 +734,33 @@ def _guard_stream(model: Model, chunks: Iterator[dict[str, Any]]) -> Iterator[di
 
 
 def complete(model: Model, prompt: str, params: dict[str, Any], *, stream: bool,
-             trace: Trace | None = None) -> dict[str, Any] | Iterator[dict[str, Any]]:
+             trace: Trace | None = None,
+             reuse_prefix: bool = False) -> dict[str, Any] | Iterator[dict[str, Any]]:
     """An OpenAI text completion (a dict), or an iterator of its chunks when streaming."""
-    return _openai(model, model.llama.create_completion, stream, trace, prompt=prompt,
-                   **params)
+    return _openai(model, model.llama.create_completion, stream, trace, reuse_prefix,
+                   prompt=prompt, **params)
 
 
 def chat(model: Model, messages: list[dict[str, Any]], params: dict[str, Any], *,
-         stream: bool, trace: Trace | None = None) -> dict[str, Any] | Iterator[dict[str, Any]]:
+         stream: bool, trace: Trace | None = None,
+         reuse_prefix: bool = False) -> dict[str, Any] | Iterator[dict[str, Any]]:
     """An OpenAI chat completion (a dict), or an iterator of its chunks when streaming."""
     from ggufops.chattemplate import NO_CHAT
 
     if model.chat_template in (None, NO_CHAT):
         raise LlamaError(f"{model.path.name} has no chat template")
-    return _openai(model, model.llama.create_chat_completion, stream, trace,
+    return _openai(model, model.llama.create_chat_completion, stream, trace, reuse_prefix,
                    messages=messages, **params)
 
 
 def _openai(model: Model, call: Callable[..., Any], stream: bool, trace: Trace | None,
+            reuse_prefix: bool,
             **kwargs: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
-    # Every prompt is evaluated from scratch: llama.cpp's results depend on batch shapes, so
-    # reusing the cached prefix of the previous request changed greedy answers (the same
-    # request answered differently after another one). Repeatable beats a saved prefix.
-    model.llama.reset()
+    # By default every prompt is evaluated from scratch: llama.cpp's results depend on batch
+    # shapes, so reusing the cached prefix of the previous request changed greedy answers
+    # (the same request answered differently after another one).
+    if not reuse_prefix:
+        model.llama.reset()
     model.llama.trace = trace
     try:
         result = call(stream=stream, **kwargs)

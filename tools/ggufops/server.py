@@ -78,6 +78,7 @@ class ServeConfig:
     n_ctx: int = 4096
     smoke_tokens: int = 4
     limits: Limits = field(default_factory=Limits)
+    reuse_prefix: bool = False  # keep the previous request's prompt cache (not repeatable)
 
 
 def read_token(path: Path) -> str:
@@ -142,9 +143,11 @@ class _Exchange:
 class Generator:
     """Runs completions on the table's models and records their metrics."""
 
-    def __init__(self, table: ModelTable, metrics: Metrics) -> None:
+    def __init__(self, table: ModelTable, metrics: Metrics, *,
+                 reuse_prefix: bool = False) -> None:
         self.table = table
         self.metrics = metrics
+        self.reuse_prefix = reuse_prefix
 
     def handle(self, out: Writer, endpoint: str, body: Any) -> None:
         exchange = _Exchange(endpoint)
@@ -193,10 +196,12 @@ class Generator:
                                  time.perf_counter() - queued)
             if request.is_chat:
                 result = llm.chat(loaded.model, request.messages, params,
-                                  stream=request.stream, trace=trace)
+                                  stream=request.stream, trace=trace,
+                                  reuse_prefix=self.reuse_prefix)
             else:
                 result = llm.complete(loaded.model, request.prompt or "", params,
-                                      stream=request.stream, trace=trace)
+                                      stream=request.stream, trace=trace,
+                                      reuse_prefix=self.reuse_prefix)
             text_of = functools.partial(llm.token_text, loaded.model)
             if isinstance(result, dict):
                 reply = protocol.finish_response(request, result, loaded.request.display_id,
@@ -268,7 +273,7 @@ class App:
         self.table = ModelTable(self._free)
         self.loader = Loader(config.store, self.table, self.metrics, n_ctx=config.n_ctx,
                              n_threads=config.n_threads, smoke_tokens=config.smoke_tokens)
-        self.generator = Generator(self.table, self.metrics)
+        self.generator = Generator(self.table, self.metrics, reuse_prefix=config.reuse_prefix)
         self.started_at = time.time()
 
     def _free(self, loaded: LoadedModel) -> None:

@@ -76,10 +76,15 @@ admin_token_option = click.option(
               show_default=True, help="Seconds a connection may wait for its next request.")
 @click.option("--max-body", type=click.IntRange(1024), default=Limits.max_body,
               show_default=True, help="Largest request body in bytes (413 above).")
+@click.option("--reuse-prompt-cache", is_flag=True, envvar="GGUFOPS_REUSE_PROMPT_CACHE",
+              help="Keep the previous request's evaluated prompt and reuse a shared prefix: "
+              "faster for long shared system prompts, but greedy answers then depend on "
+              "what ran before (off: every prompt is evaluated from scratch).")
 @log_level_option
 def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
           threads: int | None, ctx: int, max_connections: int, header_timeout: float,
-          idle_timeout: float, max_body: int, log_level: str) -> None:
+          idle_timeout: float, max_body: int, reuse_prompt_cache: bool,
+          log_level: str) -> None:
     """Serve GGUF models over an OpenAI-compatible HTTP API with zero-downtime swaps."""
     from ggufops import server
 
@@ -88,7 +93,8 @@ def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
     limits = Limits(max_body=max_body, max_connections=max_connections,
                     header_timeout=header_timeout, idle_timeout=idle_timeout)
     config = server.ServeConfig(store=store, host=host, port=port, admin_token=token,
-                                n_threads=threads, n_ctx=ctx, limits=limits)
+                                n_threads=threads, n_ctx=ctx, limits=limits,
+                                reuse_prefix=reuse_prompt_cache)
     app = server.App(config)
     with _stop_on_signals() as stop:
         server.serve_until(app, stop, ready=lambda url: _announce(
