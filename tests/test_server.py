@@ -380,6 +380,11 @@ def test_a_request_is_counted_before_its_answer_is_written(
     missing = CountingWriter(running.app, ("", "", "completions", "404"))
     running.app.generator.handle(missing, "completions", {"prompt": "a", "model": "nope"})
     assert missing.counted_when_answered == [1]
+    too_long = CountingWriter(running.app, ("llama3-instruct", "2.0.0", "completions", "400"))
+    running.app.generator.handle(too_long, "completions", {"prompt": "a", "max_tokens": 10**6})
+    assert too_long.counted_when_answered == [1]  # an error of a model: its labels, its code
+    assert running.app.metrics.value("ggufops_requests_total", ok) == 1
+    assert running.app.metrics.value("ggufops_in_flight_requests", ok[:2]) == 0
 
 
 @pytest.mark.slow

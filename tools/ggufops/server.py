@@ -157,14 +157,13 @@ class Generator:
                 exchange.labels = loaded.labels
                 exchange.in_flight = True
                 self.metrics.inc("ggufops_in_flight_requests", loaded.labels)
-                try:
-                    self._run(out, request, loaded, exchange)
-                finally:
-                    self._finish(exchange, 200)
+                self._run(out, request, loaded, exchange)
         except HttpError as e:
             self._reply_error(out, exchange, e)
         except GgufopsError as e:
             self._reply_error(out, exchange, http_error_for(e))
+        finally:
+            self._finish(exchange, 500)  # only if a bug escaped: counted, in-flight released
 
     def _reply_error(self, out: Writer, exchange: _Exchange, error: HttpError) -> None:
         self._finish(exchange, error.status)
