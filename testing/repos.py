@@ -86,7 +86,7 @@ def version_doc(name: str, version: str, *, root: Path, parent: str | None = Non
             "chat_template_sha256": None,
         },
         "inference": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 128,
-                      "prompt_template": "none"},
+                      "prompt_template": "chatml"},
         "eval": {"set": EVAL_SET, "sha256": hashlib.sha256(eval_path.read_bytes()).hexdigest()},
     }
 
