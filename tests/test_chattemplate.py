@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from ggufops import chattemplate, llm
 from ggufops.cli import main
-from ggufops.errors import ChatTemplateError
+from ggufops.errors import ChatTemplateError, LlamaError
 from ggufops.register import RegisterRequest, register
 from ggufops.registry import Registry
 from ggufops.validate import validate_repo
@@ -147,3 +147,13 @@ def test_a_chat_turn_that_runs_to_the_limit_fails_the_smoke_test(
     missing = llm.smoke_test_isolated(toy_models["baseline"], n_tokens=4, n_threads=1,
                                       chat_template="gguf")
     assert not missing.ok and "has no tokenizer.chat_template" in missing.error
+
+
+def test_a_template_that_does_not_compile_is_a_clear_load_error(
+        toy_models: dict[str, Path]) -> None:
+    with llm.load(toy_models["baseline"], n_ctx=64) as model:
+        model.llama.metadata["tokenizer.chat_template"] = "{% for m in messages %}"
+        with pytest.raises(LlamaError, match=r"is not a valid Jinja2 template .*--chat-format"):
+            llm.use_chat_template(model, "gguf")
+        llm.use_chat_template(model, "chatml")  # a named format does not read it
+        assert model.chat_template == "chatml"

@@ -658,6 +658,7 @@ def gguf_chat_template(model: Model) -> str | None:
 def use_chat_template(model: Model, template: str) -> None:
     """Answer chat requests with `template`: gguf (the file's own Jinja2 template, its EOS
     and EOT tokens as stops), none (no chat), or a llama-cpp-python chat format name."""
+    import jinja2
     from llama_cpp import llama_chat_format
 
     from ggufops.chattemplate import GGUF, NO_CHAT
@@ -669,10 +670,15 @@ def use_chat_template(model: Model, template: str) -> None:
         if text is None:
             raise LlamaError(f"{model.path.name} has no tokenizer.chat_template, but its "
                              "version says prompt_template: gguf")
-        llama.chat_handler = llama_chat_format.Jinja2ChatFormatter(
-            template=text, eos_token=_special_text(model, "eos"),
-            bos_token=_special_text(model, "bos"), stop_token_ids=stop_token_ids(model),
-        ).to_chat_handler()
+        try:
+            formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=text, eos_token=_special_text(model, "eos"),
+                bos_token=_special_text(model, "bos"), stop_token_ids=stop_token_ids(model))
+        except jinja2.TemplateError as e:
+            raise LlamaError(f"the tokenizer.chat_template of {model.path.name} is not a valid "
+                             f"Jinja2 template ({e}); register it with --chat-format NAME"
+                             ) from None
+        llama.chat_handler = formatter.to_chat_handler()
     elif template != NO_CHAT:
         if template not in chat_formats():
             raise LlamaError(f"llama-cpp-python has no chat format {template!r}")
