@@ -8,7 +8,8 @@ p50/p95 in steady state vs. requests that overlapped a swap.
 `--stack both` (the default) runs the same load twice in one run: against `ggufops serve`
 (Python's http.server with ggufops' limits) and against the same App behind uvicorn +
 starlette (bench/asgi_serve.py), and prints the latency ratios: the measurement behind
-the HTTP stack decision in the README. `--stack stdlib` needs no extra packages.
+the HTTP stack decision in the README. uvicorn and starlette are not ggufops dependencies:
+without them (`pip install uvicorn starlette`) it measures `ggufops serve` only.
 
     .venv/bin/python bench/bench_swap.py [--swaps 10] [--clients 2] [--steady 5]
         [--stack both|stdlib|asgi]
@@ -17,6 +18,7 @@ the HTTP stack decision in the README. `--stack stdlib` needs no extra packages.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import statistics
 import sys
@@ -77,6 +79,10 @@ STACKS = {"stdlib": "ggufops serve (http.server + ggufops limits)",
           "asgi": "uvicorn + starlette (bench/asgi_serve.py)"}
 
 
+def asgi_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("uvicorn", "starlette"))
+
+
 def server_args(stack: str, store: Path, token: Path) -> list[str]:
     if stack == "stdlib":
         return serve_args(store, token)
@@ -94,6 +100,10 @@ def main() -> int:
                         help="with --stack both: alternate the stacks this many times")
     args = parser.parse_args()
     models = toy.build_toy_set(TOY_DIR, names=["baseline", "improved"])
+    if args.stack == "both" and not asgi_available():
+        print("uvicorn + starlette are not installed (`pip install uvicorn starlette`): "
+              "measuring ggufops serve only")
+        args.stack = "stdlib"
     stacks = list(STACKS) * args.rounds if args.stack == "both" else [args.stack]
     summaries: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
