@@ -5,13 +5,22 @@ Two client threads send /v1/completions back to back (16 tokens each) to a real
 through the admin API). Prints requests served and failed (goal: 0 failed) and latency
 p50/p95 in steady state vs. requests that overlapped a swap.
 
+`--stack both` (the default) runs the same load twice in one run: against `ggufops serve`
+(Python's http.server with ggufops' limits) and against the same App behind uvicorn +
+starlette (bench/asgi_serve.py), and prints the latency ratios: the measurement behind
+the HTTP stack decision in the README. uvicorn and starlette are not ggufops dependencies:
+without them (`pip install uvicorn starlette`) it measures `ggufops serve` only.
+
     .venv/bin/python bench/bench_swap.py [--swaps 10] [--clients 2] [--steady 5]
+        [--stack both|stdlib|asgi]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -66,13 +75,37 @@ def load(url: str, version: str, digest: str) -> tuple[float, float]:
     return start, time.perf_counter()
 
 
+STACKS = {"stdlib": "ggufops serve (http.server + ggufops limits)",
+          "asgi": "uvicorn + starlette (bench/asgi_serve.py)"}
+
+
+def asgi_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("uvicorn", "starlette"))
+
+
+def server_args(stack: str, store: Path, token: Path) -> list[str]:
+    if stack == "stdlib":
+        return serve_args(store, token)
+    return [sys.executable, str(Path(__file__).with_name("asgi_serve.py")), "--store",
+            str(store), "--admin-token-file", str(token)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--swaps", type=int, default=10)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--steady", type=float, default=5.0, help="seconds of steady state")
+    parser.add_argument("--stack", choices=["both", *STACKS], default="both")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="with --stack both: alternate the stacks this many times")
     args = parser.parse_args()
     models = toy.build_toy_set(TOY_DIR, names=["baseline", "improved"])
+    if args.stack == "both" and not asgi_available():
+        print("uvicorn + starlette are not installed (`pip install uvicorn starlette`): "
+              "measuring ggufops serve only")
+        args.stack = "stdlib"
+    stacks = list(STACKS) * args.rounds if args.stack == "both" else [args.stack]
+    summaries: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
         store = ArtifactStore(Path(tmp) / "store")
         store.prepare()
@@ -82,14 +115,29 @@ def main() -> int:
             shutil.copyfile(models[name], store.path_for(digests[version]))
         token = Path(tmp) / "token"
         token.write_text(TOKEN)
-        server = Proc(serve_args(store.root, token), Path(tmp) / "serve.log")
-        try:
-            return run(server.url, digests, args)
-        finally:
-            server.stop()
+        for stack in stacks:
+            print(f"== {STACKS[stack]}")
+            server = Proc(server_args(stack, store.root, token), Path(tmp) / f"{stack}.log")
+            try:
+                summaries.setdefault(stack, []).append(run(server.url, digests, args))
+            finally:
+                server.stop()
+    if len(summaries) == 2:
+        compare(summaries["stdlib"], summaries["asgi"])
+    return 0 if all(s["failed"] == 0 for runs in summaries.values() for s in runs) else 1
 
 
-def run(url: str, digests: dict[str, str], args: argparse.Namespace) -> int:
+def compare(stdlib: list[dict[str, float]], asgi: list[dict[str, float]]) -> None:
+    """Medians over the alternating rounds of each figure, and their ratio."""
+    print(f"== uvicorn + starlette relative to ggufops serve: medians of {len(stdlib)} "
+          "alternating rounds, same run (>1: slower)")
+    for key in ("steady_p50", "steady_p95", "swap_p50", "swap_p95", "served", "failed"):
+        a, b = (statistics.median(r[key] for r in runs) for runs in (asgi, stdlib))
+        ratio = f"{a / b:.2f}" if b else "-"
+        print(f"{key:<12} {a:8.1f} vs {b:8.1f}   ratio {ratio}")
+
+
+def run(url: str, digests: dict[str, str], args: argparse.Namespace) -> dict[str, float]:
     load(url, "2.0.0", digests["2.0.0"])
     results: list[Result] = []
     stop = threading.Event()
@@ -107,12 +155,11 @@ def run(url: str, digests: dict[str, str], args: argparse.Namespace) -> int:
     stop.set()
     for t in threads:
         t.join()
-    report(results, steady_end, windows, args)
-    return 0 if all(r.ok for r in results) else 1
+    return report(results, steady_end, windows, args)
 
 
 def report(results: list[Result], steady_end: float, windows: list[tuple[float, float]],
-           args: argparse.Namespace) -> None:
+           args: argparse.Namespace) -> dict[str, float]:
     steady = [r for r in results if r.end <= steady_end]
     during = [r for r in results
               if any(r.start <= end and r.end >= start for start, end in windows)]
@@ -123,9 +170,14 @@ def report(results: list[Result], steady_end: float, windows: list[tuple[float, 
     print(f"swap (verify + load + smoke test + switch): p50 {percentile(swap_times, 50) * 1e3:.0f}"
           f" ms, max {max(swap_times) * 1e3:.0f} ms")
     print(f"{'latency':<28}{'requests':>9}{'p50 ms':>9}{'p95 ms':>9}")
-    for label, group in (("steady state", steady), ("overlapping a swap", during)):
+    summary = {"served": float(len(results) - len(failed)), "failed": float(len(failed))}
+    for label, key, group in (("steady state", "steady", steady),
+                              ("overlapping a swap", "swap", during)):
         lat = [(r.end - r.start) * 1e3 for r in group]
-        print(f"{label:<28}{len(group):>9}{percentile(lat, 50):>9.1f}{percentile(lat, 95):>9.1f}")
+        p50, p95 = percentile(lat, 50), percentile(lat, 95)
+        print(f"{label:<28}{len(group):>9}{p50:>9.1f}{p95:>9.1f}")
+        summary.update({f"{key}_p50": p50, f"{key}_p95": p95})
+    return summary
 
 
 if __name__ == "__main__":

@@ -46,11 +46,12 @@ def _wait_for(predicate: object, timeout: float = 60.0) -> None:
 
 
 def test_session_server_listens_on_loopback_only(s3_server: ServerInfo) -> None:
+    # weed opens some listeners after S3 answers: wait for them rather than race them
+    _wait_for(lambda: len(_listening(s3_server.pid)) >= 5)  # master, volume, filer, s3, grpc
     addresses = _listening(s3_server.pid)
     port = int(s3_server.endpoint.rsplit(":", 1)[1])
     assert ("127.0.0.1", port) in addresses
     assert {ip for ip, _ in addresses} == {"127.0.0.1"}
-    assert len(addresses) >= 5  # master, volume, filer, s3 (+ grpc): all on chosen ports
 
 
 def test_credentials_are_generated_and_private(s3_server: ServerInfo) -> None:

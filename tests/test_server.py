@@ -14,6 +14,7 @@ from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from ggufops import llm, server
@@ -343,6 +344,49 @@ def test_metrics_are_prometheus_text_labelled_by_version(running: Running,
     assert "# TYPE ggufops_request_duration_seconds histogram" in lines
 
 
+class CountingWriter:
+    """A Writer that reads the request counter at the moment the answer is written."""
+
+    def __init__(self, app: server.App, labels: tuple[str, ...]) -> None:
+        self.app = app
+        self.labels = labels
+        self.counted_when_answered: list[float] = []
+
+    def _snapshot(self) -> None:
+        self.counted_when_answered.append(
+            self.app.metrics.value("ggufops_requests_total", self.labels))
+
+    def send_json(self, status: int, body: Any) -> None:
+        self._snapshot()
+
+    def start_events(self) -> None:
+        pass
+
+    def send_event(self, data: str) -> None:
+        if data == "[DONE]":
+            self._snapshot()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_is_counted_before_its_answer_is_written(
+        running: Running, runtime_models: dict[str, Path], stream: bool) -> None:
+    """The root of the flaky metrics test: the counter was incremented after the reply."""
+    running.load(runtime_models["baseline"], "2.0.0")
+    ok = ("llama3-instruct", "2.0.0", "completions", "200")
+    writer = CountingWriter(running.app, ok)
+    running.app.generator.handle(writer, "completions",
+                                 {"prompt": "a", "max_tokens": 2, "stream": stream})
+    assert writer.counted_when_answered == [1]
+    missing = CountingWriter(running.app, ("", "", "completions", "404"))
+    running.app.generator.handle(missing, "completions", {"prompt": "a", "model": "nope"})
+    assert missing.counted_when_answered == [1]
+    too_long = CountingWriter(running.app, ("llama3-instruct", "2.0.0", "completions", "400"))
+    running.app.generator.handle(too_long, "completions", {"prompt": "a", "max_tokens": 10**6})
+    assert too_long.counted_when_answered == [1]  # an error of a model: its labels, its code
+    assert running.app.metrics.value("ggufops_requests_total", ok) == 1
+    assert running.app.metrics.value("ggufops_in_flight_requests", ok[:2]) == 0
+
+
 @pytest.mark.slow
 def test_serve_command_runs_and_stops_on_sigterm(tmp_path: Path, store: Path,
                                                  runtime_models: dict[str, Path]) -> None:
@@ -497,3 +541,171 @@ def test_canary_admin_routes_refuse_a_missing_or_wrong_token(
     url = f"{running.url}/admin/models/llama3-instruct/canary"
     assert http("DELETE", url, token=token)[0] == 401
     assert running.models()[0]["canary"]["version"] == "2.1.0"
+
+
+# --- the official openai SDK against the toy models ----------------------------------------
+
+
+def sdk(running: Running) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture
+def chatty(running: Running, runtime_models: dict[str, Path]) -> openai.OpenAI:
+    """The baseline toy with the chatml format, at temperature 0 by default."""
+    assert running.load(runtime_models["baseline"], "2.0.0")[0] == 201
+    return sdk(running)
+
+
+HELLO: list[Any] = [{"role": "user", "content": "Hello"}]
+
+
+def test_sdk_content_parts_answer_like_the_same_text(chatty: openai.OpenAI) -> None:
+    parts = chatty.chat.completions.create(model="llama3-instruct", max_tokens=6, messages=[
+        {"role": "user", "content": [{"type": "text", "text": "Hel"},
+                                     {"type": "text", "text": "lo"}]}])
+    text = chatty.chat.completions.create(model="llama3-instruct", max_tokens=6, messages=[
+        {"role": "user", "content": "Hel\nlo"}])
+    assert parts.choices[0].message.content == text.choices[0].message.content
+    assert parts.usage is not None and parts.usage.completion_tokens == 6
+
+
+def test_sdk_image_parts_tools_and_n_are_refused_in_openais_envelope(
+        chatty: openai.OpenAI) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    with pytest.raises(openai.BadRequestError) as info:
+        chatty.chat.completions.create(model="llama3-instruct", messages=[
+            {"role": "user", "content": [{"type": "text", "text": "what?"}, image]}])
+    assert info.value.status_code == 400
+    assert info.value.body == {  # type: ignore[comparison-overlap]
+        "message": "messages[0].content[1]: image_url parts are not supported: the models "
+                   "ggufops serves read text only; send text parts",
+        "type": "invalid_request_error", "param": "messages", "code": "unsupported_content"}
+    tool = {"type": "function", "function": {"name": "now", "parameters": {}}}
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        chatty.chat.completions.create(model="llama3-instruct", messages=HELLO, tools=[tool])
+    with pytest.raises(openai.BadRequestError, match="n=1"):
+        chatty.chat.completions.create(model="llama3-instruct", messages=HELLO, n=2)
+    answer = chatty.chat.completions.create(model="llama3-instruct", messages=HELLO,
+                                            max_tokens=2, extra_body={"not_an_openai_field": 1})
+    assert answer.choices[0].finish_reason == "length"  # unknown fields are ignored
+
+
+def test_sdk_streaming_reports_the_same_usage_as_a_whole_answer(chatty: openai.OpenAI) -> None:
+    whole = chatty.chat.completions.create(model="llama3-instruct", messages=HELLO,
+                                           max_completion_tokens=7)
+    chunks = list(chatty.chat.completions.create(
+        model="llama3-instruct", messages=HELLO, max_completion_tokens=7, stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    assert whole.usage is not None and whole.usage.completion_tokens == 7
+    assert all(c.usage is None for c in chunks[:-1])
+    text = "".join(c.choices[0].delta.content or "" for c in chunks[:-1] if c.choices)
+    assert text == whole.choices[0].message.content
+    assert {c.model for c in chunks} == {"llama3-instruct-v2.0.0-f32"}
+    plain = list(chatty.chat.completions.create(model="llama3-instruct", messages=HELLO,
+                                                max_tokens=3, stream=True))
+    assert all(c.usage is None and c.choices for c in plain)  # no usage chunk unless asked
+
+
+def test_sdk_completions_stream_usage_and_max_tokens(chatty: openai.OpenAI) -> None:
+    whole = chatty.completions.create(model="llama3-instruct", prompt="def ", max_tokens=5)
+    assert whole.usage is not None and whole.usage.completion_tokens == 5
+    assert whole.choices[0].finish_reason == "length"
+    chunks = list(chatty.completions.create(model="llama3-instruct", prompt="def ",
+                                            max_tokens=5, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[-1].usage == whole.usage
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+
+
+def test_sdk_stop_sequences_cut_the_answer(chatty: openai.OpenAI) -> None:
+    free = chatty.completions.create(model="llama3-instruct", prompt="import ", max_tokens=24)
+    text = free.choices[0].text
+    cut = text[len(text) // 2:][:1]  # a character the answer contains
+    stopped = chatty.completions.create(model="llama3-instruct", prompt="import ",
+                                        max_tokens=24, stop=[cut])
+    assert stopped.choices[0].text == text[:text.index(cut)]
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_sdk_seed_makes_sampling_repeatable(chatty: openai.OpenAI) -> None:
+    def sample(seed: int) -> str:
+        answer = chatty.completions.create(model="llama3-instruct", prompt="The ",
+                                           max_tokens=24, temperature=1.0, seed=seed)
+        return answer.choices[0].text
+
+    first = sample(7)
+    assert sample(7) == first
+    assert len({sample(seed) for seed in range(8, 12)} | {first}) > 1
+
+
+def test_sdk_json_schema_answers_parse_and_match(chatty: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}},
+              "required": ["ok"], "additionalProperties": False}
+    answer = chatty.chat.completions.create(
+        model="llama3-instruct", messages=HELLO, max_tokens=64,
+        response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}})
+    assert answer.choices[0].finish_reason == "stop"
+    parsed = json.loads(answer.choices[0].message.content or "")
+    assert set(parsed) == {"ok"} and isinstance(parsed["ok"], bool)
+    anything = chatty.chat.completions.create(model="llama3-instruct", messages=HELLO,
+                                              max_tokens=200,
+                                              response_format={"type": "json_object"})
+    content = anything.choices[0].message.content or ""
+    assert content.lstrip().startswith("{")  # the grammar allows nothing else first
+
+
+def test_sdk_logprobs_are_the_sampled_tokens_and_their_alternatives(
+        chatty: openai.OpenAI) -> None:
+    answer = chatty.chat.completions.create(model="llama3-instruct", messages=HELLO,
+                                            max_tokens=5, logprobs=True, top_logprobs=3)
+    logprobs = answer.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert len(logprobs.content) == 5
+    assert "".join(t.token for t in logprobs.content) == answer.choices[0].message.content
+    for entry in logprobs.content:
+        assert len(entry.top_logprobs) == 3
+        assert entry.logprob <= 0
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)  # greedy: argmax
+        assert [t.logprob for t in entry.top_logprobs] == sorted(
+            (t.logprob for t in entry.top_logprobs), reverse=True)
+        assert bytes(entry.bytes or []) == entry.token.encode()
+    legacy = chatty.completions.create(model="llama3-instruct", prompt="def ", max_tokens=4,
+                                       logprobs=2)
+    assert legacy.choices[0].logprobs is not None
+    assert len(legacy.choices[0].logprobs.tokens or []) == 4
+    assert all(len(top) == 2 for top in legacy.choices[0].logprobs.top_logprobs or [])
+    streamed = list(chatty.chat.completions.create(model="llama3-instruct", messages=HELLO,
+                                                   max_tokens=5, logprobs=True, stream=True))
+    tokens = [t.token for c in streamed if c.choices and c.choices[0].logprobs
+              for t in c.choices[0].logprobs.content or []]
+    assert tokens == [t.token for t in logprobs.content]
+
+
+def test_a_version_without_chat_refuses_chat_and_completes(
+        running: Running, runtime_models: dict[str, Path]) -> None:
+    body = {"name": "base", "version": "1.0.0", "sha256": sha(runtime_models["baseline"]),
+            "display_id": "base-v1.0.0-f32", "inference": {"prompt_template": "none"}}
+    assert http("POST", f"{running.url}/admin/models", body, token=TOKEN)[0] == 201
+    assert running.models()[0]["chat_template"] == "none"
+    client = sdk(running)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="base", messages=HELLO)
+    assert info.value.code == "model_has_no_chat_template"
+    assert "base-v1.0.0-f32 has no chat template" in info.value.message
+    assert client.completions.create(model="base", prompt="a", max_tokens=2).usage is not None
+    unset = {**body, "name": "plain", "inference": {}}  # no template in the file: no chat
+    assert http("POST", f"{running.url}/admin/models", unset, token=TOKEN)[0] == 201
+    assert {m["name"]: m["chat_template"] for m in running.models()}["plain"] == "none"
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("llama3", "did you mean llama-3?"), ("gguf", "has no tokenizer.chat_template")])
+def test_a_load_with_an_unusable_template_is_refused(
+        running: Running, runtime_models: dict[str, Path], template: str, message: str) -> None:
+    body = {"name": "m", "version": "1.0.0", "sha256": sha(runtime_models["baseline"]),
+            "inference": {"prompt_template": template}}
+    status, reply = http("POST", f"{running.url}/admin/models", body, token=TOKEN)
+    assert status in (400, 422) and message in reply["error"]["message"]
+    assert running.models() == []

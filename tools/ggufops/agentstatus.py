@@ -24,6 +24,7 @@ from ggufops.errors import AgentError
 from ggufops.httpjson import (
     HttpError,
     JsonHandler,
+    Limits,
     QuietServer,
     error_message,
     read_json_body,
@@ -133,6 +134,8 @@ class AgentHandler(JsonHandler):
     """GET /status, /metrics, /healthz; POST /sync (the webhook: check the remote now)."""
 
     agent: StatusSource
+    limits = Limits(max_body=64 * 1024, max_connections=64,
+                    length_required=False)  # POST /sync takes no body (`curl -X POST`)
 
     def do_GET(self) -> None:
         path = self.path_only()

@@ -40,6 +40,18 @@ ROLLBACK_GOAL_S = 2.0
 ROLLBACK_LIMIT_S = 30.0
 
 
+def _wait_group_gone(pgid: int, timeout: float = 10.0) -> None:
+    """Wait until no process of the group is left (a leader's children, e.g. the agent's git
+    processes, outlive it by a moment); SIGKILL what remains after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline + 5.0:  # a process stuck in the kernel: give up
+        try:
+            os.killpg(pgid, signal.SIGKILL if time.monotonic() > deadline else 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+
+
 @dataclass
 class Step:
     title: str
@@ -113,6 +125,7 @@ class Demo:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            _wait_group_gone(proc.pid)
         self.procs.clear()
 
     @contextlib.contextmanager

@@ -236,3 +236,10 @@ class GitHubAuthError(GitHubError):
 
 class DemoFailed(GgufopsError):
     """A step of the demo did not do what it must."""
+
+
+# --- serve: chat templates ---------------------------------------------------------------
+
+
+class ChatTemplateError(GgufopsError):
+    """A version's chat template is unknown, or does not fit its GGUF file."""

@@ -147,11 +147,13 @@ class Subject:
     quantization: str
     sha256: str
     path: Path
+    chat_template: str | None = None  # inference.prompt_template: the smoke test's chat turn
 
     @classmethod
     def of(cls, doc: dict[str, Any], path: Path) -> Subject:
         return cls(f"{doc['name']}@{doc['version']}", display_id(doc), str(doc["quantization"]),
-                   str(doc["artifact"]["sha256"]), path)
+                   str(doc["artifact"]["sha256"]), path,
+                   (doc.get("inference") or {}).get("prompt_template"))
 
 
 @dataclass
@@ -231,7 +233,8 @@ class _Side:
 
 def _smoke(subject: Subject, settings: bench.Settings) -> llm.Smoke:
     return llm.smoke_test_isolated(subject.path, n_tokens=settings.smoke_tokens,
-                                   n_threads=settings.threads, n_ctx=settings.n_ctx)
+                                   n_threads=settings.threads, n_ctx=settings.n_ctx,
+                                   chat_template=subject.chat_template)
 
 
 def _quality(sides: Sequence[_Side], eval_set: bench.EvalSet, settings: bench.Settings,

@@ -32,7 +32,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,7 @@ class Model:
     bos: int
     load_ms: float
     batch: Any
+    chat_template: str | None = None  # set by use_chat_template: gguf, a format name, none
 
     @property
     def ctx(self) -> Any:
@@ -137,7 +138,7 @@ def load(path: Path, *, n_ctx: int = 512, n_threads: int | None = None,
     start = time.perf_counter()
     _ERRORS.clear()
     try:
-        llama = lib.Llama(
+        llama = _tracing_llama()(
             model_path=str(path), n_ctx=n_ctx, n_batch=batch_size, n_ubatch=batch_size,
             n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False,
         )
@@ -382,24 +383,49 @@ class Smoke:
     load_ms: float
     n_generated: int
     peak_rss_mb: float
+    chat_template: str = ""  # the template of the chat turn ("" or "none": no chat turn)
+    chat_tokens: int = 0  # tokens of the chat turn's answer
 
 
-def smoke_test(model: Model, n_tokens: int = 16) -> Smoke:
-    """Generate `n_tokens` greedily after BOS; every logit must be finite."""
+CHAT_SMOKE_TOKENS = 96
+
+
+def smoke_test(model: Model, n_tokens: int = 16, *, chat_template: str | None = None,
+               chat_max_tokens: int = CHAT_SMOKE_TOKENS) -> Smoke:
+    """Generate `n_tokens` greedily after BOS; every logit must be finite. With a chat
+    template (not none), also one chat turn through it, which must stop by itself."""
+    from ggufops.chattemplate import has_chat
+
     tokens, finite = generate(model, [model.bos], n_tokens)
     error = "" if finite else f"non-finite logits (NaN/inf) from {model.path}"
     if not error and any(not 0 <= t < model.n_vocab for t in tokens):
         error = f"generated token ids outside the vocabulary of {model.path}"
-    return Smoke(not error, error, model.load_ms, len(tokens), peak_rss_mb())
+    chat_tokens = 0
+    if not error and chat_template and has_chat(chat_template):
+        error, chat_tokens = _chat_smoke(model, chat_template, chat_max_tokens)
+    return Smoke(not error, error, model.load_ms, len(tokens), peak_rss_mb(),
+                 chat_template or "", chat_tokens)
+
+
+def _chat_smoke(model: Model, template: str, max_tokens: int) -> tuple[str, int]:
+    clear(model)
+    model.llama.reset()
+    trace = Trace()
+    error = chat_turn_smoke(model, template, max_tokens, trace)
+    return error, trace.completion_tokens
 
 
 def smoke_test_isolated(path: Path, *, n_tokens: int = 16, n_threads: int | None = None,
-                        n_ctx: int = 128, timeout: float = SMOKE_TIMEOUT_S) -> Smoke:
-    """Load and smoke-test `path` in a child process; a crash there becomes a Smoke error."""
+                        n_ctx: int = 128, timeout: float = SMOKE_TIMEOUT_S,
+                        chat_template: str | None = None) -> Smoke:
+    """Load and smoke-test `path` in a child process; a crash there becomes a Smoke error.
+    With `chat_template` (a version's prompt_template), one chat turn runs through it."""
     args = [sys.executable, "-m", "ggufops.llm", "smoke", str(path), "--tokens", str(n_tokens),
             "--ctx", str(n_ctx)]
     if n_threads:
         args += ["--threads", str(n_threads)]
+    if chat_template:
+        args += ["--chat-template", chat_template]
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -420,10 +446,12 @@ def _smoke_from_child(path: Path, proc: subprocess.CompletedProcess[str]) -> Smo
     return Smoke(False, f"{reason}: {tail[0]}".rstrip(": "), 0.0, 0, 0.0)
 
 
-def _smoke_main(path: Path, n_tokens: int, n_threads: int | None, n_ctx: int) -> int:
+def _smoke_main(path: Path, n_tokens: int, n_threads: int | None, n_ctx: int,
+                chat_template: str | None = None) -> int:
     try:
-        with load(path, n_ctx=n_ctx, n_threads=n_threads) as model:
-            result = smoke_test(model, n_tokens)
+        size = max(n_ctx, 512) if chat_template else n_ctx
+        with load(path, n_ctx=size, n_threads=n_threads) as model:
+            result = smoke_test(model, n_tokens, chat_template=chat_template)
     except LlamaError as e:
         result = Smoke(False, str(e), 0.0, 0, peak_rss_mb())
     print(json.dumps(asdict(result)))
@@ -517,8 +545,9 @@ def _main(argv: list[str]) -> int:
     smoke.add_argument("--tokens", type=int, default=16)
     smoke.add_argument("--threads", type=int, default=None)
     smoke.add_argument("--ctx", type=int, default=128)
+    smoke.add_argument("--chat-template", default=None)
     args = parser.parse_args(argv)
-    return _smoke_main(args.path, args.tokens, args.threads, args.ctx)
+    return _smoke_main(args.path, args.tokens, args.threads, args.ctx, args.chat_template)
 
 
 # --- serving (runtime) --------------------------------------------------------------------
@@ -537,12 +566,159 @@ def chat_formats() -> frozenset[str]:
     return frozenset(llama_chat_format.LlamaChatCompletionHandlerRegistry()._chat_handlers)
 
 
+@dataclass
+class TokenLogprob:
+    """One sampled token with its log-probability and the most likely alternatives."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
+class Trace:
+    """What one generation sampled, recorded while it runs: exact token counts for usage
+    (streamed answers included), per-token log-probabilities when `top_n` is set, and
+    whether every logit was finite when `check_finite` is set."""
+
+    top_n: int | None = None
+    check_finite: bool = False
+    prompt_tokens: int = 0
+    sampled: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finite: bool = True
+    ended_by_eog: bool = False
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens of the answer: an end-of-generation token is sampled but not part of it."""
+        return len(self.sampled) - (1 if self.ended_by_eog else 0)
+
+    def record(self, llama: Any, token: int) -> None:
+        self.sampled.append(token)
+        self.ended_by_eog = bool(_lib().llama_vocab_is_eog(llama._model.vocab, token))
+        if self.top_n is None and not self.check_finite:
+            return
+        logits = np.ctypeslib.as_array(_lib().llama_get_logits_ith(llama.ctx, -1),
+                                       shape=(llama.n_vocab(),))
+        if self.check_finite and not np.isfinite(logits).all():
+            self.finite = False
+        if self.top_n is not None and not self.ended_by_eog:
+            self.logprobs.append(_token_logprob(logits, token, self.top_n))
+
+
+def _token_logprob(logits: Logits, token: int, top_n: int) -> TokenLogprob:
+    logp = log_softmax(logits[np.newaxis, :])[0]
+    best = np.argpartition(-logp, top_n)[:top_n] if 0 < top_n < logp.size else \
+        np.arange(logp.size if top_n else 0)
+    ranked = sorted(((int(i), float(logp[i])) for i in best), key=lambda p: -p[1])
+    return TokenLogprob(token, float(logp[token]), ranked)
+
+
+@cache
+def _tracing_llama() -> Any:
+    """llama_cpp.Llama whose generate() feeds the instance's `trace` (None: no cost)."""
+    lib = _lib()
+
+    class TracingLlama(lib.Llama):  # type: ignore[misc,name-defined]
+        trace: Trace | None = None
+
+        def generate(self, tokens: Sequence[int], *args: Any,
+                     **kwargs: Any) -> Iterator[int]:
+            trace = self.trace
+            if trace is not None:
+                trace.prompt_tokens = len(tokens)
+            for token in super().generate(tokens, *args, **kwargs):
+                if trace is not None:
+                    trace.record(self, token)
+                yield token
+
+    return TracingLlama
+
+
+def token_text(model: Model, token: int) -> bytes:
+    """The bytes of one token, as it appears in generated text."""
+    return detokenize(model, [token])
+
+
+def stop_token_ids(model: Model) -> list[int]:
+    """The vocabulary's end-of-sequence and end-of-turn tokens (those it has)."""
+    lib = _lib()
+    vocab = lib.llama_model_get_vocab(model.llama.model)
+    ids = (int(lib.llama_vocab_eos(vocab)), int(lib.llama_vocab_eot(vocab)))
+    return sorted({i for i in ids if i >= 0})
+
+
+def gguf_chat_template(model: Model) -> str | None:
+    """The file's own tokenizer.chat_template, as llama.cpp read it."""
+    template = model.llama.metadata.get("tokenizer.chat_template")
+    return template if isinstance(template, str) and template else None
+
+
+def use_chat_template(model: Model, template: str) -> None:
+    """Answer chat requests with `template`: gguf (the file's own Jinja2 template, its EOS
+    and EOT tokens as stops), none (no chat), or a llama-cpp-python chat format name."""
+    import jinja2
+    from llama_cpp import llama_chat_format
+
+    from ggufops.chattemplate import GGUF, NO_CHAT
+
+    llama = model.llama
+    llama.chat_handler = None
+    if template == GGUF:
+        text = gguf_chat_template(model)
+        if text is None:
+            raise LlamaError(f"{model.path.name} has no tokenizer.chat_template, but its "
+                             "version says prompt_template: gguf")
+        try:
+            formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=text, eos_token=_special_text(model, "eos"),
+                bos_token=_special_text(model, "bos"), stop_token_ids=stop_token_ids(model))
+        except jinja2.TemplateError as e:
+            raise LlamaError(f"the tokenizer.chat_template of {model.path.name} is not a valid "
+                             f"Jinja2 template ({e}); register it with --chat-format NAME"
+                             ) from None
+        llama.chat_handler = formatter.to_chat_handler()
+    elif template != NO_CHAT:
+        if template not in chat_formats():
+            raise LlamaError(f"llama-cpp-python has no chat format {template!r}")
+        llama.chat_format = template
+    model.chat_template = template
+
+
+def _special_text(model: Model, which: str) -> str:
+    lib = _lib()
+    vocab = lib.llama_model_get_vocab(model.llama.model)
+    token = int(getattr(lib, f"llama_vocab_{which}")(vocab))
+    return "" if token < 0 else str(model.llama._model.token_get_text(token))
+
+
+@cache
+def json_grammar(schema_json: str | None) -> Any:
+    """A llama.cpp grammar for any JSON object (None) or for a JSON schema (its text)."""
+    from llama_cpp import llama_grammar
+
+    try:
+        if schema_json is None:
+            return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF,
+                                                          verbose=False)
+        return llama_grammar.LlamaGrammar.from_json_schema(schema_json, verbose=False)
+    except (ValueError, RuntimeError, KeyError, TypeError, NotImplementedError) as e:
+        raise LlamaError(f"cannot turn the JSON schema into a grammar: {e}") from None
+
+
 def serve_load(path: Path, *, n_ctx: int, n_threads: int | None = None,
-               chat_format: str | None = None) -> Model:
-    """Load `path` for serving; `chat_format` (e.g. chatml) is used when llama-cpp knows it."""
+               chat_template: str | None = None) -> Model:
+    """Load `path` for serving with `chat_template` (None: the file's own, else no chat)."""
+    from ggufops.chattemplate import GGUF, NO_CHAT
+
     model = load(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=min(n_ctx, SERVE_BATCH))
-    if chat_format and chat_format in chat_formats():
-        model.llama.chat_format = chat_format
+    try:
+        default = GGUF if gguf_chat_template(model) else NO_CHAT
+        use_chat_template(model, chat_template or default)
+    except BaseException:
+        model.close()
+        raise
     return model
 
 
@@ -559,31 +735,82 @@ def _guard_stream(model: Model, chunks: Iterator[dict[str, Any]]) -> Iterator[di
         yield from chunks
     except ValueError as e:  # llama-cpp-python's "prompt too long" and friends
         raise LlamaError(f"{model.path.name}: {e}") from None
+    finally:
+        model.llama.trace = None
 
 
-def complete(model: Model, prompt: str, params: dict[str, Any], *,
-             stream: bool) -> dict[str, Any] | Iterator[dict[str, Any]]:
+def complete(model: Model, prompt: str, params: dict[str, Any], *, stream: bool,
+             trace: Trace | None = None,
+             reuse_prefix: bool = False) -> dict[str, Any] | Iterator[dict[str, Any]]:
     """An OpenAI text completion (a dict), or an iterator of its chunks when streaming."""
-    return _openai(model, model.llama.create_completion, stream, prompt=prompt, **params)
+    return _openai(model, model.llama.create_completion, stream, trace, reuse_prefix,
+                   prompt=prompt, **params)
 
 
 def chat(model: Model, messages: list[dict[str, Any]], params: dict[str, Any], *,
-         stream: bool) -> dict[str, Any] | Iterator[dict[str, Any]]:
+         stream: bool, trace: Trace | None = None,
+         reuse_prefix: bool = False) -> dict[str, Any] | Iterator[dict[str, Any]]:
     """An OpenAI chat completion (a dict), or an iterator of its chunks when streaming."""
-    return _openai(model, model.llama.create_chat_completion, stream, messages=messages,
-                   **params)
+    from ggufops.chattemplate import NO_CHAT
+
+    if model.chat_template in (None, NO_CHAT):
+        raise LlamaError(f"{model.path.name} has no chat template")
+    return _openai(model, model.llama.create_chat_completion, stream, trace, reuse_prefix,
+                   messages=messages, **params)
 
 
-def _openai(model: Model, call: Callable[..., Any], stream: bool,
+def _openai(model: Model, call: Callable[..., Any], stream: bool, trace: Trace | None,
+            reuse_prefix: bool,
             **kwargs: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
+    # By default every prompt is evaluated from scratch: llama.cpp's results depend on batch
+    # shapes, so reusing the cached prefix of the previous request changed greedy answers
+    # (the same request answered differently after another one).
+    if not reuse_prefix:
+        model.llama.reset()
+    model.llama.trace = trace
     try:
         result = call(stream=stream, **kwargs)
-    except ValueError as e:  # llama-cpp-python's "prompt too long" and friends
+    except ValueError as e:  # llama-cpp-python's "prompt too long", template errors
+        model.llama.trace = None
         raise LlamaError(f"{model.path.name}: {e}") from None
+    except BaseException:
+        model.llama.trace = None
+        raise
     if stream:
         return _guard_stream(model, result)
+    model.llama.trace = None
     completion: dict[str, Any] = result
     return completion
+
+
+# --- a chat turn for the smoke test ---------------------------------------------------------
+
+SMOKE_CHAT = [{"role": "user", "content": "Say hello in one short sentence."}]
+
+
+def chat_turn_smoke(model: Model, template: str, max_tokens: int,
+                    trace: Trace | None = None) -> str:
+    """One greedy chat turn through `template`: "" when its logits are finite and it stopped
+    before `max_tokens`, else why not."""
+    try:
+        use_chat_template(model, template)
+    except LlamaError as e:
+        return str(e)
+    trace = trace or Trace()
+    trace.check_finite = True
+    try:
+        reply = chat(model, SMOKE_CHAT, {"temperature": 0.0, "max_tokens": max_tokens},
+                     stream=False, trace=trace)
+    except LlamaError as e:
+        return f"a chat turn through the {template} template failed: {e}"
+    assert isinstance(reply, dict)
+    if not trace.finite:
+        return f"non-finite logits (NaN/inf) in a chat turn from {model.path}"
+    if reply["choices"][0]["finish_reason"] == "length":
+        return (f"a chat turn through the {template} template ran to the {max_tokens}-token "
+                "limit without an end-of-turn token; an instruct model stops: is this the "
+                "right chat template (register --chat-format)?")
+    return ""
 
 
 if __name__ == "__main__":

@@ -27,8 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import llm, semver
-from ggufops.errors import ArtifactNotInStore, ChecksumMismatch, GgufopsError, ModelLoadFailed
+from ggufops import chattemplate, llm, semver
+from ggufops.errors import (
+    ArtifactNotInStore,
+    ChatTemplateError,
+    ChecksumMismatch,
+    GgufopsError,
+    LlamaError,
+    ModelLoadFailed,
+)
 from ggufops.httpjson import HttpError, rfc3339
 from ggufops.metrics import Metrics
 from ggufops.registry import MODEL_NAME
@@ -74,6 +81,12 @@ class LoadRequest:
         inference = data.get("inference") or {}
         if not isinstance(display, str) or not isinstance(inference, dict):
             raise HttpError(400, "display_id must be a string and inference an object")
+        if inference.get("prompt_template") is not None:
+            try:
+                chattemplate.check(inference["prompt_template"],
+                                   where="inference.prompt_template")
+            except ChatTemplateError as e:
+                raise HttpError(400, str(e), param="inference") from None
         role, weight = _role_and_weight(data)
         return cls(name, version, sha, display, inference, role, weight)
 
@@ -130,7 +143,7 @@ class LoadedModel:
             "owned_by": "ggufops", "name": r.name, "version": r.version,
             "display_id": r.display_id, "sha256": r.sha256,
             "loaded_at": rfc3339(self.loaded_at), "load_seconds": round(self.load_seconds, 4),
-            "n_ctx": self.model.n_ctx,
+            "n_ctx": self.model.n_ctx, "chat_template": self.model.chat_template,
         }  # fmt: skip
 
     def canary_info(self, weight: int) -> dict[str, Any]:
@@ -388,9 +401,12 @@ class Loader:
         path = store_path(self.store, request.sha256)
         start = time.perf_counter()
         before = self._verify(path, request)
-        model = llm.serve_load(path, n_ctx=self._context_size(path),
-                               n_threads=self.n_threads,
-                               chat_format=request.inference.get("prompt_template"))
+        try:
+            model = llm.serve_load(path, n_ctx=self._context_size(path),
+                                   n_threads=self.n_threads,
+                                   chat_template=request.inference.get("prompt_template"))
+        except LlamaError as e:
+            raise ModelLoadFailed(f"{request.display_id}: {e}") from None
         try:
             llm.require_smoke(request.display_id,
                               llm.serve_smoke_test(model, self.smoke_tokens))

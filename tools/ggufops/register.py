@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ggufops import artifacts, dvctrack, schemas, semver, staging, yamlio
+from ggufops import artifacts, chattemplate, dvctrack, schemas, semver, staging, yamlio
 from ggufops.atomic import atomic_write_text, fsync_path
 from ggufops.errors import (
     BadReference,
@@ -46,7 +46,6 @@ DEFAULT_INFERENCE: dict[str, Any] = {
     "temperature": 0.7,
     "top_p": 0.95,
     "max_tokens": 256,
-    "prompt_template": "chatml",
 }
 
 
@@ -62,6 +61,7 @@ class RegisterRequest:
     eval_set: str | None = None
     inference: dict[str, Any] = field(default_factory=dict)
     push: bool = True
+    chat_format: str | None = None  # None: the GGUF's own template, else no chat
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ def register(registry: Registry, req: RegisterRequest, *, reporter: Reporter | N
     parent_doc = _parent(registry, req)
     header = read_header(req.source)
     _check_quantization(req, header)
+    chat_template = _chat_template(req, header)
     eval_block = _eval_block(registry, req.eval_set)
     remote = _reachable_remote(registry.root, remote) if req.push else None
     target = registry.root / REGISTRY_DIR / req.model / f"{req.version}.gguf"
@@ -113,6 +114,7 @@ def register(registry: Registry, req: RegisterRequest, *, reporter: Reporter | N
         sha256, md5, size = _hash(req.source, staged, report)
         doc = _document(req, header=header, parent_doc=parent_doc, eval_block=eval_block,
                         artifact={"sha256": sha256, "size": size, "dvc_md5": md5})
+        doc["inference"]["prompt_template"] = chat_template
         _check_schema(registry.root, doc)
         digest = staging.Digest(sha256, md5, size)
         _push_synced(remote, staged, digest, _ref(req), report)
@@ -190,6 +192,15 @@ def _check_quantization(req: RegisterRequest, header: GgufHeader) -> None:
         )
 
 
+def _chat_template(req: RegisterRequest, header: GgufHeader) -> str:
+    """--chat-format, else the file's own template, else no chat; never inherited from the
+    parent, since a template belongs to its file."""
+    has_template = header.chat_template_sha256 is not None
+    if req.chat_format is None:
+        return chattemplate.default_for(has_template)
+    return chattemplate.check(req.chat_format, where="--chat-format", has_template=has_template)
+
+
 def _eval_block(registry: Registry, eval_set: str | None) -> dict[str, str]:
     evals_dir = registry.root / EVALS_DIR
     if eval_set is None:
@@ -255,7 +266,9 @@ def _document(
     artifact: dict[str, Any],
 ) -> dict[str, Any]:
     parent = parent_doc or {}
-    inference = {**DEFAULT_INFERENCE, **(parent.get("inference") or {}), **req.inference}
+    inherited = {k: v for k, v in (parent.get("inference") or {}).items()
+                 if k != "prompt_template"}
+    inference = {**DEFAULT_INFERENCE, **inherited, **req.inference}
     doc: dict[str, Any] = {
         "name": req.model,
         "version": req.version,

@@ -78,6 +78,9 @@ def _field(path: tuple[str | int, ...]) -> str:
 def _describe(error: ValidationError) -> SchemaIssue:
     path = tuple(error.absolute_path)
     v, value = error.validator, error.instance
+    custom = error.schema.get("errorMessage") if isinstance(error.schema, dict) else None
+    if custom and v in ("enum", "type", "pattern", "const"):
+        return SchemaIssue(path, f"{_field(path)}: {value!r} {custom}")
     if v == "required":
         missing = re.findall(r"'([^']+)' is a required property", error.message)
         name = missing[0] if missing else error.message

@@ -4,7 +4,8 @@ without failing a request.
 Routes
   GET    /v1/models, /v1/models/{id}       model info: name, version, display id, sha256,
                                            load time, canary (the "model info endpoint")
-  POST   /v1/completions, /v1/chat/completions   ("stream": true answers as server-sent events)
+  POST   /v1/completions, /v1/chat/completions   OpenAI's API (protocol.py: what is supported
+                                           and refused); "stream": true answers as events
   GET    /healthz (process up), /readyz (a model is loaded), /metrics (Prometheus)
   GET    /admin/models                      state: active, draining, loading, last errors
   POST   /admin/models                      load {name, version, sha256, display_id?, inference?,
@@ -13,26 +14,29 @@ Routes
   DELETE /admin/models/{name}/canary        unload its canary
   (every /admin route needs `Authorization: Bearer <token>`)
 
-Swaps without failed requests are modeltable.py's job; this module holds the routes,
-the OpenAI request handling and the HTTP plumbing.
+Swaps without failed requests are modeltable.py's job, the OpenAI request and response
+shapes protocol.py's, the connection limits httpjson.py's; this module holds the routes,
+the generation and its metrics.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ggufops import llm
+from ggufops import chattemplate, llm, protocol
 from ggufops.errors import (
     ArtifactNotInStore,
     BadGguf,
+    ChatTemplateError,
     ChecksumMismatch,
     GgufopsError,
     LlamaError,
@@ -40,7 +44,7 @@ from ggufops.errors import (
     ServeError,
     SmokeTestFailed,
 )
-from ggufops.httpjson import HttpError, JsonHandler, QuietServer, read_json_body
+from ggufops.httpjson import HttpError, JsonHandler, Limits, QuietServer, read_json_body
 from ggufops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ggufops.metrics import Metrics
 from ggufops.modeltable import LoadedModel, Loader, LoadRequest, ModelTable
@@ -48,9 +52,6 @@ from ggufops.modeltable import LoadedModel, Loader, LoadRequest, ModelTable
 log = logging.getLogger("ggufops.serve")
 
 DEFAULT_PORT = 8080
-_FLOAT_PARAMS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
-                 "repeat_penalty")
-_INT_PARAMS = ("max_tokens", "top_k", "seed")
 
 
 def http_error_for(error: GgufopsError) -> HttpError:
@@ -59,7 +60,7 @@ def http_error_for(error: GgufopsError) -> HttpError:
         return HttpError(404, str(error), "not_found_error")
     if isinstance(error, ChecksumMismatch | ModelLoadFailed | SmokeTestFailed | BadGguf):
         return HttpError(422, str(error), "model_load_error")
-    if isinstance(error, LlamaError):
+    if isinstance(error, LlamaError | ChatTemplateError):
         return HttpError(400, str(error), "invalid_request_error")
     return HttpError(500, str(error), "server_error")
 
@@ -76,6 +77,8 @@ class ServeConfig:
     n_threads: int | None = None
     n_ctx: int = 4096
     smoke_tokens: int = 4
+    limits: Limits = field(default_factory=Limits)
+    reuse_prefix: bool = False  # keep the previous request's prompt cache (not repeatable)
 
 
 def read_token(path: Path) -> str:
@@ -104,160 +107,132 @@ class Writer(Protocol):
     def send_event(self, data: str) -> None: ...
 
 
-def _number(body: dict[str, Any], key: str, kind: type) -> Any:
-    value = body[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise HttpError(400, f"{key}: expected a number, got {value!r}")
-    if kind is int and value != int(value):
-        raise HttpError(400, f"{key}: expected an integer, got {value!r}")
-    return kind(value)
-
-
-def generation_params(body: dict[str, Any], loaded: LoadedModel) -> dict[str, Any]:
-    """llama-cpp-python keyword arguments from an OpenAI request, over the version's defaults."""
-    params = loaded.defaults()
-    for key in _FLOAT_PARAMS:
-        if body.get(key) is not None:
-            params[key] = _number(body, key, float)
-    for key in _INT_PARAMS:
-        if body.get(key) is not None:
-            params[key] = _number(body, key, int)
-    stop = body.get("stop")
-    if stop is not None:
-        if not isinstance(stop, str | list) or (isinstance(stop, list) and not all(
-                isinstance(s, str) for s in stop)):
-            raise HttpError(400, "stop: expected a string or a list of strings")
-        params["stop"] = stop
+def generation_params(request: protocol.OpenAIRequest, loaded: LoadedModel) -> dict[str, Any]:
+    """llama-cpp-python keyword arguments: the request's settings over the version's."""
+    params = {**loaded.defaults(), **request.sampling}
     if not 0 < params["max_tokens"] <= loaded.model.n_ctx:
-        raise HttpError(400, f"max_tokens: must be 1..{loaded.model.n_ctx} (the context size)")
-    if body.get("n", 1) != 1:
-        raise HttpError(400, "n: only n=1 is supported")
+        raise HttpError(400, f"max_tokens: must be 1..{loaded.model.n_ctx} (the context size)",
+                        param="max_tokens")
+    fmt = request.response_format
+    if fmt.kind != "text":
+        params["grammar"] = llm.json_grammar(fmt.schema)
     return params
 
 
-def prompt_of(body: dict[str, Any]) -> str:
-    prompt = body.get("prompt", "")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise HttpError(400, "prompt: expected a string (or a list of one string)")
-    return prompt
+def _require_chat(loaded: LoadedModel) -> None:
+    if not chattemplate.has_chat(loaded.model.chat_template):
+        raise HttpError(400, f"{loaded.request.display_id} has no chat template (its version "
+                        "says prompt_template: none), so it cannot answer chat requests; use "
+                        "/v1/completions, or register the file with --chat-format NAME",
+                        param="model", code="model_has_no_chat_template")
 
 
-def messages_of(body: dict[str, Any]) -> list[dict[str, Any]]:
-    messages = body.get("messages")
-    ok = isinstance(messages, list) and messages and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str)
-        and isinstance(m.get("content"), str) for m in messages)
-    if not ok:
-        raise HttpError(400, "messages: expected a non-empty list of {role, content} objects")
-    assert isinstance(messages, list)
-    return messages
+@dataclass
+class _Exchange:
+    """One request's bookkeeping: its labels, status and start; recorded exactly once,
+    before the last byte of the answer, so a client that reads /metrics after its answer
+    always finds its request counted."""
 
-
-ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat.completions"}
+    endpoint: str
+    start: float = field(default_factory=time.perf_counter)
+    labels: tuple[str, str] = ("", "")
+    in_flight: bool = False
+    done: bool = False
 
 
 class Generator:
     """Runs completions on the table's models and records their metrics."""
 
-    def __init__(self, table: ModelTable, metrics: Metrics) -> None:
+    def __init__(self, table: ModelTable, metrics: Metrics, *,
+                 reuse_prefix: bool = False) -> None:
         self.table = table
         self.metrics = metrics
+        self.reuse_prefix = reuse_prefix
 
-    def handle(self, out: Writer, endpoint: str, body: dict[str, Any]) -> None:
-        start = time.perf_counter()
-        labels = ("", "")
-        code = 200
+    def handle(self, out: Writer, endpoint: str, body: Any) -> None:
+        exchange = _Exchange(endpoint)
         try:
-            with self.table.use(_model_id(body), _user(body)) as loaded:
-                labels = loaded.labels
-                self.metrics.inc("ggufops_in_flight_requests", labels)
-                try:
-                    self._run(out, endpoint, body, loaded)
-                finally:
-                    self.metrics.inc("ggufops_in_flight_requests", labels, -1)
+            request = protocol.parse(endpoint, body)
+            with self.table.use(request.model, request.user) as loaded:
+                exchange.labels = loaded.labels
+                exchange.in_flight = True
+                self.metrics.inc("ggufops_in_flight_requests", loaded.labels)
+                self._run(out, request, loaded, exchange)
         except HttpError as e:
-            code = e.status
-            out.send_json(e.status, e.body())
+            self._reply_error(out, exchange, e)
         except GgufopsError as e:
-            err = http_error_for(e)
-            code = err.status
-            out.send_json(err.status, err.body())
+            self._reply_error(out, exchange, http_error_for(e))
         finally:
-            self._record(labels, endpoint, code, time.perf_counter() - start)
+            self._finish(exchange, 500)  # only if a bug escaped: counted, in-flight released
 
-    def _record(self, labels: tuple[str, str], endpoint: str, code: int, seconds: float) -> None:
+    def _reply_error(self, out: Writer, exchange: _Exchange, error: HttpError) -> None:
+        self._finish(exchange, error.status)
+        out.send_json(error.status, error.body())
+
+    def _finish(self, exchange: _Exchange, code: int) -> None:
+        """Record the request (once): before its answer's last byte is written."""
+        if exchange.done:
+            return
+        exchange.done = True
+        labels, endpoint = exchange.labels, exchange.endpoint
+        if exchange.in_flight:
+            self.metrics.inc("ggufops_in_flight_requests", labels, -1)
         self.metrics.inc("ggufops_requests_total", (*labels, endpoint, str(code)))
         if code >= 400:
             self.metrics.inc("ggufops_request_errors_total", (*labels, endpoint))
-        self.metrics.observe("ggufops_request_duration_seconds", (*labels, endpoint), seconds)
+        self.metrics.observe("ggufops_request_duration_seconds", (*labels, endpoint),
+                             time.perf_counter() - exchange.start)
 
-    def _run(self, out: Writer, endpoint: str, body: dict[str, Any], loaded: LoadedModel) -> None:
-        params = generation_params(body, loaded)
-        stream = bool(body.get("stream"))
+    def _run(self, out: Writer, request: protocol.OpenAIRequest, loaded: LoadedModel,
+             exchange: _Exchange) -> None:
+        if request.is_chat:
+            _require_chat(loaded)
+        params = generation_params(request, loaded)
+        trace = llm.Trace(top_n=request.top_logprobs)
         queued = time.perf_counter()
         with loaded.lock:
             self.metrics.observe("ggufops_queue_wait_seconds", loaded.labels,
                                  time.perf_counter() - queued)
-            if endpoint == "completions":
-                result = llm.complete(loaded.model, prompt_of(body), params, stream=stream)
+            if request.is_chat:
+                result = llm.chat(loaded.model, request.messages, params,
+                                  stream=request.stream, trace=trace,
+                                  reuse_prefix=self.reuse_prefix)
             else:
-                result = llm.chat(loaded.model, messages_of(body), params, stream=stream)
+                result = llm.complete(loaded.model, request.prompt or "", params,
+                                      stream=request.stream, trace=trace,
+                                      reuse_prefix=self.reuse_prefix)
+            text_of = functools.partial(llm.token_text, loaded.model)
             if isinstance(result, dict):
-                self._reply(out, loaded, result)
+                reply = protocol.finish_response(request, result, loaded.request.display_id,
+                                                 trace, text_of)
+                self._count_tokens(loaded, trace)
+                self._finish(exchange, 200)
+                out.send_json(200, reply)
             else:
-                self._stream(out, loaded, result)
+                stream = protocol.ChunkStream(request, loaded.request.display_id, trace, text_of)
+                self._stream(out, loaded, stream.chunks(result), trace, exchange)
             loaded.served += 1
 
-    def _reply(self, out: Writer, loaded: LoadedModel, result: dict[str, Any]) -> None:
-        result["model"] = loaded.request.display_id
-        usage = result.get("usage") or {}
-        self._count_tokens(loaded, usage.get("prompt_tokens", 0),
-                           usage.get("completion_tokens", 0))
-        out.send_json(200, result)
-
-    def _stream(self, out: Writer, loaded: LoadedModel, chunks: Iterator[dict[str, Any]]) -> None:
+    def _stream(self, out: Writer, loaded: LoadedModel, chunks: Iterator[dict[str, Any]],
+                trace: llm.Trace, exchange: _Exchange) -> None:
         first = next(chunks, None)  # errors before the first chunk are still a JSON reply
         out.start_events()
-        count = 0
         try:
             if first is not None:
-                count += self._event(out, loaded, first)
+                out.send_event(json.dumps(first))
             for chunk in chunks:
-                count += self._event(out, loaded, chunk)
+                out.send_event(json.dumps(chunk))
         except GgufopsError as e:
             out.send_event(json.dumps(http_error_for(e).body()))
         finally:
+            self._count_tokens(loaded, trace)
+            self._finish(exchange, 200)
             out.send_event("[DONE]")
-            self._count_tokens(loaded, 0, count)
 
-    @staticmethod
-    def _event(out: Writer, loaded: LoadedModel, chunk: dict[str, Any]) -> int:
-        chunk["model"] = loaded.request.display_id
-        out.send_event(json.dumps(chunk))
-        choice = (chunk.get("choices") or [{}])[0]
-        delta = choice.get("delta") or {}
-        return 1 if choice.get("text") or delta.get("content") else 0
-
-    def _count_tokens(self, loaded: LoadedModel, prompt: int, completion: int) -> None:
-        self.metrics.inc("ggufops_tokens_total", (*loaded.labels, "prompt"), prompt)
-        self.metrics.inc("ggufops_tokens_total", (*loaded.labels, "completion"), completion)
-
-
-def _model_id(body: dict[str, Any]) -> str | None:
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise HttpError(400, "model: expected a string")
-    return model or None
-
-
-def _user(body: dict[str, Any]) -> str | None:
-    """OpenAI's `user`: keeps a user on the same side of a canary split."""
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise HttpError(400, "user: expected a string")
-    return user or None
+    def _count_tokens(self, loaded: LoadedModel, trace: llm.Trace) -> None:
+        self.metrics.inc("ggufops_tokens_total", (*loaded.labels, "prompt"), trace.prompt_tokens)
+        self.metrics.inc("ggufops_tokens_total", (*loaded.labels, "completion"),
+                         trace.completion_tokens)
 
 
 # --- the application ------------------------------------------------------------------------
@@ -297,7 +272,7 @@ class App:
         self.table = ModelTable(self._free)
         self.loader = Loader(config.store, self.table, self.metrics, n_ctx=config.n_ctx,
                              n_threads=config.n_threads, smoke_tokens=config.smoke_tokens)
-        self.generator = Generator(self.table, self.metrics)
+        self.generator = Generator(self.table, self.metrics, reuse_prefix=config.reuse_prefix)
         self.started_at = time.time()
 
     def _free(self, loaded: LoadedModel) -> None:
@@ -441,28 +416,26 @@ class ServeHandler(JsonHandler):
             raise HttpError(404, f"no route GET {path}", "not_found_error")
 
     def _post(self, path: str) -> None:
-        body = read_json_body(self)
-        if path in ENDPOINTS:
-            if not isinstance(body, dict):
-                raise HttpError(400, "the body must be a JSON object")
-            self.app.generator.handle(self, ENDPOINTS[path], body)
+        if path in protocol.ENDPOINTS:
+            self.app.generator.handle(self, protocol.ENDPOINTS[path], read_json_body(self))
         elif path == "/admin/models":
-            self.app.authorize(self.headers.get("Authorization"))
-            status, reply = self.app.admin_load(body)
+            self.app.authorize(self.headers.get("Authorization"))  # before reading the body
+            status, reply = self.app.admin_load(read_json_body(self))
             self.send_json(status, reply)
         else:
             raise HttpError(404, f"no route POST {path}", "not_found_error")
 
     def _delete(self, path: str) -> None:
-        read_json_body(self)
         if not path.startswith("/admin/models/"):
             raise HttpError(404, f"no route DELETE {path}", "not_found_error")
         self.app.authorize(self.headers.get("Authorization"))
+        read_json_body(self)
         self.send_json(200, self.app.admin_unload(path[len("/admin/models/"):]))
 
 
 def make_server(app: App) -> QuietServer:
-    handler = type("BoundServeHandler", (ServeHandler,), {"app": app})
+    handler = type("BoundServeHandler", (ServeHandler,), {"app": app,
+                                                          "limits": app.config.limits})
     try:
         return QuietServer((app.config.host, app.config.port), handler)
     except OSError as e:

@@ -14,10 +14,9 @@ from ggufops.cli.options import VERSION_REF, json_option, print_json, registry_f
 from ggufops.registry import VersionRef
 
 
-def _inference(temperature: float | None, top_p: float | None, max_tokens: int | None,
-               prompt_template: str | None) -> dict[str, Any]:
-    values = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
-              "prompt_template": prompt_template}
+def _inference(temperature: float | None, top_p: float | None,
+               max_tokens: int | None) -> dict[str, Any]:
+    values = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -41,8 +40,10 @@ def _inference(temperature: float | None, top_p: float | None, max_tokens: int |
               help="Inference top_p (default: the parent's, else 0.95).")
 @click.option("--max-tokens", type=int, default=None,
               help="Inference max tokens (default: the parent's, else 256).")
-@click.option("--prompt-template", default=None,
-              help="Prompt template id (default: the parent's, else chatml).")
+@click.option("--chat-format", "--prompt-template", "chat_format", default=None, metavar="NAME",
+              help="Chat template: a llama-cpp-python chat format (e.g. chatml, llama-3), "
+              "'gguf' (the file's own tokenizer.chat_template) or 'none' (no chat). "
+              "Default: the file's own template, else none.")
 @click.option("--push/--no-push", default=True, show_default=True,
               help="Push the artifact to the DVC remote before writing the version file.")
 @json_option
@@ -50,13 +51,13 @@ def _inference(temperature: float | None, top_p: float | None, max_tokens: int |
 def register(ctx: click.Context, *, file: Path, model: str, version: str, parent: str | None,
              base_model: str | None, notes: str | None, quantization: str | None,
              eval_set: str | None, temperature: float | None, top_p: float | None,
-             max_tokens: int | None, prompt_template: str | None, push: bool,
+             max_tokens: int | None, chat_format: str | None, push: bool,
              as_json: bool) -> None:
     """Register FILE (a GGUF model) as MODEL@VERSION: track, push, write the version file."""
     request = register_api.RegisterRequest(
         source=file, model=model, version=version, parent=parent, base_model=base_model,
         notes=notes, quantization=quantization, eval_set=eval_set, push=push,
-        inference=_inference(temperature, top_p, max_tokens, prompt_template),
+        inference=_inference(temperature, top_p, max_tokens), chat_format=chat_format,
     )
     bars = progress.reporter(progress.wanted(False if as_json else None), f"{model}@{version}")
     result = register_api.register(registry_from(ctx), request, reporter=bars)

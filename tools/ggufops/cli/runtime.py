@@ -15,6 +15,7 @@ import click
 
 from ggufops.cli.options import json_option, print_json
 from ggufops.errors import UsageError
+from ggufops.httpjson import Limits
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -65,16 +66,35 @@ admin_token_option = click.option(
               help="llama.cpp threads per model (default: all cores this process may use).")
 @click.option("--ctx", type=int, default=4096, show_default=True, envvar="GGUFOPS_CTX",
               help="Context size per model, capped at the model's own (0: the model's).")
+@click.option("--max-connections", type=click.IntRange(1), default=Limits.max_connections,
+              show_default=True, envvar="GGUFOPS_MAX_CONNECTIONS",
+              help="Connections served at once; one more is answered 503.")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1),
+              default=Limits.header_timeout, show_default=True,
+              help="Seconds a client has to send a request's line, headers and body.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0.1), default=Limits.idle_timeout,
+              show_default=True, help="Seconds a connection may wait for its next request.")
+@click.option("--max-body", type=click.IntRange(1024), default=Limits.max_body,
+              show_default=True, help="Largest request body in bytes (413 above).")
+@click.option("--reuse-prompt-cache", is_flag=True, envvar="GGUFOPS_REUSE_PROMPT_CACHE",
+              help="Keep the previous request's evaluated prompt and reuse a shared prefix: "
+              "faster for long shared system prompts, but greedy answers then depend on "
+              "what ran before (off: every prompt is evaluated from scratch).")
 @log_level_option
 def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
-          threads: int | None, ctx: int, log_level: str) -> None:
+          threads: int | None, ctx: int, max_connections: int, header_timeout: float,
+          idle_timeout: float, max_body: int, reuse_prompt_cache: bool,
+          log_level: str) -> None:
     """Serve GGUF models over an OpenAI-compatible HTTP API with zero-downtime swaps."""
     from ggufops import server
 
     _logging(log_level)
     token = server.read_token(admin_token_file) if admin_token_file else None
+    limits = Limits(max_body=max_body, max_connections=max_connections,
+                    header_timeout=header_timeout, idle_timeout=idle_timeout)
     config = server.ServeConfig(store=store, host=host, port=port, admin_token=token,
-                                n_threads=threads, n_ctx=ctx)
+                                n_threads=threads, n_ctx=ctx, limits=limits,
+                                reuse_prefix=reuse_prompt_cache)
     app = server.App(config)
     with _stop_on_signals() as stop:
         server.serve_until(app, stop, ready=lambda url: _announce(
