@@ -426,16 +426,15 @@ def test_sigkill_mid_download_then_restart_converges(
 # --- the newest desired state wins ----------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_a_rollback_pushed_during_a_slow_download_is_served_at_once(
-        world: World, processes: Processes, s3_proxy: ThrottledProxy) -> None:
+def rollback_during_a_slow_download(world: World, processes: Processes,
+                                    s3_proxy: ThrottledProxy, base: str, newer: str) -> Proc:
     """The probe of issue 15: S3 at 3,000 B/s, a deploy of a version not in the store, then
-    the rollback of that deploy while it downloads, and POST /sync."""
-    world.publish("2.0.0", "baseline")
-    world.publish("2.1.0", "improved")
+    the rollback of that deploy while it downloads, and POST /sync; the server."""
+    world.publish("2.0.0", base)
+    world.publish("2.1.0", newer)
     server, agent_proc, _ = start(world, processes, "2.0.0", s3_endpoint=s3_proxy.endpoint)
     loads = successful_loads(server)
-    s3_proxy.rate = 3000  # 2.3 MB would take 13 minutes
+    s3_proxy.rate = 3000  # 2.1.0 would take minutes (the toy) to hours (SmolLM2)
     deploy = world.deploy("2.1.0")
     wait_for(lambda: downloading(agent_proc, world, deploy), what="2.1.0 downloading")
     rollback = world.revert(deploy)
@@ -455,6 +454,28 @@ def test_a_rollback_pushed_during_a_slow_download_is_served_at_once(
         (rollback, "success", "healthy"), (deploy, "superseded", "downloading")]
     assert "its download was cancelled" in attempts[1]["error"]
     assert metrics(agent_proc.url)['ggufops_agent_applies_total{outcome="superseded"}'] == 1
+    return server
+
+
+@pytest.mark.slow
+def test_a_rollback_pushed_during_a_slow_download_is_served_at_once(
+        world: World, processes: Processes, s3_proxy: ThrottledProxy) -> None:
+    rollback_during_a_slow_download(world, processes, s3_proxy, "baseline", "improved")
+
+
+@pytest.mark.slow
+def test_a_rollback_during_a_slow_download_of_the_real_smollm2(
+        world: World, processes: Processes, s3_proxy: ThrottledProxy, smollm2: Path,
+        smollm2_q8_0: Path) -> None:
+    world.models.update(smollm2=smollm2, smollm2_q8_0=smollm2_q8_0)
+    server = rollback_during_a_slow_download(world, processes, s3_proxy, "smollm2",
+                                             "smollm2_q8_0")
+    status_code, reply = http("POST", f"{server.url}/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 16, "temperature": 0})
+    assert status_code == 200, reply
+    assert reply["model"].startswith(f"{MODEL}-v2.0.0-q4_1")
+    assert reply["choices"][0]["message"]["content"].strip()
 
 
 @pytest.mark.slow

@@ -364,7 +364,6 @@ class Agent:
         self._last_attempted = commit
         started = time.monotonic()
         attempt = self._attempt = self.log.start(commit, self.config.env, {})
-        self._newer = None
         step = "syncing"
         self._forget_refusal(commit)
         try:
@@ -422,7 +421,9 @@ class Agent:
         return fetched
 
     def _plan(self, commit: str) -> Plan:
-        plan = self._plan_at(commit)
+        """The plan of `commit` (already read if it superseded the last apply)."""
+        newer, self._newer, self._newer_heads = self._newer, None, set()
+        plan = newer if newer is not None and newer.commit == commit else self._plan_at(commit)
         keep = {commit} | ({self._applied.commit} if self._applied else set())
         prune_trees(self.trees, keep | {p.name for p in self._recent_trees()})
         return plan

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -141,13 +142,26 @@ def _error_from(event: dict[str, Any]) -> GgufopsError:
 # --- the child -------------------------------------------------------------------------------
 
 
+class _Cancelled(BaseException):
+    """SIGTERM: the agent no longer wants this download."""
+
+
 def _stop(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds the transfer: its temp file is removed
+    raise _Cancelled  # unwinds the transfer: its temp file is removed
 
 
 def download_main() -> int:
-    """The child: read the request on stdin, pull each target, report JSON lines."""
+    """The child: pull each target, report JSON lines; on SIGTERM, remove the temp file
+    (by unwinding) and exit at once, without the interpreter's slow teardown of boto3."""
     signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _download_all()
+    except _Cancelled:
+        sys.stdout.flush()
+        os._exit(128 + signal.SIGTERM)
+
+
+def _download_all() -> int:
     from ggufops import s3config
     from ggufops.artifacts import S3Remote
     from ggufops.pull import pull_object
