@@ -156,6 +156,21 @@ def test_retention_never_evicts_what_a_recent_desired_state_names() -> None:
     assert remember_desired(history, ["c"]) == [["a", "b"], ["c"]]  # the last two states
 
 
+def test_every_host_option_has_a_documented_environment_form() -> None:
+    import click
+
+    from ggufops.cli.runtime import agent as agent_command
+    from ggufops.cli.runtime import serve as serve_command
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for command in (agent_command, serve_command):
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.name == "help":
+                continue
+            assert isinstance(param.envvar, str), f"{command.name} {param.opts[0]} has no env form"
+            assert f"`{param.envvar}`" in readme, f"{param.envvar} is not in the README"
+
+
 # --- end to end ---------------------------------------------------------------------------
 
 

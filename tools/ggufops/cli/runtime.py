@@ -49,7 +49,8 @@ def _announce(what: str) -> None:
 
 log_level_option = click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-    show_default=True, help="Messages written to stderr (the journal under systemd).")
+    show_default=True, envvar="GGUFOPS_LOG_LEVEL",
+    help="Messages written to stderr (the journal under systemd).")
 admin_token_option = click.option(
     "--admin-token-file", type=_FILE, default=None, envvar="GGUFOPS_ADMIN_TOKEN_FILE",
     help="File holding the bearer token of the server's admin API "
