@@ -354,8 +354,8 @@ class Agent:
                 return
             s.phase, s.last_error, s.failures, s.next_retry_at = "healthy", None, 0, None
             applied = s.applied_commit or ""
+            self._save_status()
         log.info("healthy: serving the state of %s", applied[:12])
-        self._publish()
 
     # applying a commit
 
@@ -633,12 +633,12 @@ class Agent:
         previous = self._applied_targets
         self._applied = plan
         self._applied_targets = {n: t.load_request() for n, t in plan.targets.items()}
-        self._update(phase="healthy", applied_commit=plan.commit, refused_commit=None,
-                     last_success_at=now, last_error=None, failures=0, next_retry_at=None)
+        self._retain(plan, previous, now)  # done before anyone is told it is healthy
+        self._update(publish=True, phase="healthy", applied_commit=plan.commit,
+                     refused_commit=None, last_success_at=now, last_error=None, failures=0,
+                     next_retry_at=None)
         log.info("applied %s: %s", plan.commit[:12], ", ".join(
             t.display_id for t in plan.targets.values()) or "no models")
-        self._retain(plan, previous, now)
-        self._publish()
 
     def _forget_refusal(self, commit: str) -> None:
         """Another commit is being applied: the refused one is no longer the desired one."""
@@ -676,15 +676,18 @@ class Agent:
                 delay = delay if delay is not None else min(
                     self.config.backoff_initial * 2 ** (s.failures - 1), self.config.backoff_max)
                 s.next_retry_at = now + delay
+            self._save_status()
         if retry:
             log.warning("degraded: %s (retry in %.1f s)", error, delay)
-        self._publish()
 
-    def _update(self, **fields: Any) -> None:
-        """Set status fields together: a reader never sees half of a change."""
+    def _update(self, *, publish: bool = False, **fields: Any) -> None:
+        """Set status fields together: a reader never sees half of a change (and, with
+        `publish`, /status never shows it before the apply log has it)."""
         with self._lock:
             for name, value in fields.items():
                 setattr(self.status, name, value)
+            if publish:
+                self._save_status()
 
     def _set_phase(self, phase: str, attempt: int | None = None) -> None:
         self._update(phase=phase)
@@ -737,8 +740,13 @@ class Agent:
 
     def _publish(self) -> None:
         """Persist the status snapshot, for `ggufops agent status` while the agent is down."""
+        with self._lock:
+            self._save_status()
+
+    def _save_status(self) -> None:
+        """The snapshot into the apply log; the caller holds the status lock."""
         with contextlib.suppress(GgufopsError):
-            self.log.save_state("status", self.snapshot())
+            self.log.save_state("status", redact_data(self.status.as_dict()))
 
     def render_metrics(self) -> str:
         snap = self.snapshot()
