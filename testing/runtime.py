@@ -390,10 +390,11 @@ class World:
         self.docs[f"{name}@{version}"] = doc
         return doc
 
-    def corrupt(self, version: str, name: str = MODEL) -> None:
-        """Replace the object in S3 with other bytes of the same size."""
+    def corrupt(self, version: str, name: str = MODEL, *, shorter: bool = False) -> None:
+        """Replace the object in S3 with other bytes of the same size (or 1 KiB fewer)."""
         doc = self.docs[f"{name}@{version}"]
-        data = bytearray(self.models["degraded"].read_bytes()[: doc["artifact"]["size"]])
+        size = doc["artifact"]["size"] - (1024 if shorter else 0)
+        data = bytearray(self.models["degraded"].read_bytes()[:size])
         data[-1] ^= 0xFF
         s3_client(self.s3).put_object(Bucket=self.s3.bucket,  # type: ignore[attr-defined]
                                       Key=self.key(doc["artifact"]["dvc_md5"]), Body=bytes(data))
