@@ -42,10 +42,7 @@ class Download:
 
     def __init__(self, store: Path, tree: Path, targets: list[Target], s3_endpoint: str | None,
                  *, timeout: float, wake: threading.Event) -> None:
-        self.store = store
-        self.targets = list(targets)
-        self.pending = list(targets)
-        self.timeout = timeout
+        self.pending = list(targets)  # not yet reported stored
         self.deadline = time.monotonic() + timeout
         self.error: GgufopsError | None = None
         self._wake = wake
