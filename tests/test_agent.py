@@ -562,6 +562,23 @@ def test_a_download_past_its_deadline_is_cancelled_and_retried(
     assert (attempts[0]["outcome"], attempts[0]["phase"]) == ("failed", "downloading")
 
 
+@pytest.mark.slow
+def test_sigterm_cancels_a_download_in_progress(
+        world: World, processes: Processes, s3_proxy: ThrottledProxy) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    server, agent_proc, _ = start(world, processes, "2.0.0", s3_endpoint=s3_proxy.endpoint)
+    s3_proxy.hold_after(256 * 1024)  # a download that cannot finish
+    deploy = world.deploy("2.1.0")
+    wait_for(lambda: downloading(agent_proc, world, deploy), what="2.1.0 downloading")
+    assert agent_proc.stop() == 0  # systemctl stop: no wait for the download, no SIGKILL
+    assert world.store_temp_files() == []
+    assert serving_version(server.url) == "2.0.0"
+    attempts = agent_status_cli(world)["attempts"]
+    assert (attempts[0]["commit"], attempts[0]["outcome"], attempts[0]["phase"]) == (
+        deploy, "interrupted", "downloading")
+
+
 # --- /status says what is true now ----------------------------------------------------------
 
 
