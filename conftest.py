@@ -7,4 +7,5 @@ pytest_plugins = [
     "testing.toys",
     "testing.runtime",
     "testing.realmodels",
+    "testing.githttp",
 ]

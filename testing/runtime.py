@@ -145,7 +145,8 @@ class Proc:
         reader.start()
         reader.join(timeout)
         line = found[0] if found else ""
-        words = [w for w in line.split() if w.startswith("http://")]
+        self.banner = line  # what the process printed first (its URL)
+        words = [w for w in line.split() if w.startswith("http://") and "@" not in w]
         if not words:
             self.kill()
             raise AssertionError(f"{self.args[:2]} did not start: {line!r}; log: "
@@ -203,14 +204,17 @@ class Processes:
         return proc
 
     def agent(self, world: World, server_url: str, *, s3_endpoint: str | None = None,
-              interval: float = 0.2, extra: list[str] | None = None) -> Proc:
-        args = [str(GGUFOPS), "agent", "--repo", str(world.remote), "--env", "production",
+              interval: float = 0.2, extra: list[str] | None = None, repo_url: str | None = None,
+              env: dict[str, str] | None = None) -> Proc:
+        args = [str(GGUFOPS), "agent", "--repo", repo_url or str(world.remote), "--env",
+                "production",
                 "--store", str(world.store), "--server", server_url,
                 "--interval", str(interval), "--status-port", "0",
                 "--admin-token-file", str(world.token_file), "--state-dir",
                 str(world.state_dir), "--s3-endpoint", s3_endpoint or world.s3.endpoint,
                 "--backoff-max", "1", "--timeout", "60", *(extra or [])]
-        proc = Proc(args, self.tmp / f"agent-{len(self.started)}.log", env=world.s3.env())
+        proc = Proc(args, self.tmp / f"agent-{len(self.started)}.log",
+                    env={**world.s3.env(), **(env or {})})
         self.started.append(proc)
         return proc
 
@@ -233,15 +237,30 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 
 class ThrottledProxy:
-    """127.0.0.1:port -> target; `rate` limits bytes/s towards the client; `down()` refuses."""
+    """127.0.0.1:port -> target; `rate` limits bytes/s towards the client; `hold_after(n)`
+    lets n more bytes through and then holds every response until `resume()` (a download
+    that is certainly in progress and certainly unfinished, whatever the machine's speed);
+    `down()` refuses connections."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = free_port()
         self.rate: float | None = None
+        self.forwarded = 0  # bytes sent towards clients
+        self._budget: int | None = None
+        self._flow = threading.Condition()
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+
+    def hold_after(self, n: int) -> None:
+        with self._flow:
+            self._budget = n
+
+    def resume(self) -> None:
+        with self._flow:
+            self._budget = None
+            self._flow.notify_all()
 
     @property
     def endpoint(self) -> str:
@@ -291,7 +310,10 @@ class ThrottledProxy:
                 data = src.recv(8192 if rate else 65536)
                 if not data:
                     break
-                dst.sendall(data)
+                if not throttled:
+                    dst.sendall(data)
+                    continue
+                self._forward(dst, data)
                 if rate:
                     time.sleep(len(data) / rate)
         except OSError:
@@ -300,6 +322,22 @@ class ThrottledProxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+
+    def _forward(self, dst: socket.socket, data: bytes) -> None:
+        """Send `data` towards the client within the budget; hold while it is spent."""
+        while data:
+            with self._flow:
+                while self._budget == 0:
+                    self._flow.wait(0.5)
+                    if dst.fileno() < 0:
+                        return
+                n = len(data) if self._budget is None else min(len(data), self._budget)
+                if self._budget is not None:
+                    self._budget -= n
+                self.forwarded += n
+            dst.sendall(data[:n])
+            data = data[n:]
 
 
 @pytest.fixture
@@ -352,10 +390,11 @@ class World:
         self.docs[f"{name}@{version}"] = doc
         return doc
 
-    def corrupt(self, version: str, name: str = MODEL) -> None:
-        """Replace the object in S3 with other bytes of the same size."""
+    def corrupt(self, version: str, name: str = MODEL, *, shorter: bool = False) -> None:
+        """Replace the object in S3 with other bytes of the same size (or 1 KiB fewer)."""
         doc = self.docs[f"{name}@{version}"]
-        data = bytearray(self.models["degraded"].read_bytes()[: doc["artifact"]["size"]])
+        size = doc["artifact"]["size"] - (1024 if shorter else 0)
+        data = bytearray(self.models["degraded"].read_bytes()[:size])
         data[-1] ^= 0xFF
         s3_client(self.s3).put_object(Bucket=self.s3.bucket,  # type: ignore[attr-defined]
                                       Key=self.key(doc["artifact"]["dvc_md5"]), Body=bytes(data))

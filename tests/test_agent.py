@@ -9,12 +9,15 @@ import dataclasses
 import json
 import os
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ggufops import agent, agentplan, git
+from ggufops.agentretention import evictable, remember_desired
+from ggufops.applylog import StoredArtifact
 from ggufops.errors import GitError, InvalidDesiredState, UsageError
 from testing.repos import git_commit, set_environment, write_version
 from testing.runtime import (
@@ -26,6 +29,7 @@ from testing.runtime import (
     World,
     file_sha256,
     get,
+    http,
     metrics,
     serving,
     serving_version,
@@ -128,7 +132,43 @@ def test_config_is_checked(tmp_path: Path) -> None:
         agent.AgentConfig(**base, keep=1).check()
     with pytest.raises(UsageError, match="not a git URL"):
         agent.AgentConfig(**{**base, "repo_url": "--upload-pack=x"}).check()
+    with pytest.raises(UsageError, match="--download-timeout"):
+        agent.AgentConfig(**base, download_timeout=0).check()
+    with pytest.raises(UsageError, match="--mismatch-retry"):
+        agent.AgentConfig(**base, mismatch_retry=-1).check()
     agent.AgentConfig(**base).check()
+    shown = agent.AgentConfig(**{**base, "repo_url": "https://bot:tok@h/r.git"}).shown_url
+    assert shown == "https://bot:***@h/r.git"
+
+
+def test_retention_never_evicts_what_a_recent_desired_state_names() -> None:
+    def art(model: str, sha: str, used: float) -> StoredArtifact:
+        return StoredArtifact(model, sha, f"v-{sha}", used)
+
+    by_model = {"m": [art("m", "d", 4), art("m", "c", 3), art("m", "b", 2), art("m", "a", 1)],
+                "n": [art("n", "a", 5)]}
+    assert [a.sha256 for a in evictable(by_model, 2, protected=set())] == ["b"]  # a: kept by n
+    assert evictable(by_model, 2, protected={"b"}) == []
+    assert [a.sha256 for a in evictable(by_model, 1, protected={"c"})] == ["b"]
+    history = remember_desired([], ["a"])
+    history = remember_desired(history, ["b", "a"])
+    assert remember_desired(history, ["a", "b"]) == [["a"], ["a", "b"]]  # same state: no entry
+    assert remember_desired(history, ["c"]) == [["a", "b"], ["c"]]  # the last two states
+
+
+def test_every_host_option_has_a_documented_environment_form() -> None:
+    import click
+
+    from ggufops.cli.runtime import agent as agent_command
+    from ggufops.cli.runtime import serve as serve_command
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for command in (agent_command, serve_command):
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.name == "help":
+                continue
+            assert isinstance(param.envvar, str), f"{command.name} {param.opts[0]} has no env form"
+            assert f"`{param.envvar}`" in readme, f"{param.envvar} is not in the README"
 
 
 # --- end to end ---------------------------------------------------------------------------
@@ -139,12 +179,18 @@ def status(agent_proc: Proc) -> dict[str, Any]:
 
 
 def status_if(agent_proc: Proc, *, remote_reachable: bool | None = None,
-              refused_commit: str | None = None) -> dict[str, Any] | None:
+              server_reachable: bool | None = None, refused_commit: str | None = None,
+              desired_canary: str | None = None) -> dict[str, Any] | None:
     """The agent's status if it shows what is asked, else None."""
     s = status(agent_proc)
     if remote_reachable is not None and s["remote"]["reachable"] is not remote_reachable:
         return None
+    if server_reachable is not None and s["server"]["reachable"] is not server_reachable:
+        return None
     if refused_commit is not None and s["refused_commit"] != refused_commit:
+        return None
+    if desired_canary is not None and (s["models"].get(MODEL, {}).get("desired_canary")
+                                       or {}).get("version") != desired_canary:
         return None
     return s
 
@@ -174,6 +220,28 @@ def wait_degraded(agent_proc: Proc, text: str, failures: int = 1) -> dict[str, A
 
 def downloads(agent_proc: Proc) -> float:
     return metrics(agent_proc.url).get("ggufops_agent_downloads_total", 0.0)
+
+
+def remote_checks(agent_proc: Proc) -> float:
+    return metrics(agent_proc.url).get('ggufops_agent_remote_checks_total{result="ok"}', 0.0)
+
+
+def successful_loads(server: Proc) -> float:
+    return metrics(server.url).get(
+        f'ggufops_model_loads_total{{model="{MODEL}",result="success"}}', 0.0)
+
+
+def when(stamp: str) -> float:
+    """An RFC 3339 time of /status as UNIX seconds."""
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def downloading(agent_proc: Proc, world: World, commit: str) -> dict[str, Any] | None:
+    """The status once `commit`'s download has begun (its temp file is in the store)."""
+    s = status(agent_proc)
+    started = bool(world.store_temp_files())
+    return s if s["phase"] == "downloading" and s["desired_commit"] == commit and started \
+        else None
 
 
 def agent_status_cli(world: World) -> dict[str, Any]:
@@ -236,23 +304,32 @@ def test_deploy_then_rollback_through_the_agent(world: World, processes: Process
 
 
 @pytest.mark.slow
-def test_a_corrupted_object_is_refused_and_the_old_version_keeps_serving(
-        world: World, processes: Processes) -> None:
+@pytest.mark.parametrize("shorter", [False, True], ids=["same-size", "shorter"])
+def test_a_corrupted_object_is_refused_and_not_retried_in_a_loop(
+        world: World, processes: Processes, shorter: bool) -> None:
     world.publish("2.0.0", "baseline")
     world.publish("2.1.0", "improved")
     server, agent_proc, applied = start(world, processes, "2.0.0")
-    world.corrupt("2.1.0")
+    world.corrupt("2.1.0", shorter=shorter)
     world.deploy("2.1.0")
-    s = wait_degraded(agent_proc, "replaced or damaged", failures=2)  # and it retried
-    assert "llama3-instruct-v2.1.0" in s["last_error"]
+    s = wait_degraded(agent_proc, "--mismatch-retry")
+    assert "llama3-instruct-v2.1.0" in s["last_error"]  # a size or a sha256 that differs
+    # the bytes in S3 stay wrong until someone fixes them: the next try is 600 s away
+    assert when(s["next_retry_at"]) - when(s["last_error_at"]) == pytest.approx(600, abs=1)
     assert s["applied_commit"] == applied
     assert s["models"][MODEL]["serving_version"] == "2.0.0"
     assert serving_version(server.url) == "2.0.0"
     assert world.sha256("2.1.0") not in world.stored()
     assert world.store_temp_files() == []
+    checks = remote_checks(agent_proc)
+    wait_for(lambda: remote_checks(agent_proc) >= checks + 5, what="five more ticks")
     attempts = agent_status_cli(world)["attempts"]
-    assert attempts[0]["outcome"] == "failed" and attempts[0]["phase"] == "downloading"
+    assert [(a["outcome"], a["phase"]) for a in attempts[:2]] == [
+        ("failed", "downloading"), ("success", "healthy")]  # not retried meanwhile
+    http("POST", f"{agent_proc.url}/sync")  # an operator asks: it is tried again at once
+    wait_degraded(agent_proc, "--mismatch-retry", failures=2)
     world.publish("2.1.0", "improved")  # the good bytes are pushed again
+    http("POST", f"{agent_proc.url}/sync")
     wait_serving(server, "2.1.0")
     wait_healthy(agent_proc)
 
@@ -335,17 +412,15 @@ def test_sigkill_mid_download_then_restart_converges(
     world.publish("2.0.0", "baseline")
     world.publish("2.1.0", "improved")
     server, agent_proc, _ = start(world, processes, "2.0.0", s3_endpoint=s3_proxy.endpoint)
-    s3_proxy.rate = 200_000  # bytes/s: 2.3 MB take about 12 s
+    s3_proxy.hold_after(1536 * 1024)  # the download starts and cannot finish
     commit = world.deploy("2.1.0")
-    wait_for(lambda: status(agent_proc)["phase"] == "downloading"
-             and any(p.stat().st_size > 0 for p in world.store_temp_files()),
-             what="a download in progress")
+    wait_for(lambda: downloading(agent_proc, world, commit), what="a download in progress")
     agent_proc.kill()
     partial = world.store_temp_files()
-    assert partial and all(p.stat().st_size < 2_370_048 for p in partial)
+    assert partial and all(p.stat().st_size < 1536 * 1024 for p in partial)
     assert world.sha256("2.1.0") not in world.stored()
     assert serving_version(server.url) == "2.0.0"  # untouched by the kill
-    s3_proxy.rate = None
+    s3_proxy.resume()
     restarted = processes.agent(world, server.url, s3_endpoint=s3_proxy.endpoint)
     wait_serving(server, "2.1.0")
     wait_healthy(restarted, commit)
@@ -362,6 +437,197 @@ def test_sigkill_mid_download_then_restart_converges(
     wait_healthy(again, commit)  # already applied: nothing to download or load
     assert downloads(again) == 0
     assert len(agent_status_cli(world)["attempts"]) == len(outcomes)
+
+
+# --- the newest desired state wins ----------------------------------------------------------
+
+
+def rollback_during_a_slow_download(world: World, processes: Processes,
+                                    s3_proxy: ThrottledProxy, base: str, newer: str) -> Proc:
+    """The probe of issue 15: S3 at 3,000 B/s, a deploy of a version not in the store, then
+    the rollback of that deploy while it downloads, and POST /sync; the server."""
+    world.publish("2.0.0", base)
+    world.publish("2.1.0", newer)
+    server, agent_proc, _ = start(world, processes, "2.0.0", s3_endpoint=s3_proxy.endpoint)
+    loads = successful_loads(server)
+    s3_proxy.rate = 3000  # 2.1.0 would take minutes (the toy) to hours (SmolLM2)
+    deploy = world.deploy("2.1.0")
+    wait_for(lambda: downloading(agent_proc, world, deploy), what="2.1.0 downloading")
+    rollback = world.revert(deploy)
+    http("POST", f"{agent_proc.url}/sync")
+
+    s = wait_healthy(agent_proc, rollback)  # S3 is still crawling: nothing waited for it
+    assert s["desired_commit"] == s["applied_commit"] == rollback
+    assert s["models"][MODEL]["serving_version"] == "2.0.0"
+    assert serving_version(server.url) == "2.0.0"
+    assert successful_loads(server) == loads  # the superseded 2.1.0 was never loaded
+    assert world.sha256("2.1.0") not in world.stored()  # its download was cancelled
+    assert world.store_temp_files() == []  # ... and left nothing behind
+    assert world.sha256("2.0.0") in world.stored()  # retention kept the rollback target
+    assert downloads(agent_proc) == 1
+    attempts = agent_status_cli(world)["attempts"]
+    assert [(a["commit"], a["outcome"], a["phase"]) for a in attempts[:2]] == [
+        (rollback, "success", "healthy"), (deploy, "superseded", "downloading")]
+    assert "its download was cancelled" in attempts[1]["error"]
+    assert metrics(agent_proc.url)['ggufops_agent_applies_total{outcome="superseded"}'] == 1
+    return server
+
+
+@pytest.mark.slow
+def test_a_rollback_pushed_during_a_slow_download_is_served_at_once(
+        world: World, processes: Processes, s3_proxy: ThrottledProxy) -> None:
+    rollback_during_a_slow_download(world, processes, s3_proxy, "baseline", "improved")
+
+
+@pytest.mark.slow
+def test_a_rollback_during_a_slow_download_of_the_real_smollm2(
+        world: World, processes: Processes, s3_proxy: ThrottledProxy, smollm2: Path,
+        smollm2_q8_0: Path) -> None:
+    world.models.update(smollm2=smollm2, smollm2_q8_0=smollm2_q8_0)
+    server = rollback_during_a_slow_download(world, processes, s3_proxy, "smollm2",
+                                             "smollm2_q8_0")
+    status_code, reply = http("POST", f"{server.url}/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 16, "temperature": 0})
+    assert status_code == 200, reply
+    assert reply["model"].startswith(f"{MODEL}-v2.0.0-q4_1")
+    assert reply["choices"][0]["message"]["content"].strip()
+
+
+@pytest.mark.slow
+def test_a_newer_commit_that_still_needs_the_download_lets_it_finish(
+        world: World, processes: Processes, s3_proxy: ThrottledProxy) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    server, agent_proc, _ = start(world, processes, "2.0.0", s3_endpoint=s3_proxy.endpoint)
+    s3_proxy.hold_after(256 * 1024)
+    deploy = world.deploy("2.1.0")
+    wait_for(lambda: downloading(agent_proc, world, deploy), what="2.1.0 downloading")
+    canary = world.deploy_canary("2.1.0", ("2.0.0", 10))  # still needs 2.1.0
+    http("POST", f"{agent_proc.url}/sync")
+    s = wait_for(lambda: status_if(agent_proc, desired_canary="2.0.0"),
+                 what="the newer state desired")
+    assert s["phase"] == "downloading" and s["desired_commit"] == canary
+    s3_proxy.resume()
+
+    wait_healthy(agent_proc, canary)
+    entry = serving(server.url)[MODEL]
+    assert (entry["version"], entry["canary"]["version"], entry["canary"]["weight"]) == (
+        "2.1.0", "2.0.0", 10)
+    assert downloads(agent_proc) == 2  # 2.1.0 once: its download went on into the store
+    attempts = agent_status_cli(world)["attempts"]
+    assert [(a["commit"], a["outcome"], a["phase"]) for a in attempts[:2]] == [
+        (canary, "success", "healthy"), (deploy, "superseded", "loading")]
+    assert "nothing was loaded" in attempts[1]["error"]
+
+
+@pytest.mark.slow
+def test_a_commit_that_leaves_the_environment_alone_does_not_interrupt(
+        world: World, processes: Processes, s3_proxy: ThrottledProxy) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    server, agent_proc, first = start(world, processes, "2.0.0",
+                                      s3_endpoint=s3_proxy.endpoint)
+    s3_proxy.hold_after(256 * 1024)
+    deploy = world.deploy("2.1.0")
+    wait_for(lambda: downloading(agent_proc, world, deploy), what="2.1.0 downloading")
+    unrelated = world.push("a change outside production")
+    http("POST", f"{agent_proc.url}/sync")
+    wait_for(lambda: status(agent_proc)["desired_commit"] == unrelated, what="the new head")
+    s3_proxy.resume()
+    wait_healthy(agent_proc, unrelated)
+    assert serving_version(server.url) == "2.1.0"
+    attempts = agent_status_cli(world)["attempts"]  # one apply, adopted by the newer commit
+    assert [(a["commit"], a["outcome"]) for a in attempts] == [
+        (unrelated, "success"), (first, "success")]
+    assert downloads(agent_proc) == 2
+
+
+@pytest.mark.slow
+def test_a_download_past_its_deadline_is_cancelled_and_retried(
+        world: World, processes: Processes, s3_proxy: ThrottledProxy) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    server, agent_proc, applied = start(world, processes, "2.0.0", s3_endpoint=s3_proxy.endpoint,
+                                        extra=["--download-timeout", "3"])
+    s3_proxy.hold_after(256 * 1024)  # a stalled transfer: S3 answers, then nothing comes
+    world.deploy("2.1.0")
+    s = wait_degraded(agent_proc, "did not finish within 3 s (--download-timeout)", failures=2)
+    assert "llama3-instruct-v2.1.0" in s["last_error"]
+    assert s["applied_commit"] == applied
+    assert serving_version(server.url) == "2.0.0"
+    assert world.sha256("2.1.0") not in world.stored()
+    assert world.store_temp_files() == []  # the cancelled child removed its temp file
+    attempts = agent_status_cli(world)["attempts"]
+    assert (attempts[0]["outcome"], attempts[0]["phase"]) == ("failed", "downloading")
+
+
+@pytest.mark.slow
+def test_sigterm_cancels_a_download_in_progress(
+        world: World, processes: Processes, s3_proxy: ThrottledProxy) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    server, agent_proc, _ = start(world, processes, "2.0.0", s3_endpoint=s3_proxy.endpoint)
+    s3_proxy.hold_after(256 * 1024)  # a download that cannot finish
+    deploy = world.deploy("2.1.0")
+    wait_for(lambda: downloading(agent_proc, world, deploy), what="2.1.0 downloading")
+    assert agent_proc.stop() == 0  # systemctl stop: no wait for the download, no SIGKILL
+    assert world.store_temp_files() == []
+    assert serving_version(server.url) == "2.0.0"
+    attempts = agent_status_cli(world)["attempts"]
+    assert (attempts[0]["commit"], attempts[0]["outcome"], attempts[0]["phase"]) == (
+        deploy, "interrupted", "downloading")
+
+
+# --- /status says what is true now ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_status_shows_what_the_server_serves_now(
+        world: World, processes: Processes, s3_proxy: ThrottledProxy) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    server, agent_proc, _ = start(world, processes, "2.0.0", s3_endpoint=s3_proxy.endpoint)
+    s3_proxy.down()
+    world.deploy("2.1.0")  # fails at downloading, again and again
+    wait_degraded(agent_proc, "cannot connect to S3")
+    agent_proc.stop()
+    restarted = processes.agent(world, server.url, s3_endpoint=s3_proxy.endpoint)
+    s = wait_degraded(restarted, "cannot connect to S3", failures=2)
+    assert s["models"][MODEL]["serving_version"] == "2.0.0"  # not None: it is served
+    assert s["server"]["reachable"] is True and s["server"]["error"] is None
+
+    server.kill()
+    s = wait_for(lambda: status_if(restarted, server_reachable=False), what="server down seen")
+    assert s["models"][MODEL]["serving_version"] is None  # not the last version it knew
+    assert s["models"][MODEL]["in_sync"] is False
+    assert "does not answer" in s["server"]["error"]
+    text = subprocess.run([str(GGUFOPS), "agent", "status", "--url", restarted.url],
+                          capture_output=True, text=True, check=True).stdout
+    assert "server:          UNREACHABLE (inference server" in text
+    assert "serving - (OUT OF SYNC)" in text
+
+
+@pytest.mark.slow
+def test_refused_commit_follows_the_newest_commit(
+        world: World, processes: Processes, s3_proxy: ThrottledProxy) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    server, agent_proc, _ = start(world, processes, "2.0.0", s3_endpoint=s3_proxy.endpoint)
+    bad = world.deploy("9.9.9")
+    wait_for(lambda: status_if(agent_proc, refused_commit=bad), what="the commit refused")
+    s3_proxy.down()
+    failing = world.deploy("2.1.0")
+    s = wait_degraded(agent_proc, "cannot connect to S3")
+    assert s["desired_commit"] == failing
+    assert s["refused_commit"] is None  # the refusal of `bad` is no longer what is true
+    worse = world.deploy("8.8.8")
+    s = wait_for(lambda: status_if(agent_proc, refused_commit=worse), what="the next refusal")
+    assert "8.8.8" in s["last_error"]
+    s3_proxy.up()
+    good = world.deploy("2.1.0")
+    assert wait_healthy(agent_proc, good)["refused_commit"] is None
+    assert serving_version(server.url) == "2.1.0"
 
 
 @pytest.mark.slow

@@ -80,3 +80,30 @@ def test_an_unusable_path_is_a_one_line_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(ApplyLogError, match="cannot open the apply log"):
         ApplyLog(blocker / "log.sqlite")
+
+
+def test_the_log_is_private_and_stores_no_url_credentials(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "log.sqlite"
+    log = ApplyLog(path)
+    attempt = log.start("d" * 40, "production", {})
+    log.update(attempt, commit="e" * 40)  # a newer commit with the same state took it over
+    log.finish(attempt, "superseded", "downloading",
+               "fetching http://bot:PLANTED@git.example/r.git failed")
+    log.save_state("status", {"remote": {"url": "http://bot:PLANTED@git.example/r.git"}})
+    assert log.recent()[0].commit == "e" * 40
+    assert log.recent()[0].error == "fetching http://bot:***@git.example/r.git failed"
+    assert log.load_state("status") == {"remote": {"url": "http://bot:***@git.example/r.git"}}
+    log.close()
+    files = sorted(path.parent.iterdir())
+    assert path in files
+    assert {f.name: f.stat().st_mode & 0o777 for f in files} == {f.name: 0o600 for f in files}
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert not any(b"PLANTED" in f.read_bytes() for f in files)
+
+
+def test_an_older_world_readable_log_is_made_private(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    ApplyLog(path).close()
+    path.chmod(0o644)
+    ApplyLog(path).close()
+    assert path.stat().st_mode & 0o777 == 0o600

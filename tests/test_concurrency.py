@@ -64,6 +64,49 @@ def test_the_cli_reports_the_race_as_a_one_line_error(scratch: Scratch,
     assert "git pull --rebase origin main" in result.stderr
 
 
+def _another_push_lands_first(remote: Path, commit: str) -> None:
+    """A pre-receive hook that moves main to `commit` while the push is being received:
+    the push then loses the race inside the remote ("failed to update ref")."""
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\n"
+                    "env -u GIT_QUARANTINE_PATH -u GIT_OBJECT_DIRECTORY "
+                    f"git update-ref refs/heads/main {commit}\n")
+    hook.chmod(0o755)
+
+
+def test_a_deploy_that_loses_the_race_inside_the_remote_is_told_to_rebase(
+        scratch: Scratch) -> None:
+    s = scratch
+    alice, bob = s.clone("alice"), s.clone("bob")
+    git(alice, "commit", "-q", "--allow-empty", "-m", "alice's change")
+    alice_commit = git(alice, "rev-parse", "HEAD")
+    git(alice, "push", "-q", "origin", "HEAD:refs/heads/alice")  # her objects are there
+    _another_push_lands_first(s.remote, alice_commit)
+
+    result = cli(bob, "deploy", f"{OTHER}@1.0.0", "--env", "staging", "--direct", "--push")
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: origin/main moved while the deploy ran ([remote rejected] (failed to update "
+        "ref): someone else pushed first); nothing was changed: rebase (`git pull --rebase "
+        "origin main`) and run the deploy again\n")
+    assert "branch protection" not in result.stderr
+    assert s.remote_head() == alice_commit  # alice's push stands, bob's changed nothing
+
+
+def test_a_remote_refusal_that_is_no_race_still_points_at_permissions(
+        scratch: Scratch) -> None:
+    s = scratch
+    bob = s.clone("bob")
+    hook = s.remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'protected branch' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    result = cli(bob, "deploy", f"{OTHER}@1.0.0", "--env", "staging", "--direct", "--push")
+    assert result.exit_code == 1
+    assert "origin refused the push to main: [remote rejected] (pre-receive hook declined); " \
+        "check branch protection" in result.stderr
+
+
 def test_same_deploy_branch_pushed_twice_is_rejected(scratch: Scratch) -> None:
     s = scratch
     alice, bob = s.clone("alice"), s.clone("bob")

@@ -5,6 +5,11 @@ downloading, loading, verifying, healthy (the remote's commit is applied and ser
 degraded (the last attempt failed, the remote is unreachable or its commit was refused:
 the previous state keeps serving; `last_error` says why).
 
+What is served is what the server answered at the agent's last look (every tick, and
+every interval during a download): `serving_version` is None, and `server.error` says why,
+while the server does not answer. Nothing here shows the credentials of the git URL: every
+snapshot goes through ggufops.redact.
+
 The endpoint serves GET /status (JSON), GET /metrics, GET /healthz and POST /sync (a
 webhook: check the remote now). `ggufops agent status` reads the same snapshot from the
 apply log on disk, or from a running agent.
@@ -33,6 +38,7 @@ from ggufops.httpjson import (
 )
 from ggufops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ggufops.metrics import Metrics
+from ggufops.redact import redact, redact_data
 
 PHASES = ("idle", "syncing", "downloading", "loading", "verifying", "healthy", "degraded")
 DEFAULT_STATUS_PORT = 9180
@@ -52,6 +58,7 @@ class Status:
     last_success_at: float | None = None
     last_check_at: float | None = None
     remote: dict[str, Any] = field(default_factory=dict)
+    server: dict[str, Any] = field(default_factory=dict)
     desired: dict[str, dict[str, Any]] = field(default_factory=dict)
     serving: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: int = 0
@@ -87,6 +94,7 @@ class Status:
             "last_error": self.last_error, "last_error_at": when(self.last_error_at),
             "last_success_at": when(self.last_success_at),
             "last_check_at": when(self.last_check_at), "remote": self.remote,
+            "server": self.server,
             "consecutive_failures": self.failures, "next_retry_at": when(self.next_retry_at),
             "started_at": when(self.started_at),
         }  # fmt: skip
@@ -199,15 +207,15 @@ def fetch_status(url: str) -> dict[str, Any]:
                          "running? (systemctl status ggufops-agent)") from None
     if reply.status != 200:
         raise AgentError(f"{url}/status answered {error_message(reply)}")
-    return {"status": reply.data, "attempts": []}
+    return {"status": redact_data(reply.data), "attempts": []}
 
 
 def read_status(state_dir: Path, limit: int = 10) -> dict[str, Any]:
     """The last status snapshot and the recent attempts, from the apply log on disk."""
     db = applylog.ApplyLog(state_dir / applylog.FILE_NAME, readonly=True)
     try:
-        return {"status": db.load_state("status"),
-                "attempts": [a.as_dict() for a in db.recent(limit)]}
+        return dict(redact_data({"status": db.load_state("status"),
+                                 "attempts": [a.as_dict() for a in db.recent(limit)]}))
     finally:
         db.close()
 
@@ -229,6 +237,9 @@ def format_status(report: dict[str, Any]) -> str:
     remote = status.get("remote") or {}
     if remote.get("reachable") is False:
         lines.append(f"git remote:      UNREACHABLE ({remote.get('error')})")
+    server = status.get("server") or {}
+    if server.get("reachable") is False:
+        lines.append(f"server:          UNREACHABLE ({server.get('error')})")
     for name, m in (status.get("models") or {}).items():
         mark = "ok" if m.get("in_sync") else "OUT OF SYNC"
         lines.append(f"model {name}: desired {m.get('desired_version') or '-'}, serving "
@@ -241,4 +252,4 @@ def format_status(report: dict[str, Any]) -> str:
         error = f"  {a['error']}" if a.get("error") else ""
         lines.append(f"  #{a['id']} {rfc3339(a['started_at'])[:19]}Z {a['commit'][:12]} "
                      f"{a['outcome']:<11} {a['phase']}{error}")
-    return "\n".join(lines)
+    return redact("\n".join(lines))

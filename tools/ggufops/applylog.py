@@ -7,12 +7,18 @@ It lives in the agent's state directory and survives restarts. Three tables:
   artifacts  which model versions the local store holds and when each last served
              (the retention policy keeps the last N per model)
 An attempt still `running` when the log is opened by a new agent process was cut short
-(SIGKILL, power loss): it is marked `interrupted`.
+(SIGKILL, power loss): it is marked `interrupted`. An attempt `superseded` stopped because
+a newer commit changed the desired state.
+
+The database (and SQLite's -wal and -shm files beside it, which take its mode) is 0600 in
+a 0700 directory, and what is written to it goes through ggufops.redact: errors and the
+status snapshot may name the git URL, never its credentials.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -21,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from ggufops.errors import ApplyLogError
+from ggufops.redact import redact, redact_data
 
 FILE_NAME = "applylog.sqlite"
-OUTCOMES = ("running", "success", "failed", "refused", "interrupted")
+OUTCOMES = ("running", "success", "failed", "refused", "interrupted", "superseded")
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS applies (
@@ -94,7 +103,7 @@ class ApplyLog:
                 if not path.is_file():
                     raise ApplyLogError(f"no apply log at {path}; pass the agent's --state-dir")
                 return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(path)
             return sqlite3.connect(path, check_same_thread=False, timeout=10.0)
         except (sqlite3.Error, OSError) as e:
             raise ApplyLogError(f"cannot open the apply log {path}: {e}; check the state "
@@ -134,8 +143,10 @@ class ApplyLog:
             return int(cur.lastrowid or 0)
 
     def update(self, attempt_id: int, *, phase: str | None = None,
-               models: dict[str, Any] | None = None) -> None:
+               models: dict[str, Any] | None = None, commit: str | None = None) -> None:
         with self._write() as db:
+            if commit is not None:
+                db.execute("UPDATE applies SET commit_sha = ? WHERE id = ?", (commit, attempt_id))
             if phase is not None:
                 db.execute("UPDATE applies SET phase = ? WHERE id = ?", (phase, attempt_id))
             if models is not None:
@@ -148,7 +159,8 @@ class ApplyLog:
             raise ValueError(f"outcome {outcome!r} is not one of {OUTCOMES[1:]}")
         with self._write() as db:
             db.execute("UPDATE applies SET outcome = ?, phase = ?, error = ?, finished_at = ? "
-                       "WHERE id = ?", (outcome, phase, error, time.time(), attempt_id))
+                       "WHERE id = ?", (outcome, phase, redact(error) if error else error,
+                                        time.time(), attempt_id))
 
     def recent(self, limit: int = 20) -> list[Attempt]:
         rows = self._query("SELECT id, started_at, finished_at, commit_sha, environment, "
@@ -173,7 +185,8 @@ class ApplyLog:
     def save_state(self, key: str, value: Any) -> None:
         with self._write() as db:
             db.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) "
-                       "DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
+                       "DO UPDATE SET value = excluded.value",
+                       (key, json.dumps(redact_data(value))))
 
     def load_state(self, key: str) -> Any:
         rows = self._query("SELECT value FROM state WHERE key = ?", (key,))
@@ -202,6 +215,16 @@ class ApplyLog:
     def forget_artifact(self, model: str, sha256: str) -> None:
         with self._write() as db:
             db.execute("DELETE FROM artifacts WHERE model = ? AND sha256 = ?", (model, sha256))
+
+
+def _private_file(path: Path) -> None:
+    """Create `path` (and its directory) readable by the owner only; tighten an older one."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, FILE_MODE))
+    for existing in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
+        if existing.exists() and existing.stat().st_mode & 0o077:
+            existing.chmod(FILE_MODE)
 
 
 class _Transaction:

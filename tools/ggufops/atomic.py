@@ -11,11 +11,14 @@ from typing import IO, Any
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temp file beside `path`; on success fsync and rename it over `path`."""
+def atomic_open(path: Path, mode: str = "w", *, perms: int | None = None) -> Iterator[IO[Any]]:
+    """Open a temp file beside `path`; on success fsync and rename it over `path`.
+
+    `perms` (e.g. 0o600 for a file holding a secret) is set before a byte is written;
+    without it an existing file keeps its mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _mode_for(path))
+    os.fchmod(fd, perms if perms is not None else _mode_for(path))
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -47,8 +50,8 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_open(path, "w") as f:
+def atomic_write_text(path: Path, text: str, *, perms: int | None = None) -> None:
+    with atomic_open(path, "w", perms=perms) as f:
         f.write(text)
 
 

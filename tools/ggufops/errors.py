@@ -176,6 +176,14 @@ class ApplyLogError(GgufopsError):
     """The agent's SQLite apply log cannot be opened or written."""
 
 
+class DownloadTimedOut(AgentError):
+    """A batch of downloads did not finish within the agent's --download-timeout."""
+
+
+class Superseded(AgentError):
+    """A newer commit changed the desired state while an older one was being applied."""
+
+
 # --- gitops (deploy, rollback, history, GitHub) --------------------------------------
 
 

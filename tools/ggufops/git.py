@@ -14,9 +14,40 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ggufops.errors import GitError
+from ggufops.redact import redact
 
 # Never let git prompt for credentials or an editor: ggufops runs unattended in CI and agents.
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_EDITOR": "true", "GIT_ASKPASS": "true"}
+
+
+# Lines git adds after the cause of a failed remote operation; they say nothing about it.
+_BOILERPLATE = (
+    "please make sure you have the correct access rights",
+    "and the repository exists.",
+    "fatal: could not read from remote repository.",
+    "hint:",
+)
+
+
+def cause(stderr: bytes, returncode: int) -> str:
+    """What went wrong, from git's stderr: its first line that is not boilerplate advice
+    (git ends a failed fetch with "... and the repository exists.", which is no cause),
+    without the "fatal: " prefix, credentials redacted."""
+    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines()]
+    useful = [line for line in lines if line and not line.lower().startswith(_BOILERPLATE)]
+    if not useful:
+        useful = [line for line in lines if line]
+    if not useful:
+        return f"exit status {returncode}"
+    first = useful[0]
+    for prefix in ("fatal: ", "error: "):
+        first = first.removeprefix(prefix)
+    return redact(first)
+
+
+def failure(message: str) -> GitError:
+    """A GitError whose message shows no credentials (a URL may carry a token)."""
+    return GitError(redact(message))
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -49,11 +80,10 @@ def run(
     except FileNotFoundError:
         raise GitError("git is not installed or not on PATH; install git") from None
     except subprocess.TimeoutExpired:
-        raise GitError(f"git {' '.join(args[:2])} timed out after {timeout}s") from None
+        raise failure(f"git {' '.join(args[:2])} timed out after {timeout}s") from None
     if check and proc.returncode != 0:
-        msg = proc.stderr.decode(errors="replace").strip().splitlines()
-        detail = msg[-1] if msg else f"exit {proc.returncode}"
-        raise GitError(f"git {' '.join(args[:3])} failed in {cwd or '.'}: {detail}")
+        detail = cause(proc.stderr, proc.returncode)
+        raise failure(f"git {' '.join(args[:3])} failed in {cwd or '.'}: {detail}")
     return proc
 
 
@@ -209,14 +239,12 @@ def ls_remote(url: str, branch: str, *, timeout: float = 20.0) -> str:
     ref = f"refs/heads/{branch}"
     proc = run(["ls-remote", url, ref], check=False, timeout=timeout)
     if proc.returncode != 0:
-        lines = proc.stderr.decode(errors="replace").strip().splitlines()
-        detail = lines[-1] if lines else f"exit {proc.returncode}"
-        raise GitError(f"git remote {url} is unreachable: {detail}")
+        raise failure(f"git remote {url} is unreachable: {cause(proc.stderr, proc.returncode)}")
     for line in proc.stdout.decode().splitlines():
         sha, _, name = line.partition("\t")
         if name == ref:
             return sha
-    raise GitError(f"git remote {url} has no branch {branch!r}; push it or pass --branch")
+    raise failure(f"git remote {url} has no branch {branch!r}; push it or pass --branch")
 
 
 def mirror_fetch(mirror: Path, url: str, branch: str, *, timeout: float = 300.0) -> str:
@@ -228,7 +256,9 @@ def mirror_fetch(mirror: Path, url: str, branch: str, *, timeout: float = 300.0)
         mirror.mkdir(parents=True, exist_ok=True)
         run(["init", "--quiet", "--bare", str(mirror)])
     refspec = f"+refs/heads/{branch}:refs/heads/{branch}"
-    run(["fetch", "--quiet", "--no-tags", url, refspec], mirror, timeout=timeout)
+    # --no-write-fetch-head: FETCH_HEAD would record the URL, credentials and all
+    run(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", url, refspec], mirror,
+        timeout=timeout)
     return rev_parse(mirror, f"refs/heads/{branch}")
 
 
@@ -242,9 +272,26 @@ def mirror_fetch(mirror: Path, url: str, branch: str, *, timeout: float = 300.0)
 _MISSING_IDENTITY = ("tell me who you are", "unable to auto-detect", "empty ident")
 
 
+# How a remote reports that its branch moved under a push: behind (non-fast-forward,
+# fetch first), or a concurrent push that held the ref's lock or moved it first: git then
+# says "[remote rejected] (failed to update ref)" and, on stderr, "cannot lock ref ...: is
+# at X but expected Y" (or "... .lock: File exists").
+_BEHIND = ("non-fast-forward", "fetch first", "stale info")
+_LOST_RACE = ("failed to update ref", "cannot lock ref")
+
+
+def _remote_moved(summary: str, stderr: bytes) -> bool:
+    if any(s in summary for s in _BEHIND):
+        return True
+    return _LOST_RACE[0] in summary and _LOST_RACE[1].encode() in stderr
+
+
 @dataclass(frozen=True)
 class PushOutcome:
-    """What the remote said about one pushed ref."""
+    """What the remote said about one pushed ref.
+
+    `non_fast_forward`: the remote branch moved since it was read (someone else pushed
+    first, or their push won a race for the ref): rebase and retry."""
 
     ok: bool
     non_fast_forward: bool
@@ -320,7 +367,7 @@ def commit_files(cwd: Path, parent: str, files: Mapping[str, bytes], message: st
         if any(s in err.lower() for s in _MISSING_IDENTITY):
             raise GitError(f"git has no author identity in {cwd}; set it with `git config "
                            "user.name NAME` and `git config user.email EMAIL`")
-        raise GitError(f"git commit-tree failed in {cwd}: {err.strip().splitlines()[-1:]}")
+        raise failure(f"git commit-tree failed in {cwd}: {cause(proc.stderr, proc.returncode)}")
     return proc.stdout.decode().strip()
 
 
@@ -342,8 +389,7 @@ def advance_branch(cwd: Path, branch: str, new: str, old: str | None) -> str | N
         proc = run(["update-ref", f"refs/heads/{branch}", new, old or ""], cwd, check=False)
     if proc.returncode == 0:
         return None
-    lines = proc.stderr.decode(errors="replace").strip().splitlines()
-    return lines[-1] if lines else f"git exited {proc.returncode}"
+    return cause(proc.stderr, proc.returncode)
 
 
 def push(cwd: Path, remote: str, sha: str, branch: str, timeout: float = 300) -> PushOutcome:
@@ -354,11 +400,9 @@ def push(cwd: Path, remote: str, sha: str, branch: str, timeout: float = 300) ->
         flag, _, rest = line.partition("\t")
         if flag in (" ", "*", "+", "=", "-", "!") and "\t" in rest:
             summary = rest.split("\t", 1)[1]
-            non_ff = flag == "!" and ("non-fast-forward" in summary or "fetch first" in summary)
-            return PushOutcome(flag != "!", non_ff, summary)
-    err = proc.stderr.decode(errors="replace").strip().splitlines()
-    detail = err[-1] if err else f"git push exited {proc.returncode}"
-    return PushOutcome(proc.returncode == 0, False, detail)
+            non_ff = flag == "!" and _remote_moved(summary, proc.stderr)
+            return PushOutcome(flag != "!", non_ff, redact(summary))
+    return PushOutcome(proc.returncode == 0, False, cause(proc.stderr, proc.returncode))
 
 
 def log_records(cwd: Path, args: Sequence[str]) -> list[list[str]]:

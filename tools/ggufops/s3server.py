@@ -3,7 +3,8 @@
 State lives in one directory (default `<repo>/.ggufops/s3`):
   data/            SeaweedFS data (volumes, filer metadata)
   s3.json          identities with the generated access key and secret (mode 0600)
-  server.json      endpoint and pid of the running server (removed when it stops)
+  server.json      endpoint, credentials and pid of the running server, for `ggufops s3
+                   env` (mode 0600; removed when it stops)
   weed.log         the server's output (tmp/ holds weed's own log files)
   lock             held (flock) while a server runs on this directory
 
@@ -32,7 +33,7 @@ import sysconfig
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,6 +54,7 @@ _FIXED_FLAGS = (
 )  # fmt: skip
 _LIVE: weakref.WeakSet[S3Server] = weakref.WeakSet()
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
+SECRET_FILE_MODE = 0o600  # s3.json and server.json hold the secret key
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class ServerInfo:
 
     endpoint: str
     access_key_id: str
-    secret_access_key: str
+    secret_access_key: str = field(repr=False)  # never in a log line or a traceback
     bucket: str
     pid: int
     state_dir: str
@@ -134,12 +136,8 @@ def load_or_create_credentials(state_dir: Path) -> tuple[str, str]:
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
     }
     state_dir.mkdir(parents=True, exist_ok=True)
-    old = os.umask(0o077)
-    try:
-        atomic_write_text(path, json.dumps({"identities": [identity]}, indent=2) + "\n")
-    finally:
-        os.umask(old)
-    path.chmod(0o600)
+    atomic_write_text(path, json.dumps({"identities": [identity]}, indent=2) + "\n",
+                      perms=SECRET_FILE_MODE)
     return access_key, secret
 
 
@@ -258,7 +256,8 @@ class S3Server:
             began = time.monotonic()
             self._start_with_retries()
             self.startup_seconds = time.monotonic() - began
-            atomic_write_text(self.state_dir / "server.json", json.dumps(asdict(self.info())))
+            atomic_write_text(self.state_dir / "server.json", json.dumps(asdict(self.info())),
+                              perms=SECRET_FILE_MODE)
         except BaseException:
             self.stop()
             raise

@@ -22,8 +22,12 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    """Log lines to stderr (the journal under systemd), credentials in URLs redacted."""
+    from ggufops.redact import RedactingFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 @contextmanager
@@ -46,7 +50,8 @@ def _announce(what: str) -> None:
 
 log_level_option = click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-    show_default=True, help="Messages written to stderr (the journal under systemd).")
+    show_default=True, envvar="GGUFOPS_LOG_LEVEL",
+    help="Messages written to stderr (the journal under systemd).")
 admin_token_option = click.option(
     "--admin-token-file", type=_FILE, default=None, envvar="GGUFOPS_ADMIN_TOKEN_FILE",
     help="File holding the bearer token of the server's admin API "
@@ -117,6 +122,7 @@ def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
 @click.option("--branch", default="main", show_default=True, envvar="GGUFOPS_BRANCH",
               help="Branch whose environment file is applied.")
 @click.option("--status-host", default="127.0.0.1", show_default=True,
+              envvar="GGUFOPS_STATUS_HOST",
               help="Address of the status endpoint (/status, /metrics, POST /sync).")
 @click.option("--status-port", type=click.IntRange(-1, 65535), default=9180,
               show_default=True, envvar="GGUFOPS_STATUS_PORT",
@@ -135,9 +141,21 @@ def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
               help="Unload models that the environment no longer names (off: they keep "
               "serving).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              envvar="GGUFOPS_TIMEOUT",
               help="Seconds the server may take to load a model and report it.")
+@click.option("--download-timeout", type=click.FloatRange(min=1),
+              default=3600.0, show_default=True,
+              envvar="GGUFOPS_DOWNLOAD_TIMEOUT",
+              help="Seconds one apply's downloads may take in all; then they are cancelled "
+              "and retried with backoff.")
+@click.option("--mismatch-retry", type=click.FloatRange(min=1),
+              default=600.0, show_default=True,
+              envvar="GGUFOPS_MISMATCH_RETRY",
+              help="Seconds before an artifact whose bytes in S3 did not match the registry "
+              "is tried again (a new commit or POST /sync tries at once).")
 @click.option("--backoff-max", type=click.FloatRange(min=0.1), default=60.0,
-              show_default=True, help="Longest wait between retries after a failure.")
+              show_default=True, envvar="GGUFOPS_BACKOFF_MAX",
+              help="Longest wait between retries after a failure.")
 @log_level_option
 @click.pass_context
 def agent(ctx: click.Context, /, **options: Any) -> None:
@@ -167,10 +185,11 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
         admin_token=read_token(token_file) if token_file else None, keep=options["keep"],
         s3_endpoint=options["s3_endpoint"], prune=options["prune"],
         timeout=options["timeout"], backoff_max=options["backoff_max"],
+        download_timeout=options["download_timeout"], mismatch_retry=options["mismatch_retry"],
     )  # fmt: skip
     with _stop_on_signals() as stop:
         agent_api.run_agent(config, stop, ready=lambda url: _announce(
-            f"ggufops agent: watching {config.repo_url} ({config.branch}) for {config.env}; "
+            f"ggufops agent: watching {config.shown_url} ({config.branch}) for {config.env}; "
             f"status {url + '/status' if url else 'off'}; state {config.state_dir}"))
 
 

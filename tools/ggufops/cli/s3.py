@@ -44,7 +44,8 @@ def s3() -> None:
               help="Write the endpoint and credentials into .dvc/config.local (remote models).")
 @click.pass_context
 def serve(ctx: click.Context, port: int, state_dir: Path | None, write_dvc_local: bool) -> None:
-    """Run SeaweedFS in the foreground until Ctrl-C; print the endpoint and env vars."""
+    """Run SeaweedFS in the foreground until Ctrl-C; print the endpoint (never the secret:
+    this output lands in logs and journals; `ggufops s3 env` prints the credentials)."""
     server = s3server.S3Server(_state_dir(ctx, state_dir), port=port or None)
     server.start()
     info = server.info()
@@ -57,9 +58,8 @@ def serve(ctx: click.Context, port: int, state_dir: Path | None, write_dvc_local
         click.echo(f"wrote endpointurl and credentials of remote 'models' to {path}")
     elif write_dvc_local:
         click.echo(f"no DVC repository at {root}: .dvc/config.local not written", err=True)
-    click.echo("for other tools (aws, boto3), export:")
-    for line in info.export_lines():
-        click.echo(f"  {line}")
+    click.echo(f"credentials for other tools (aws, boto3): eval \"$(ggufops s3 env "
+               f"--state-dir {info.state_dir})\"")
     click.echo("press Ctrl-C to stop", err=True)
     code = s3server.run_foreground(server)
     click.echo("S3 server stopped", err=True)
@@ -73,7 +73,7 @@ def serve(ctx: click.Context, port: int, state_dir: Path | None, write_dvc_local
 @json_option
 @click.pass_context
 def env(ctx: click.Context, state_dir: Path | None, as_json: bool) -> None:
-    """Print `export ...` lines for the server running on the state dir."""
+    """Print `export ...` lines (credentials included) for the server on the state dir."""
     info = s3server.read_running(_state_dir(ctx, state_dir))
     if as_json:
         print_json({**info.env(), "endpoint": info.endpoint, "bucket": info.bucket})
