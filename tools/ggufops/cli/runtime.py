@@ -75,12 +75,14 @@ admin_token_option = click.option(
               show_default=True, envvar="GGUFOPS_MAX_CONNECTIONS",
               help="Connections served at once; one more is answered 503.")
 @click.option("--header-timeout", type=click.FloatRange(min=0.1),
-              default=Limits.header_timeout, show_default=True,
+              default=Limits.header_timeout, show_default=True, envvar="GGUFOPS_HEADER_TIMEOUT",
               help="Seconds a client has to send a request's line, headers and body.")
 @click.option("--idle-timeout", type=click.FloatRange(min=0.1), default=Limits.idle_timeout,
-              show_default=True, help="Seconds a connection may wait for its next request.")
+              show_default=True, envvar="GGUFOPS_IDLE_TIMEOUT",
+              help="Seconds a connection may wait for its next request.")
 @click.option("--max-body", type=click.IntRange(1024), default=Limits.max_body,
-              show_default=True, help="Largest request body in bytes (413 above).")
+              show_default=True, envvar="GGUFOPS_MAX_BODY",
+              help="Largest request body in bytes (413 above).")
 @click.option("--reuse-prompt-cache", is_flag=True, envvar="GGUFOPS_REUSE_PROMPT_CACHE",
               help="Keep the previous request's evaluated prompt and reuse a shared prefix: "
               "faster for long shared system prompts, but greedy answers then depend on "
