@@ -34,7 +34,7 @@ def eval_set() -> bench.EvalSet:
 FAST_GATES: dict[str, Any] = {
     "max_degradation": 0.05,
     "rounds": 3,
-    "max_rounds": 12,
+    "max_rounds": 6,
     "time_budget_s": 60,
     "eval_tokens": 2048,
     "eval_ctx": 256,
