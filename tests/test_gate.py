@@ -85,6 +85,8 @@ def test_degraded_model_fails_on_perplexity(toy_models: ToyModels, eval_set: ben
     assert message.startswith("toy@1.1.0 in production: perplexity ")
     assert f"{ppl.candidate:.4g} vs {ppl.baseline:.4g}" in message
     assert message.endswith("limit +5.0%)")
+    assert speed_rows(result) == [] and "speed" not in result.timings_s
+    assert "speed not measured: quality already blocks this change" in result.notes
     report_ = gate.GateReport("HEAD~1", None, [result], bench.provenance(bench.Settings()))
     with pytest.raises(GateFailed, match=r"^gate failed: toy@1.1.0 in production: perplexity"):
         gate.check(report_)
@@ -561,3 +563,26 @@ def test_a_pair_is_measured_once_for_every_environment(toy_registry: Path,
     assert "measured once in this run (for production) and judged again with staging's " \
         "policy" in second["notes"]
 
+
+
+def test_speed_is_measured_again_where_another_policy_lets_quality_pass(
+        toy_registry: Path, toy_models: ToyModels, tmp_path: Path) -> None:
+    """production blocks the degraded toy on quality (no speed measured); staging allows
+    90% and needs the speed figures, so the same pair is measured again there."""
+    path = toy_registry / "registry" / "policy.yaml"
+    policy = yaml.safe_load(path.read_text())
+    policy["gates"]["environments"] = {"staging": {"max_degradation": 0.9}}
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    set_environment(toy_registry, "staging", {"toy": "1.0.0"})
+    git_commit(toy_registry, "a lenient staging, toy 1.0.0 there")
+    register_toy(toy_registry, toy_models["degraded"], "toy", "1.2.0", parent="1.0.0")
+    for env in ("staging", "production"):
+        set_environment(toy_registry, env, {"toy": "1.2.0"})
+    out = tmp_path / "gate.json"
+    result = CliRunner().invoke(main, ["-C", str(toy_registry), "gate", "--base", "main",
+                                       "--json", str(out)])
+    assert result.exit_code == 1
+    production, staging = json.loads(out.read_text())["gates"]
+    assert (production["verdict"], staging["verdict"]) == ("fail", "pass")
+    assert production["samples"] == {} and staging["samples"] != {}
+    assert not any(n.startswith("measured once") for n in staging["notes"])

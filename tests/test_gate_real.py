@@ -38,11 +38,14 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> BenchCache:
     return BenchCache(tmp_path_factory.mktemp("bench-cache"))
 
 
-def measured(candidate: Path, baseline: Path, eval_set: bench.EvalSet,
-             cache: BenchCache) -> gate.PairMeasurement:
+BUDGET = {"q4_0": {"perplexity": 0.25, "max_kl_divergence": 0.3, "min_top1_agreement": 0.7}}
+
+
+def measured(candidate: Path, baseline: Path, eval_set: bench.EvalSet, cache: BenchCache,
+             **policy: Any) -> gate.PairMeasurement:
     return gate.measure_pair(gate.Subject.from_file("smollm2@1.1.0", candidate),
                              gate.Subject.from_file("smollm2@1.0.0", baseline), eval_set,
-                             policy=default_policy(), cache=cache)
+                             policy=default_policy(**policy), cache=cache)
 
 
 def judged(pair: gate.PairMeasurement, eval_set: bench.EvalSet,
@@ -57,7 +60,9 @@ def rows(result: gate.ModelGate) -> dict[str, gate.Row]:
 @pytest.fixture(scope="module")
 def q4_0_pair(smollm2: Path, smollm2_q4_0: Path, eval_set: bench.EvalSet,
               cache: BenchCache) -> gate.PairMeasurement:
-    return measured(smollm2_q4_0, smollm2, eval_set, cache)
+    """Measured under the budget (under the default policy quality alone blocks it, and the
+    gate would not spend time on speed); then judged under both policies."""
+    return measured(smollm2_q4_0, smollm2, eval_set, cache, quantization_budget=BUDGET)
 
 
 def test_q4_0_is_blocked_on_quality_by_the_default_policy(
@@ -75,17 +80,17 @@ def test_q4_0_is_blocked_on_quality_by_the_default_policy(
     assert "quantization step q4_1 → q4_0 (fewer bits per weight; no " \
         "gates.quantization_budget entry for q4_0)" in result.notes[1]
     assert q4_0_pair.quality["n_tokens"] == 1024  # sized to a 135M model
+    assert gate.quality_blocks(q4_0_pair, default_policy())
 
 
 def test_q4_0_passes_under_a_quantization_budget_that_allows_it(
         q4_0_pair: gate.PairMeasurement, eval_set: bench.EvalSet) -> None:
-    budget = {"q4_0": {"perplexity": 0.25, "max_kl_divergence": 0.3,
-                       "min_top1_agreement": 0.7}}
-    result = judged(q4_0_pair, eval_set, default_policy(quantization_budget=budget))
+    result = judged(q4_0_pair, eval_set, default_policy(quantization_budget=BUDGET))
     assert result.rule == "quantization budget"
     assert all(rows(result)[m].verdict == gate.PASS for m in QUALITY_ROWS if m in rows(result))
     assert not any(r.verdict == gate.FAIL for r in result.rows), result.failures
     assert result.verdict == gate.PASS  # q4_0 is faster than q4_1: no speed row blocks
+    assert {"pp_tokens_per_s", "tg_tokens_per_s", "latency_ms"} <= set(rows(result))
     assert rows(result)["perplexity"].threshold == \
         "≤ +30.0% (max_degradation 5% + quantization_budget.q4_0 25%)"
     text = report.model_section(result)

@@ -163,6 +163,7 @@ class PairMeasurement:
     single_speed: bench.SpeedSamples | None = None  # a new model: for the minimums
     bytes_per_token: tuple[float, float] | None = None  # per byte: (baseline, candidate)
     timings: dict[str, float] = field(default_factory=dict)
+    load_average: float = 0.0  # of the machine when speed was measured
 
     @property
     def seconds(self) -> float:
@@ -193,12 +194,26 @@ def measure_pair(candidate: Subject, baseline: Subject | None, eval_set: bench.E
             result.bytes_per_token = (len(eval_set.text) / len(sides[0].tokens),
                                       len(eval_set.text) / len(sides[1].tokens))
         tokens = [s.tokens for s in sides]
-    if len(subjects) == 2:
+    if len(subjects) == 2 and not quality_blocks(result, policy):
         rules = gatespeed.SpeedRules.from_policy(policy, result.bytes_per_token)
+        result.load_average = os.getloadavg()[0]
         with clock("speed"):
             result.speed = gatespeed.measure(subjects, tokens, prompts, settings,
                                              deadline=deadline, is_clear=rules.clear)
     return result
+
+
+def quality_blocks(measured: PairMeasurement, policy: dict[str, Any]) -> bool:
+    """Whether quality alone fails the pair under `policy`: then speed is not measured (the
+    change is blocked either way, and the time budget is not spent on it)."""
+    if measured.baseline is None:
+        return False
+    scratch = ModelGate("", "", "", "", None)
+    rule = gatequality.choose_rule(measured.candidate, measured.baseline,
+                                   measured.quality["per"], str(measured.quality.get("why", "")),
+                                   policy)
+    gatequality.judge(scratch, rule, measured.quality, policy)
+    return scratch.verdict == FAIL
 
 
 def _speed_minimums(policy: dict[str, Any]) -> bool:
@@ -270,15 +285,29 @@ def _judge_against(gate: ModelGate, measured: PairMeasurement, baseline: Subject
     gate.notes.insert(0, f"quality reference: {baseline.label}, rule: {rule.name}")
     gatequality.judge(gate, rule, quality, policy)
     speed = measured.speed
-    assert speed is not None
+    if speed is None:
+        gate.notes.append("speed not measured: quality already blocks this change")
+        return
     rules = gatespeed.SpeedRules.from_policy(policy, measured.bytes_per_token)
     gatespeed.judge(gate, speed, rules)
     gate.speed = gatespeed.summary(speed, rules, measured.settings)
     gate.samples = {side: getattr(speed, side) for side in ("baseline", "candidate")}
+    _busy_note(gate, measured)
     if measured.bytes_per_token is not None:
         gate.notes.append("speed per byte: tokens/s times each tokenizer's bytes per token on "
                           "the eval set; request latency is reported, not compared (a request "
                           "makes a fixed number of tokens, which differ in bytes)")
+
+
+def _busy_note(gate: ModelGate, measured: PairMeasurement) -> None:
+    """Say so when other work on the machine stretched wall-timed runs."""
+    threads = measured.settings.n_threads
+    if threads > 1 and measured.load_average >= llm.default_threads():
+        gate.notes.append(
+            f"the machine was busy (load average {measured.load_average:.1f} on "
+            f"{llm.default_threads()} cores) while speed was timed by wall time with {threads} "
+            "threads: other work stretches every run, so verdicts need more rounds and may "
+            "stay inconclusive; with gates.threads: 1 each run is timed by its own CPU clock")
 
 
 def _budget_note(gate: ModelGate, measured: PairMeasurement) -> None:
@@ -381,7 +410,8 @@ def run_gates(registry: Registry, plan: GatePlan, store_root: Path, cache: Bench
         baseline = Subject.of(base_doc, base_path) if base_doc and base_path else None
         key = (candidate.sha256, baseline.sha256 if baseline else None, eval_set.sha256,
                bench.settings_from(policy))
-        if key in measured:
+        if key in measured and (measured[key][1].speed is not None or
+                                quality_blocks(measured[key][1], policy)):
             first_env, pair = measured[key]
             gate = judge_pair(job.env, job.role, pair, eval_set, policy=policy, baseline=baseline)
             gate.notes.append(f"measured once in this run (for {first_env}) and judged again "
