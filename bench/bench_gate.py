@@ -106,28 +106,41 @@ def whole_gate(work: Path, models: dict[str, Path], threads: int | None) -> None
     (work / "gate.md").write_text(markdown)
 
 
-def real_gates(settings_policy: dict[str, Any]) -> None:
+REAL_CASES = (  # label, quantization, policy overrides
+    ("q4_1 -> q4_0, default policy", "q4_0", {}),
+    ("q4_1 -> q4_0, a budget allows it", "q4_0", {"quantization_budget": {"q4_0": {
+        "perplexity": 0.25, "max_kl_divergence": 0.3, "min_top1_agreement": 0.7}}}),
+    ("q4_1 -> q8_0, default policy", "q8_0", {}),
+)
+
+
+def real_gates(settings_policy: dict[str, Any], reports: Path | None) -> None:
     print("== 2. real model: SmolLM2-135M-Instruct q4_1 -> its llama.cpp requantizations")
     print(f"  {load_average()}")
     base = gate.Subject.from_file("smollm2@1.0.0", smollm2_path())
-    for quant in ("q4_0", "q8_0"):
+    for label, quant, overrides in REAL_CASES:
+        case_policy = {**settings_policy, **overrides}
         cand = gate.Subject.from_file("smollm2@1.1.0", smollm2_twin(quant))
         start = time.perf_counter()
-        pair = gate.measure_pair(cand, base, eval_set(), policy=settings_policy,
-                                 cache=NoCache())
-        result = gate.judge_pair("production", "version", pair, eval_set(),
-                                 policy=settings_policy)
+        pair = gate.measure_pair(cand, base, eval_set(), policy=case_policy, cache=NoCache())
+        result = gate.judge_pair("production", "version", pair, eval_set(), policy=case_policy)
         took = time.perf_counter() - start
-        print(f"  q4_1 -> {quant}: {result.verdict.upper()} in {took:.1f} s, rule "
-              f"'{result.rule}', {pair.settings.n_threads} thread(s), "
-              f"{pair.quality['n_tokens']} eval tokens, speed {result.speed['rounds']} rounds "
-              f"(stopped: {result.speed['stopped']})")
+        speed = (f"speed {result.speed['rounds']} rounds (stopped: {result.speed['stopped']})"
+                 if result.speed else "speed not timed (quality blocks)")
+        print(f"  {label}: {result.verdict.upper()} in {took:.1f} s, rule '{result.rule}', "
+              f"{pair.settings.n_threads} thread(s), {pair.quality['n_tokens']} eval tokens, "
+              f"{speed}")
         for r in result.rows:
             ci = f" CI [{r.ci_low:+.1%}, {r.ci_high:+.1%}]" if r.ci_low is not None else ""
             change = f"{r.change:+.1%}" if r.change is not None else ""
             print(f"    {r.metric:<16}{r.verdict:<5}{r.decision:<13}{change:>8}{ci}  "
                   f"value {report.fmt_value(r.metric, r.candidate)}")
         print_times(pair.timings, pair.settings.time_budget_s)
+        if reports is not None:
+            text = report.render_markdown(gate.GateReport(
+                "(bench)", None, [result], bench.provenance(pair.settings), pair.timings))
+            (reports / f"real-{label.split(',')[0].replace(' -> ', '-')}-{len(overrides)}.md"
+             ).write_text(text)
     print(f"  {load_average()}")
 
 
@@ -181,6 +194,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="override the policy's threads (default: the job's cores)")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: 1,2,3,4")
+    parser.add_argument("--reports", type=Path, default=None,
+                        help="write the real gates' Markdown reports into this directory")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     os.environ.update({k: v for k, v in GIT_TEST_ENV.items() if k not in os.environ})
@@ -198,7 +213,7 @@ def main() -> None:
         if "1" not in skip:
             whole_gate(work, models, args.threads)
         if "2" not in skip:
-            real_gates(settings_policy)
+            real_gates(settings_policy, args.reports)
         if "3" not in skip:
             fidelity(models)
         if "4" not in skip:
