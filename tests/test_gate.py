@@ -586,3 +586,31 @@ def test_speed_is_measured_again_where_another_policy_lets_quality_pass(
     assert (production["verdict"], staging["verdict"]) == ("fail", "pass")
     assert production["samples"] == {} and staging["samples"] != {}
     assert not any(n.startswith("measured once") for n in staging["notes"])
+
+
+def test_changed_policy_keys_are_listed_leaf_by_leaf() -> None:
+    from ggufops import gatepolicy
+
+    before = {"gates": {"default": {"max_degradation": 0.05, "speed": {"rounds": 3}}},
+              "retention": {"agent_keep_last": 3}}
+    after = {"gates": {"default": {"max_degradation": 0.9, "speed": {"rounds": 3},
+                                   "quantization_budget": {"q4_0": 0.5}}},
+             "retention": {"agent_keep_last": 3}}
+    assert gatepolicy.changed_keys(before, after) == [
+        ("gates.default.max_degradation", 0.05, 0.9),
+        ("gates.default.quantization_budget", None, {"q4_0": 0.5})]
+    assert gatepolicy.changed_keys(before, before) == []
+
+
+def test_without_a_base_policy_the_working_tree_s_is_used(registry_repo: Path) -> None:
+    from ggufops import gatepolicy
+
+    head = Registry(registry_repo).policy()
+    assert gatepolicy.judging_policy(registry_repo, None, head) == (
+        head, "the working tree (no base commit)")
+    (registry_repo / "registry" / "policy.yaml").write_text("gates: [unclosed\n")
+    git_commit(registry_repo, "a broken policy")
+    broken = git(registry_repo, "rev-parse", "HEAD")
+    policy, source = gatepolicy.judging_policy(registry_repo, broken, head)
+    assert policy is head and source.endswith("(the base's registry/policy.yaml does not "
+                                              "parse)")
