@@ -36,6 +36,8 @@ import numpy.typing as npt
 SLOWER, WITHIN, INCONCLUSIVE = "slower", "within", "inconclusive"
 RESAMPLES = 2000
 SEED = 20261130
+BATCH = 250  # resamples drawn at once: bounds memory for many rounds of many pairs
+TINY = 1e-12
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,10 @@ class Estimate:
 
 
 def log_ratios(baseline: Sequence[float], candidate: Sequence[float]) -> list[float]:
-    """log(candidate / baseline) for each pair of runs."""
-    return [math.log(c / b) for b, c in zip(baseline, candidate, strict=True)]
+    """log(candidate / baseline) for each pair of runs (figures are positive by nature; a
+    zero from a coarse clock is taken as the smallest positive one)."""
+    return [math.log(max(c, TINY) / max(b, TINY))
+            for b, c in zip(baseline, candidate, strict=True)]
 
 
 def estimate(rounds: Sequence[Sequence[float]], confidence: float = 0.95, *,
@@ -119,15 +123,23 @@ def _bootstrap_medians(rounds: list[list[float]], resamples: int) -> npt.NDArray
     """Medians of `resamples` two-stage resamples: rounds, then pairs within each round."""
     rng = np.random.default_rng(SEED)
     sizes = np.array([len(r) for r in rounds])
-    width = int(sizes.max())
-    table = np.full((len(rounds), width), np.nan)
+    table = np.full((len(rounds), int(sizes.max())), np.nan)
     for i, r in enumerate(rounds):
         table[i, : len(r)] = r
-    drawn = rng.integers(0, len(rounds), size=(resamples, len(rounds)))
-    picks = np.floor(rng.random((resamples, len(rounds), width)) * sizes[drawn][..., None])
+    batches = [_resample(table, sizes, min(BATCH, resamples - start), rng)
+               for start in range(0, resamples, BATCH)]
+    return np.concatenate(batches)
+
+
+def _resample(table: npt.NDArray[np.float64], sizes: npt.NDArray[np.int64], count: int,
+              rng: np.random.Generator) -> npt.NDArray[np.float64]:
+    """`count` medians: each draws len(sizes) rounds, then that round's size of its pairs."""
+    n_rounds, width = table.shape
+    drawn = rng.integers(0, n_rounds, size=(count, n_rounds))
+    picks = np.floor(rng.random((count, n_rounds, width)) * sizes[drawn][..., None])
     values = table[drawn[..., None], picks.astype(np.int64)]
     values[np.arange(width)[None, None, :] >= sizes[drawn][..., None]] = np.nan
-    medians: npt.NDArray[np.float64] = np.nanmedian(values.reshape(resamples, -1), axis=1)
+    medians: npt.NDArray[np.float64] = np.nanmedian(values.reshape(count, -1), axis=1)
     return medians
 
 
