@@ -168,14 +168,16 @@ def measure(subjects: Sequence[Subject], tokens: Sequence[Sequence[int]],
             is_clear: Callable[[PairedSpeed], bool]) -> PairedSpeed:
     """Rounds of paired runs of (baseline, candidate) until clear, max_rounds or deadline."""
     speed = PairedSpeed(repetitions=settings.repetitions)
+    longest = 0.0  # per pair: the next round is predicted from the slowest so far
     with gc_paused():
         while not speed.stopped:
-            began = time.monotonic()
+            began, pairs = time.monotonic(), speed.repetitions
             _round(subjects, tokens, prompts, settings, speed)
             now = time.monotonic()
+            longest = max(longest, (now - began) / pairs)
             speed.stopped = _stop_reason(speed, settings, is_clear,
-                                         now + (now - began) > deadline)
-            speed.repetitions = _fitting_repetitions(speed, settings, now - began,
+                                         now + longest * speed.repetitions > deadline)
+            speed.repetitions = _fitting_repetitions(speed, settings, longest * pairs,
                                                      deadline - now)
     return speed
 
