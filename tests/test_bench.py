@@ -40,8 +40,18 @@ def test_repository_policy_gives_valid_settings() -> None:
     root = Path(__file__).parents[1]
     policy = yaml.safe_load((root / "registry" / "policy.yaml").read_text())
     settings = bench.settings_from(bench.gate_policy(policy, "production"))
-    assert settings.threads == 1 and settings.eval_ctx == 512 and settings.rounds == 3
-    assert settings.n_ctx == 512
+    assert settings.threads is None and settings.n_threads == llm.default_threads()
+    assert settings.eval_ctx == 512 and settings.rounds == 3 and settings.max_rounds == 12
+    assert settings.n_ctx == 512 and settings.time_budget_s == 60
+    assert bench.settings_from(bench.gate_policy(policy, "staging")).time_budget_s == 30
+
+
+def test_eval_tokens_are_sized_to_the_model() -> None:
+    settings = bench.Settings()  # 4,096 tokens at most, 1.5e11 parameter-tokens
+    assert settings.eval_token_count(600_000) == 4096  # a toy
+    assert settings.eval_token_count(134_515_008) == 1024  # SmolLM2-135M
+    assert settings.eval_token_count(8_030_261_248) == 512  # 8B: one chunk
+    assert bench.Settings(eval_ctx=256).eval_token_count(134_515_008) == 1024
 
 
 def _doc(eval_sha: str, name: str = "pydoc-heldout-v1") -> dict[str, Any]:

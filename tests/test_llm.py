@@ -146,3 +146,38 @@ def test_versions_and_machine_facts() -> None:
     assert llm.cpu_model()
     assert llm.default_threads() >= 1
     assert "CPU" in llm.system_info()
+
+
+def _bigram_nll(text: bytes) -> float:
+    """The baseline toy's exact NLL of `text` from its bigram table (see toy.py)."""
+    table = toy.log_table(toy.RECIPES["baseline"])
+    total, slot = 0.0, toy.BOS_SLOT
+    for byte in text:
+        row = table[slot]
+        total += math.log(sum(math.exp(x - row.max()) for x in row)) + row.max() - row[byte]
+        slot = byte
+    return total
+
+
+def test_text_nll_scores_every_token_once(toy_models: dict[str, Path]) -> None:
+    text = toy.heldout_text()[:700]
+    with llm.load(toy_models["baseline"], n_ctx=256) as model:
+        rolling = llm.text_nll(model, text, n_ctx=64)  # 700 tokens through windows of 64
+        whole = llm.text_nll(model, text[:200], n_ctx=256)  # one window
+    assert (rolling.n_tokens, rolling.n_bytes) == (700, 700)
+    # a bigram model sees only the previous byte, so windows lose nothing: the sum is exact
+    assert rolling.nll_sum == pytest.approx(_bigram_nll(text), rel=1e-4)
+    assert whole.nll_sum == pytest.approx(_bigram_nll(text[:200]), rel=1e-4)
+    assert rolling.bits_per_byte == pytest.approx(rolling.nll_sum / 700 / math.log(2))
+
+
+def test_text_nll_window_must_fit_the_context(toy_models: dict[str, Path]) -> None:
+    with llm.load(toy_models["baseline"], n_ctx=64) as model, \
+            pytest.raises(LlamaError, match="window of 128 tokens does not fit the context 64"):
+        llm.text_nll(model, b"hello", n_ctx=128)
+
+
+def test_parameter_count_is_llama_cpp_s(toy_models: dict[str, Path]) -> None:
+    with llm.load(toy_models["baseline"], n_ctx=64) as small, \
+            llm.load(toy_models["slow"], n_ctx=64) as big:
+        assert 100_000 < llm.n_params(small) < llm.n_params(big)

@@ -342,3 +342,66 @@ def test_gate_workflow_does_not_comment_for_a_fork(toy_pr: ScratchS3, fake_githu
 def test_workflow_yaml_is_plain_yaml() -> None:
     for path in workflow_files():
         assert isinstance(yaml.safe_load(path.read_text()), dict)
+
+
+def test_gate_workflow_installs_the_base_branch_s_ggufops() -> None:
+    steps = load_workflow(WORKFLOWS / "gate.yml")["jobs"]["gate"]["steps"]
+    names = [s.get("name") or s["uses"] for s in steps]
+    base = names.index("Check out the base branch's ggufops, apart from the pull request's "
+                       "files")
+    install = next(s for s in steps if s.get("id") == "install")
+    assert base < names.index("Install ggufops")
+    assert install["env"] == {"TOOL": "${{ steps.base-tool.outputs.path }}"}
+    assert install["run"].rstrip().endswith('python -m pip install --find-links "$wheels" "$TOOL"')
+    assert 'os.path.join(os.environ["TOOL"], "pyproject.toml")' in install["run"]  # its pin
+    assert "-e ." not in install["run"].split()
+
+
+@pytest.fixture
+def lower_bar_pr(toy_registry: Path, toy_models: dict[str, Path], tmp_path: Path) -> ScratchS3:
+    """PR #2 raises max_degradation to 90% AND deploys toy@1.2.0 (the degraded toy)."""
+    from testing.toys import register_toy
+
+    root = toy_registry
+    remote = make_remote(tmp_path, root)
+    git(root, "checkout", "-q", "-b", "lower-the-bar")
+    register_toy(root, toy_models["degraded"], "toy", "1.2.0", parent="1.0.0")
+    policy_file = root / "registry" / "policy.yaml"
+    policy = yaml.safe_load(policy_file.read_text())
+    policy["gates"]["default"]["max_degradation"] = 0.9
+    policy_file.write_text(yaml.safe_dump(policy, sort_keys=False))
+    (root / "environments" / "production.yaml").write_text(
+        "environment: production\nmodels:\n  toy:\n    version: 1.2.0\n")
+    git_commit(root, "deploy toy 1.2.0 with a looser gate")
+    git(root, "push", "-q", "origin", "lower-the-bar")
+    open_pull_request(remote, tmp_path, "lower-the-bar", 2)
+    return ScratchS3(root, remote, tmp_path, s3config.resolve(root), "")
+
+
+def test_gate_workflow_judges_with_the_base_s_policy(lower_bar_pr: ScratchS3,
+                                                     fake_github: FakeGitHub,
+                                                     tmp_path: Path) -> None:
+    settings = lower_bar_pr.s3
+    event = Event("pull_request", lower_bar_pr.remote, base_ref="main",
+                  head_ref="lower-the-bar", pr_number=2,
+                  vars={"S3_ENDPOINT_URL": settings.endpoint_url, "S3_URL": settings.url},
+                  secrets={"AWS_ACCESS_KEY_ID": settings.access_key_id,
+                           "AWS_SECRET_ACCESS_KEY": settings.secret_access_key,
+                           "GITHUB_TOKEN": fake_github.token})
+    run = run_workflow(WORKFLOWS / "gate.yml", event, tmp_path / "run", skip_ids=SKIP_INSTALL,
+                       extra_env={"GITHUB_API_URL": fake_github.url})
+    assert_step_kinds(run, "Run the llama.cpp gates")
+    tool = tmp_path / "run" / "runner-temp" / "ggufops-base"
+    assert git(tool, "rev-parse", "HEAD") == git(lower_bar_pr.remote, "rev-parse", "main")
+    assert "max_degradation: 0.05" in (tool / "registry" / "policy.yaml").read_text()
+    assert "the gate runs ggufops from " in run.step(
+        "Check out the base branch's ggufops, apart from the pull request's files").stdout
+    assert "error: gate failed: toy@1.2.0 in production: perplexity " in \
+        run.step("Run the llama.cpp gates").stderr
+    assert run.summary.startswith("## ❌ ggufops gate FAILED")
+    assert "### ⚠️ Policy change not applied to itself" in run.summary
+    assert "| `gates.default.max_degradation` | `0.05` | `0.9` |" in run.summary
+    report = json.loads((run.workspace / "gate.json").read_text())
+    assert report["self_changes"]["policy_changed"] is True
+    [comment] = fake_github.comments.values()
+    assert "### ⚠️ Policy change not applied to itself" in comment["body"]

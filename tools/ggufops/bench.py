@@ -37,23 +37,44 @@ PROMPT_BYTES = 96
 
 @dataclass(frozen=True)
 class Settings:
-    """How to measure; every field can be set in policy.yaml `gates`."""
+    """How to measure; every field can be set in policy.yaml `gates` (or `gates.speed`)."""
 
-    eval_tokens: int = 4096
+    eval_tokens: int = 4096  # at most; fewer for big models (eval_param_tokens)
     eval_ctx: int = 512
-    threads: int = 1
-    rounds: int = 3
+    eval_param_tokens: float = 1.5e11  # parameters x tokens one model may spend on quality
+    threads: int | None = None  # None: every core this job may use
+    rounds: int = 3  # speed: at least this many rounds ...
+    max_rounds: int = 12  # ... and at most this many, while the verdict is unclear
+    time_budget_s: float = 60.0  # per model change; extra speed rounds stop within it
     pp_tokens: int = 512
     tg_tokens: int = 64
-    repetitions: int = 3
-    latency_prompts: int = 8
+    repetitions: int = 4
+    latency_prompts: int = 4
     latency_max_tokens: int = 16
+    run_seconds: float = 0.05  # a speed run repeats its work until it takes about this long
     smoke_tokens: int = 16
 
     @property
+    def n_threads(self) -> int:
+        """llama.cpp threads: the policy's, else every core this process may run on."""
+        return self.threads or llm.default_threads()
+
+    @property
     def n_ctx(self) -> int:
-        """Context to load models with: room for a perplexity chunk and a pp run."""
-        return max(self.eval_ctx, self.pp_tokens, PROMPT_BYTES + self.latency_max_tokens + 8)
+        """Context to load models with: room for a perplexity chunk and every speed run."""
+        return max(self.eval_ctx, self.pp_tokens, self.tg_tokens + 8,
+                   PROMPT_BYTES + self.latency_max_tokens + 8)
+
+    def eval_token_count(self, n_params: int) -> int:
+        """Eval tokens for a model of `n_params` parameters: at most eval_tokens and at most
+        eval_param_tokens / n_params, in whole chunks of eval_ctx, never less than one.
+
+        It depends only on the model, never on how busy the machine is, so quality stays
+        deterministic (and cacheable): 4,096 tokens for a toy, 1,024 for a 135M model, one
+        chunk for 8B."""
+        by_size = int(self.eval_param_tokens // max(n_params, 1))
+        tokens = min(self.eval_tokens, by_size) // self.eval_ctx * self.eval_ctx
+        return max(self.eval_ctx, tokens)
 
 
 def gate_policy(policy: dict[str, Any], env: str | None = None) -> dict[str, Any]:
@@ -118,10 +139,13 @@ def prompts_from(eval_set: EvalSet, count: int) -> list[bytes]:
     return [p.decode("utf-8", errors="ignore").encode() for p in chosen]
 
 
-def eval_tokens(model: llm.Model, eval_set: EvalSet, settings: Settings) -> list[int]:
-    """The first whole chunks of the eval set's tokens, at most settings.eval_tokens."""
+def eval_tokens(model: llm.Model, eval_set: EvalSet, settings: Settings,
+                count: int | None = None) -> list[int]:
+    """The first whole chunks of the eval set's tokens: at most `count` (default: what
+    settings.eval_token_count gives this model)."""
     tokens = llm.tokenize(model, eval_set.text)
-    usable = min(len(tokens), settings.eval_tokens) // settings.eval_ctx * settings.eval_ctx
+    wanted = count or settings.eval_token_count(llm.n_params(model))
+    usable = min(len(tokens), wanted) // settings.eval_ctx * settings.eval_ctx
     if not usable:
         raise EvalSetError(
             f"eval set {eval_set.name} has {len(tokens)} tokens for {model.path.name}, fewer "
@@ -136,13 +160,14 @@ def eval_tokens(model: llm.Model, eval_set: EvalSet, settings: Settings) -> list
 def provenance(settings: Settings) -> dict[str, Any]:
     v = llm.versions()
     return {"llama_cpp_python": v["llama_cpp_python"], "llama_cpp": v["llama_cpp"],
-            "cpu": llm.cpu_model(), "threads": settings.threads}
+            "cpu": llm.cpu_model(), "threads": settings.n_threads}
 
 
-def quality_key(artifact_sha256: str, eval_set: EvalSet, settings: Settings) -> dict[str, Any]:
+def quality_key(artifact_sha256: str, eval_set: EvalSet, settings: Settings,
+                n_tokens: int) -> dict[str, Any]:
+    """What a quality result depends on; `n_tokens`: the eval tokens actually scored over."""
     return {"artifact_sha256": artifact_sha256, "eval_sha256": eval_set.sha256,
-            "eval_tokens": settings.eval_tokens, "eval_ctx": settings.eval_ctx,
-            **provenance(settings)}
+            "eval_tokens": n_tokens, "eval_ctx": settings.eval_ctx, **provenance(settings)}
 
 
 def measure_quality(model: llm.Model, tokens: Sequence[int], settings: Settings) -> dict[str, Any]:
@@ -183,17 +208,6 @@ class SpeedSamples:
             "latency_p50_ms": llm.percentile(lat, 50),
             "latency_p95_ms": llm.percentile(lat, 95),
         }
-
-    def series(self, metric: str) -> list[list[float]]:
-        return {"pp_tokens_per_s": self.pp, "tg_tokens_per_s": self.tg}.get(metric, self.latency)
-
-    def per_round(self, metric: str) -> list[float]:
-        """One figure per round (its median, or its p95 for latency): the between-round noise."""
-        if metric == "pp_tokens_per_s":
-            return [llm.median(r) for r in self.pp]
-        if metric == "tg_tokens_per_s":
-            return [llm.median(r) for r in self.tg]
-        return [llm.percentile(r, 95) for r in self.latency]
 
 
 def warm_up(model: llm.Model, tokens: Sequence[int], prompts: Sequence[bytes]) -> None:
@@ -249,24 +263,7 @@ def measure_speed(models: Sequence[llm.Model], tokens: Sequence[Sequence[int]],
     return out
 
 
-def tail_uncertainty(samples: SpeedSamples) -> float:
-    """How uncertain a p95 of few requests is: (p99 - p90) / p95 over all of them."""
-    lat = [x for r in samples.latency for x in r]
-    p95 = llm.percentile(lat, 95)
-    return (llm.percentile(lat, 99) - llm.percentile(lat, 90)) / p95 if p95 else 0.0
 
-
-def round_ratios(base: SpeedSamples, cand: SpeedSamples, metric: str) -> list[float]:
-    """candidate / baseline, one ratio per round, from runs made back to back.
-
-    pp, tg: the median of the ratios of paired runs (shared machine load cancels out);
-    latency p95: the ratio of the round's p95 request latencies.
-    """
-    if metric == "latency_p95_ms":
-        return [c / b for b, c in zip(base.per_round(metric), cand.per_round(metric),
-                                      strict=True)]
-    return [llm.median([y / x for x, y in zip(b_runs, c_runs, strict=True)])
-            for b_runs, c_runs in zip(base.series(metric), cand.series(metric), strict=True)]
 
 
 # --- one version ----------------------------------------------------------------------------
@@ -293,11 +290,11 @@ def bench_file(path: Path, artifact_sha256: str, eval_set: EvalSet, settings: Se
                cache: BenchCache, *, label: str) -> tuple[dict[str, float], bool, int]:
     """(metrics, quality came from cache, tokens scored) for one GGUF file."""
     smoke = llm.smoke_test_isolated(path, n_tokens=settings.smoke_tokens,
-                                    n_threads=settings.threads, n_ctx=settings.n_ctx)
+                                    n_threads=settings.n_threads, n_ctx=settings.n_ctx)
     llm.require_smoke(label, smoke)
-    with llm.load(path, n_ctx=settings.n_ctx, n_threads=settings.threads) as model:
+    with llm.load(path, n_ctx=settings.n_ctx, n_threads=settings.n_threads) as model:
         tokens = eval_tokens(model, eval_set, settings)
-        key = quality_key(artifact_sha256, eval_set, settings)
+        key = quality_key(artifact_sha256, eval_set, settings, len(tokens))
         quality, cached = cached_quality(cache, key,
                                          lambda: measure_quality(model, tokens, settings))
         prompts = prompts_from(eval_set, settings.latency_prompts)

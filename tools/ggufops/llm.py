@@ -279,6 +279,59 @@ def perplexity(model: Model, tokens: Sequence[int], *, n_ctx: int | None = None)
 
 
 @dataclass(frozen=True)
+class TextNll:
+    """A text's negative log-likelihood under one model, every token scored exactly once."""
+
+    nll_sum: float  # nats, summed over every token of the text
+    n_tokens: int
+    n_bytes: int
+
+    @property
+    def bits_per_byte(self) -> float:
+        """lm-evaluation-harness's bits_per_byte: comparable across tokenizers."""
+        return self.nll_sum / (self.n_bytes * math.log(2))
+
+
+def text_nll(model: Model, text: bytes, *, n_ctx: int | None = None) -> TextNll:
+    """Score every token of `text` once, as lm-evaluation-harness's rolling log-likelihood.
+
+    The first window of n_ctx positions (BOS, then the text) scores all of its tokens; each
+    later window starts n_ctx/2 positions before the first unscored token, with BOS in place
+    of its first token (as llama-perplexity's chunks), and scores its second half, so every
+    later prediction sees at least n_ctx/2 - 1 tokens of the text before it.
+    """
+    size = n_ctx or model.n_ctx
+    if size > model.n_ctx or size < 2:
+        raise LlamaError(f"window of {size} tokens does not fit the context {model.n_ctx} "
+                         f"of {model.path}")
+    sequence = [model.bos, *tokenize(model, text)]
+    total, scored, start = 0.0, 1, 0
+    while scored < len(sequence):
+        end = min(start + size, len(sequence))
+        total += _window_nll(model, sequence, start, end, scored)
+        scored, start = end, end - size // 2
+    return TextNll(total, len(sequence) - 1, len(text))
+
+
+def _window_nll(model: Model, sequence: Sequence[int], start: int, end: int,
+                first_target: int) -> float:
+    """NLL of sequence[first_target:end], each predicted from sequence[start:target]."""
+    window = [model.bos, *sequence[start + 1:end]]
+    wanted = [first_target <= start + i + 1 < end for i in range(len(window))]
+    clear(model)
+    logits = decode(model, window, outputs=wanted)
+    assert logits is not None
+    targets = np.array(sequence[first_target:end], dtype=np.int64)
+    logp = log_softmax(logits)
+    return -float(logp[np.arange(targets.size), targets].sum())
+
+
+def n_params(model: Model) -> int:
+    """llama.cpp's count of the model's parameters (what sizes its work per token)."""
+    return int(_lib().llama_model_n_params(model.llama.model))
+
+
+@dataclass(frozen=True)
 class Divergence:
     """How a candidate's next-token distributions differ from a reference's."""
 
@@ -322,24 +375,32 @@ def quality_pair(reference: Model, candidate: Model, tokens: Sequence[int], *,
 # --- speed ------------------------------------------------------------------------------
 
 
-def prompt_tokens_per_s(model: Model, tokens: Sequence[int]) -> float:
-    """pp: decode `tokens` as one prompt (n_batch pieces), logits of the last only."""
+Clock = Callable[[], float]
+
+
+def prompt_tokens_per_s(model: Model, tokens: Sequence[int], *,
+                        clock: Clock = time.perf_counter) -> float:
+    """pp: decode `tokens` as one prompt (n_batch pieces), logits of the last only.
+
+    `clock`: wall time by default; time.thread_time measures a 1-thread model's own CPU
+    time, which other processes on a shared machine cannot stretch."""
     clear(model)
-    start = time.perf_counter()
+    start = clock()
     decode(model, tokens)
     _lib().llama_synchronize(model.ctx)
-    return len(tokens) / (time.perf_counter() - start)
+    return len(tokens) / max(clock() - start, 1e-9)
 
 
-def generation_tokens_per_s(model: Model, n_gen: int) -> float:
+def generation_tokens_per_s(model: Model, n_gen: int, *,
+                            clock: Clock = time.perf_counter) -> float:
     """tg: `n_gen` single-token decodes, starting from an empty context (llama-bench)."""
     clear(model)
     token = model.bos
-    start = time.perf_counter()
+    start = clock()
     for pos in range(n_gen):
         _decode_batch(model, [token], pos, [True])
     _lib().llama_synchronize(model.ctx)
-    return n_gen / (time.perf_counter() - start)
+    return n_gen / max(clock() - start, 1e-9)
 
 
 def generate(model: Model, prompt: Sequence[int], n_tokens: int) -> tuple[list[int], bool]:
@@ -357,11 +418,12 @@ def generate(model: Model, prompt: Sequence[int], n_tokens: int) -> tuple[list[i
     return out, finite
 
 
-def request_latency_ms(model: Model, prompt: bytes, max_tokens: int) -> float:
-    """One request: tokenize, prompt, `max_tokens` greedy tokens (ms, wall clock)."""
-    start = time.perf_counter()
+def request_latency_ms(model: Model, prompt: bytes, max_tokens: int, *,
+                       clock: Clock = time.perf_counter) -> float:
+    """One request: tokenize, prompt, `max_tokens` greedy tokens (ms, wall clock by default)."""
+    start = clock()
     generate(model, [model.bos, *tokenize(model, prompt)], max_tokens)
-    return (time.perf_counter() - start) * 1000.0
+    return (clock() - start) * 1000.0
 
 
 def percentile(values: Sequence[float], q: float) -> float:

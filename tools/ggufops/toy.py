@@ -81,6 +81,12 @@ RECIPES: dict[str, Recipe] = {
                description="baseline with Gaussian noise (std 1.0) on its log-probabilities"),
         Recipe("slow", 16384, "add-k", 0.5, blocks=4, feed_forward=512,
                description="baseline's table behind 4 zero blocks: same quality, slower"),
+        Recipe("slow2x", 16384, "add-k", 0.5, blocks=2,
+               description="baseline's table behind 2 zero blocks: same quality, prompts "
+                           "2x and generation 1.5x slower"),
+        Recipe("slow1.3x", 16384, "add-k", 0.5, feed_forward=768,
+               description="baseline with a 3x wider (zero) feed-forward: same quality, "
+                           "generation 1.3x slower, prompts as fast"),
     )
 }
 QUANTIZED_FROM = ("baseline", "improved")

@@ -27,7 +27,8 @@ no_cache_option = click.option(
     help="Measure quality again instead of reusing .ggufops/cache results.")
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
-    help="llama.cpp threads (default: gates.threads in registry/policy.yaml).")
+    help="llama.cpp threads (default: gates.threads in registry/policy.yaml, else every "
+         "core this job may use).")
 
 
 def _store(registry: Registry, store: Path | None) -> Path:
@@ -125,7 +126,10 @@ def _bench_outputs(registry: Registry, results: list[bench.BenchResult], *, reco
 def gate_cmd(ctx: click.Context, *, base: str | None, env: str | None, report_path: Path | None,
              json_path: Path | None, store: Path | None, threads: int | None, no_cache: bool,
              dry_run: bool) -> None:
-    """Benchmark every changed model against the version it replaces; exit 1 on a regression."""
+    """Benchmark every changed model against the version it replaces; exit 1 on a regression.
+
+    Judged with the base's registry/policy.yaml: a change to the policy applies from the
+    next change on (the report says so)."""
     registry = registry_from(ctx)
     plan = gate.plan_gates(registry, base, env)
     if dry_run:
