@@ -35,7 +35,10 @@ FAST_GATES: dict[str, Any] = {
     "max_degradation": 0.05,
     "rounds": 3,
     "max_rounds": 6,
-    "time_budget_s": 60,
+    # The budget is wall time: on a machine 10x oversubscribed it ran out before a 2x slower
+    # toy was "clear" (a verdict that then depended on the load). Toy verdicts here are
+    # bounded by max_rounds; the budget's own rules are tested in test_gate.py.
+    "time_budget_s": 3600,
     "eval_tokens": 2048,
     "eval_ctx": 256,
     "threads": 1,
