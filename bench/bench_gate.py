@@ -35,10 +35,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-from ggufops import bench, gate, gatespeed, llm, register, report, s3config, toy
-from ggufops.benchcache import BenchCache, NoCache
-from ggufops.registry import Registry
-from ggufops.s3server import S3Server
+from ggufops.artifacts import register, s3config
+from ggufops.artifacts.s3server import S3Server
+from ggufops.gates import bench, gate, report
+from ggufops.gates import speed as gatespeed
+from ggufops.gates.cache import BenchCache, NoCache
+from ggufops.llama import llm, toy
+from ggufops.registry.registry import Registry
 from testing.realmodels import smollm2_path, smollm2_relabelled, smollm2_twin
 from testing.repos import GIT_TEST_ENV, git_commit, make_registry, set_environment
 from testing.toys import direct_perplexity

@@ -28,8 +28,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ggufops import history, rollback  # noqa: E402
-from ggufops.template import copy_template, project_root  # noqa: E402
+from ggufops.gitops import history, rollback  # noqa: E402
+from ggufops.registry.template import copy_template, project_root  # noqa: E402
 from testing.repos import GIT_TEST_ENV, version_doc  # noqa: E402
 
 MODELS = 10
@@ -123,7 +123,7 @@ def start_s3(root: Path, tmp: Path, target: tuple[str, str]) -> object | None:
     try:
         import boto3
 
-        from ggufops.s3server import S3Server
+        from ggufops.artifacts.s3server import S3Server
         from testing.s3 import configure_s3
     except ImportError as e:
         print(f"  (no S3 benchmark: {e})")

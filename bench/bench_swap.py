@@ -30,8 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ggufops import toy
-from ggufops.store import ArtifactStore, file_sha256
+from ggufops.artifacts.store import ArtifactStore
+from ggufops.hashing import file_sha256
+from ggufops.llama import toy
 from testing.runtime import TOKEN, Proc, http, serve_args
 from testing.toys import TOY_DIR
 

@@ -18,7 +18,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ggufops.validate import validate_repo
+from ggufops.registry.validate import validate_repo
 from testing.repos import GIT_TEST_ENV, make_registry, version_doc
 
 N_MODELS = 100

@@ -111,7 +111,7 @@ def scratch(tmp_path: Path) -> Scratch:
 class ScratchS3(Scratch):
     """A scratch registry whose DVC remote is a fresh prefix on the session's SeaweedFS."""
 
-    s3: Any = None  # ggufops.s3server.ServerInfo
+    s3: Any = None  # ggufops.artifacts.s3server.ServerInfo
     prefix: str = ""
 
     def clone(self, name: str) -> Path:

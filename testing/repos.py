@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ggufops.template import copy_template, project_root
+from ggufops.registry.template import copy_template, project_root
 
 GIT_TEST_ENV = {
     "GIT_AUTHOR_NAME": "Test Author",

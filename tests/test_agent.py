@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
-from ggufops import agent, agentplan, git
-from ggufops.agentretention import evictable, remember_desired
-from ggufops.applylog import StoredArtifact
+from ggufops import git
+from ggufops.agent import loop as agent
+from ggufops.agent import plan as agentplan
+from ggufops.agent.applylog import StoredArtifact
+from ggufops.agent.retention import evictable, remember_desired
 from ggufops.errors import GitError, InvalidDesiredState, UsageError
 from testing.repos import git_commit, set_environment, write_version
 from testing.runtime import (

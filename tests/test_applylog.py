@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ggufops.applylog import ApplyLog
+from ggufops.agent.applylog import ApplyLog
 from ggufops.errors import ApplyLogError
 
 

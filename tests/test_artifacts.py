@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from ggufops import artifacts, s3config
-from ggufops.artifacts import S3Remote, dvc_key, missing_objects
+from ggufops.artifacts import dvc as artifacts
+from ggufops.artifacts import s3config
+from ggufops.artifacts.dvc import S3Remote, dvc_key, missing_objects
+from ggufops.artifacts.s3config import S3Settings
+from ggufops.artifacts.s3server import ServerInfo
 from ggufops.errors import (
     ArtifactSizeMismatch,
     ChecksumMismatch,
@@ -22,9 +25,7 @@ from ggufops.errors import (
     S3ConfigError,
     S3Unreachable,
 )
-from ggufops.registry import VersionRef
-from ggufops.s3config import S3Settings
-from ggufops.s3server import ServerInfo
+from ggufops.registry.registry import VersionRef
 from testing.s3 import configure_s3, s3_client
 
 DVC_CONFIG = """[core]

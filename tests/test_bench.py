@@ -12,11 +12,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ggufops import bench, llm
-from ggufops.benchcache import BenchCache
 from ggufops.cli import main
 from ggufops.errors import BenchError, EvalSetError
-from ggufops.registry import Registry, VersionRef
+from ggufops.gates import bench
+from ggufops.gates.cache import BenchCache
+from ggufops.llama import llm
+from ggufops.registry.registry import Registry, VersionRef
 from testing.repos import git, git_commit, write_version
 from testing.toys import fast_policy
 

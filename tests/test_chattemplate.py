@@ -12,12 +12,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ggufops import chattemplate, llm
+from ggufops.artifacts.register import RegisterRequest, register
 from ggufops.cli import main
 from ggufops.errors import ChatTemplateError, LlamaError
-from ggufops.register import RegisterRequest, register
-from ggufops.registry import Registry
-from ggufops.validate import validate_repo
+from ggufops.llama import chattemplate, llm
+from ggufops.registry.registry import Registry
+from ggufops.registry.validate import validate_repo
 from testing.repos import write_version
 from testing.s3 import write_tiny_gguf
 

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from ggufops import deploy, rollback, validate
 from ggufops import git as gitops_git
 from ggufops.errors import NonFastForward, PushRejected
-from ggufops.registry import VersionRef
+from ggufops.gitops import deploy, rollback
+from ggufops.registry import validate
+from ggufops.registry.registry import VersionRef
 from testing.gitops import MODEL, OTHER, Scratch, ScratchS3, cli, open_pull_request, ship
 from testing.repos import git
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ggufops.demo import run_demo
+from ggufops.demo.story import run_demo
 
 
 def _ours(workdir: Path) -> list[psutil.Process]:

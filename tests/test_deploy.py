@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ggufops import deploy
 from ggufops import git as gitops_git
-from ggufops.registry import VersionRef
+from ggufops.gitops import deploy
+from ggufops.registry.registry import VersionRef
 from testing.gitops import MODEL, OTHER, FakeGitHub, Scratch, cli, ship, ship_canary
 from testing.repos import git
 

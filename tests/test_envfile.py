@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ggufops import envfile
 from ggufops.errors import EnvironmentFileError
+from ggufops.gitops import envfile
 
 WHERE = "environments/production.yaml"
 

@@ -17,12 +17,15 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ggufops import bench, gate, gatequality, gatespeed, llm, report
-from ggufops.benchcache import BenchCache
 from ggufops.cli import main
 from ggufops.errors import GateFailed, GitError
-from ggufops.registry import Registry, VersionRef
-from ggufops.store import file_sha256
+from ggufops.gates import bench, gate, report
+from ggufops.gates import quality as gatequality
+from ggufops.gates import speed as gatespeed
+from ggufops.gates.cache import BenchCache
+from ggufops.hashing import file_sha256
+from ggufops.llama import llm
+from ggufops.registry.registry import Registry, VersionRef
 from testing.repos import git, git_commit, make_remote, set_environment, write_version
 from testing.toys import fast_policy, nan_copy, register_toy
 
@@ -589,7 +592,7 @@ def test_speed_is_measured_again_where_another_policy_lets_quality_pass(
 
 
 def test_changed_policy_keys_are_listed_leaf_by_leaf() -> None:
-    from ggufops import gatepolicy
+    from ggufops.gates import policy as gatepolicy
 
     before = {"gates": {"default": {"max_degradation": 0.05, "speed": {"rounds": 3}}},
               "retention": {"agent_keep_last": 3}}
@@ -603,7 +606,7 @@ def test_changed_policy_keys_are_listed_leaf_by_leaf() -> None:
 
 
 def test_without_a_base_policy_the_working_tree_s_is_used(registry_repo: Path) -> None:
-    from ggufops import gatepolicy
+    from ggufops.gates import policy as gatepolicy
 
     head = Registry(registry_repo).policy()
     assert gatepolicy.judging_policy(registry_repo, None, head) == (

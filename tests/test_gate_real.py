@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ggufops import bench, gate, report
-from ggufops.benchcache import BenchCache
+from ggufops.gates import bench, gate, report
+from ggufops.gates.cache import BenchCache
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

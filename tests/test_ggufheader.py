@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from ggufops.artifacts.ggufheader import quantization_name, read_header
+from ggufops.artifacts.ggufparse import GgufFile
 from ggufops.errors import BadGguf, TruncatedGguf
-from ggufops.ggufheader import quantization_name, read_header
-from ggufops.ggufparse import GgufFile
 from testing.s3 import write_tiny_gguf
 
 TOKENS = ["a", "b", "c", "d", "e", "f", "g", "<s>"]
@@ -130,7 +130,7 @@ def test_missing_context_length_refused(tmp_path: Path) -> None:
 
 
 def test_toy_models_from_llama_cpp_quantizer(tmp_path: Path) -> None:
-    from ggufops import toy
+    from ggufops.llama import toy
 
     files = toy.build_toy_set(tmp_path)
     headers = {name: read_header(path) for name, path in files.items()}

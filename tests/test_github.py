@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ggufops import github
 from ggufops.errors import GitHubAuthError, GitHubError, UsageError
+from ggufops.gitops import github
 from testing.gitops import FakeGitHub, cli
 
 

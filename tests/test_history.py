@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ggufops import git as gitops_git
-from ggufops import history
+from ggufops.gitops import history
 from testing.gitops import MODEL, OTHER, Scratch, cli, ship, ship_canary
 from testing.repos import git, git_commit
 
@@ -183,7 +183,7 @@ def test_gate_results_are_read_from_the_version_file(text: str,
 
 
 def test_gate_figures_read_without_exponents() -> None:
-    from ggufops.history import _metrics_text
+    from ggufops.gitops.history import _metrics_text
 
     text = _metrics_text({"perplexity": 16.80474, "tg_tokens_per_s": 16030.2,
                           "latency_p95_ms": 2.3561, "nll": 2.8})

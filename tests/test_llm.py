@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ggufops import llm, toy
 from ggufops.errors import LlamaError, SmokeTestFailed
+from ggufops.llama import llm, toy
 from testing.toys import direct_perplexity, nan_copy
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from ggufops import protocol
 from ggufops.httpjson import HttpError
-from ggufops.llm import TokenLogprob, Trace
+from ggufops.llama.llm import TokenLogprob, Trace
+from ggufops.serve import protocol
 
 USER = {"role": "user", "content": "hi"}
 

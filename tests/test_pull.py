@@ -17,16 +17,16 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ggufops import s3config
-from ggufops.artifacts import S3Remote
+from ggufops.artifacts import s3config
+from ggufops.artifacts.dvc import S3Remote
+from ggufops.artifacts.pull import pull, pull_object, pull_version
+from ggufops.artifacts.register import RegisterRequest, register
+from ggufops.artifacts.s3server import ServerInfo
+from ggufops.artifacts.store import ArtifactStore
 from ggufops.cli import main
 from ggufops.errors import ArtifactSizeMismatch, ChecksumMismatch, ObjectMissing, StoreError
 from ggufops.progress import wanted as progress_wanted
-from ggufops.pull import pull, pull_object, pull_version
-from ggufops.register import RegisterRequest, register
-from ggufops.registry import Registry, VersionRef
-from ggufops.s3server import ServerInfo
-from ggufops.store import ArtifactStore
+from ggufops.registry.registry import Registry, VersionRef
 from testing.repos import git, git_commit, make_remote
 from testing.s3 import configure_s3, s3_client, write_tiny_gguf
 

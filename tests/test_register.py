@@ -25,8 +25,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ggufops import s3config, staging, validate
-from ggufops.artifacts import S3Remote, dvc_add, dvc_key
+from ggufops.artifacts import s3config, staging
+from ggufops.artifacts.dvc import S3Remote, dvc_add, dvc_key, missing_objects
+from ggufops.artifacts.register import RegisterRequest, register
+from ggufops.artifacts.s3server import ServerInfo
 from ggufops.cli import main
 from ggufops.errors import (
     BadGguf,
@@ -38,9 +40,8 @@ from ggufops.errors import (
     UnknownParent,
     VersionExists,
 )
-from ggufops.register import RegisterRequest, register
-from ggufops.registry import Registry
-from ggufops.s3server import ServerInfo
+from ggufops.registry import validate
+from ggufops.registry.registry import Registry
 from testing.realmodels import SMOLLM2_SHA256
 from testing.repos import git, git_commit, make_registry, make_remote
 from testing.s3 import configure_s3, write_tiny_gguf
@@ -204,8 +205,8 @@ def test_rerun_after_interruption_completes(s3_registry: Path, gguf: Path) -> No
 KILLING_REGISTER = """
 import os, signal, sys
 from pathlib import Path
-from ggufops.register import RegisterRequest, register
-from ggufops.registry import Registry
+from ggufops.artifacts.register import RegisterRequest, register
+from ggufops.registry.registry import Registry
 
 root, source, version, phase, after = sys.argv[1:6]
 
@@ -266,7 +267,7 @@ def test_no_push_is_caught_by_check_artifacts(s3_registry: Path, gguf: Path) -> 
     assert not remote.head(key)
     env = s3_registry / "environments" / "staging.yaml"
     env.write_text("environment: staging\nmodels:\n  tiny:\n    version: 1.0.0\n")
-    problems = validate.validate_repo(s3_registry, check_artifacts=True)
+    problems = validate.validate_repo(s3_registry, find_missing=missing_objects)
     assert [p.code for p in problems] == ["artifact"]
     assert "tiny@1.0.0" in problems[0].message
     assert key.split("/", 1)[1] in problems[0].message
@@ -274,7 +275,7 @@ def test_no_push_is_caught_by_check_artifacts(s3_registry: Path, gguf: Path) -> 
 
 
 def test_register_a_toy_model(s3_registry: Path, tmp_path: Path) -> None:
-    from ggufops import toy
+    from ggufops.llama import toy
 
     path = toy.build_toy_set(tmp_path / "toys", names=["baseline-q4_k_m"])["baseline-q4_k_m"]
     result = register(Registry(s3_registry), RegisterRequest(

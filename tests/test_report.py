@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ggufops import gate, report
+from ggufops.gates import gate, report
 
 PROVENANCE = {"llama_cpp_python": "0.3.36", "llama_cpp": "abc1234 (ggml 0.25.3)",
               "cpu": "Test CPU", "threads": 1}

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from ggufops import rollback
+from ggufops.gitops import rollback
 from testing.gitops import MODEL, OTHER, FakeGitHub, ScratchS3, cli, ship, ship_canary
 from testing.repos import git
 

@@ -15,12 +15,12 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from ggufops import s3config
-from ggufops.artifacts import S3Remote
+from ggufops.artifacts import s3config
+from ggufops.artifacts.dvc import S3Remote
+from ggufops.artifacts.s3config import S3Settings
+from ggufops.artifacts.s3server import S3Server, ServerInfo, read_running
 from ggufops.cli import main
 from ggufops.errors import S3AuthError, S3ServerError
-from ggufops.s3config import S3Settings
-from ggufops.s3server import S3Server, ServerInfo, read_running
 from testing.s3 import s3_client
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ggufops.s3server import read_running
+from ggufops.artifacts.s3server import read_running
 from testing.githttp import TOKEN as GIT_TOKEN
 from testing.githttp import GitHttpServer
 from testing.runtime import (

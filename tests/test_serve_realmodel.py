@@ -16,8 +16,9 @@ import jinja2
 import openai
 import pytest
 
-from ggufops.ggufheader import read_header
-from ggufops.store import ArtifactStore, file_sha256
+from ggufops.artifacts.ggufheader import read_header
+from ggufops.artifacts.store import ArtifactStore
+from ggufops.hashing import file_sha256
 from testing.runtime import TOKEN, Proc, free_port, http, serve_args
 
 pytestmark = pytest.mark.slow

@@ -17,10 +17,12 @@ from typing import Any
 import openai
 import pytest
 
-from ggufops import llm, server
+from ggufops.artifacts.store import ArtifactStore
 from ggufops.errors import ServeError
+from ggufops.hashing import file_sha256
 from ggufops.httpjson import HttpError
-from ggufops.store import ArtifactStore, file_sha256
+from ggufops.llama import llm
+from ggufops.serve import app as server
 from testing.runtime import TOKEN, Proc, free_port, get, http, serve_args, wait_for
 
 

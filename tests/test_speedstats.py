@@ -13,8 +13,8 @@ import math
 import numpy as np
 import pytest
 
-from ggufops import speedstats
-from ggufops.speedstats import INCONCLUSIVE, SLOWER, WITHIN
+from ggufops.gates import speedstats
+from ggufops.gates.speedstats import INCONCLUSIVE, SLOWER, WITHIN
 
 
 def rounds_of(ratio: float, rounds: int, pairs: int, rng: np.random.Generator, *,

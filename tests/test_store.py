@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from ggufops.artifacts.store import ArtifactStore, export_file
 from ggufops.errors import StoreError
-from ggufops.store import ArtifactStore, export_file, file_sha256
+from ggufops.hashing import file_sha256
 
 SHA = hashlib.sha256(b"model").hexdigest()
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ggufops import llm, toy
+from ggufops.artifacts.ggufheader import read_header
 from ggufops.cli import main
 from ggufops.errors import ToyBuildError
-from ggufops.ggufheader import read_header
-from ggufops.store import file_sha256
+from ggufops.hashing import file_sha256
+from ggufops.llama import llm, toy
 
 
 def test_same_recipe_gives_same_bytes(tmp_path: Path, toy_models: dict[str, Path]) -> None:

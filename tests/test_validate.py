@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from ggufops.cli import main
-from ggufops.validate import promotion_allowed, validate_repo
+from ggufops.registry.validate import promotion_allowed, validate_repo
 from testing.repos import git_commit, set_environment, write_version
 
 
@@ -252,7 +252,7 @@ def test_parallel_parsing_reports_the_same_problems(registry_repo: Path,
     bad.write_text(bad.read_text() + "colour: blue\n")
     set_environment(registry_repo, "staging", {"m": "1.11.0"})
     serial = messages(registry_repo)
-    monkeypatch.setattr("ggufops.validate.PARALLEL_THRESHOLD", 4)
+    monkeypatch.setattr("ggufops.registry.validate.PARALLEL_THRESHOLD", 4)
     monkeypatch.setattr("os.cpu_count", lambda: 3)
     parallel = messages(registry_repo)
     assert parallel == serial

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ggufops import s3config
+from ggufops.artifacts import s3config
 from testing.gitops import (
     MODEL,
     OTHER,

@@ -24,15 +24,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ggufops.agentplan import Target
+from ggufops import errors
+from ggufops.agent.plan import Target
+from ggufops.artifacts import s3config
+from ggufops.artifacts.dvc import S3Remote
+from ggufops.artifacts.pull import pull_object
 from ggufops.errors import AgentError, GgufopsError
+from ggufops.procs import die_with_parent
 
-_SCRIPT = "from ggufops.agentdownload import download_main; raise SystemExit(download_main())"
+_SCRIPT = "from ggufops.agent.download import download_main; raise SystemExit(download_main())"
 TERM_GRACE = 5.0  # seconds a cancelled child has to clean up before SIGKILL
 _EOF = object()
 
@@ -52,7 +56,7 @@ class Download:
                    "targets": [dataclasses.asdict(t) for t in targets]}
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            preexec_fn=_die_with_parent())  # noqa: PLW1509 - prctl only, no locks
+            preexec_fn=die_with_parent())  # noqa: PLW1509 - prctl only, no locks
         assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps(request).encode())
         self._proc.stdin.close()
@@ -128,7 +132,6 @@ class Download:
 
 
 def _error_from(event: dict[str, Any]) -> GgufopsError:
-    from ggufops import errors
 
     cls = getattr(errors, str(event.get("error")), None)
     if not (isinstance(cls, type) and issubclass(cls, GgufopsError)):
@@ -159,9 +162,6 @@ def download_main() -> int:
 
 
 def _download_all() -> int:
-    from ggufops import s3config
-    from ggufops.artifacts import S3Remote
-    from ggufops.pull import pull_object
 
     request = json.load(sys.stdin)
     try:
@@ -178,16 +178,3 @@ def _download_all() -> int:
         return 1
     return 0
 
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn: the child gets SIGKILL when the agent dies (Linux prctl)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def preexec() -> None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-    return preexec

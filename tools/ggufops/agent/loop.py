@@ -47,11 +47,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ggufops import applylog, git
-from ggufops.agentdownload import Download
-from ggufops.agentplan import Plan, Target, export_tree, plan_from_tree, prune_trees
-from ggufops.agentretention import evictable, remember_desired
-from ggufops.agentstatus import DEFAULT_STATUS_PORT, PHASES, Status, agent_metrics, serve_status
+from ggufops import git
+from ggufops.agent import applylog
+from ggufops.agent.download import Download
+from ggufops.agent.plan import Plan, Target, export_tree, plan_from_tree, prune_trees
+from ggufops.agent.retention import evictable, remember_desired
+from ggufops.agent.status import DEFAULT_STATUS_PORT, PHASES, Status, agent_metrics, serve_status
+from ggufops.artifacts.store import ArtifactStore
 from ggufops.errors import (
     AgentError,
     ChecksumMismatch,
@@ -238,7 +240,6 @@ class Agent:
 
     def recover(self) -> None:
         """After a restart: clean temp files, restore what was applied from the apply log."""
-        from ggufops.store import ArtifactStore
 
         store = ArtifactStore(self.config.store)
         store.prepare()
@@ -506,7 +507,6 @@ class Agent:
     # downloading
 
     def _download(self, plan: Plan) -> Plan:
-        from ggufops.store import ArtifactStore
 
         store = ArtifactStore(self.config.store)
         missing = [t for t in plan.artifacts() if not store.has(t.sha256, t.size)]
@@ -595,7 +595,6 @@ class Agent:
 
     def _evict(self, sha256: str) -> None:
         """A stored file that fails verification is removed, so the retry downloads it."""
-        from ggufops.store import ArtifactStore
 
         with contextlib.suppress(OSError, GgufopsError):
             ArtifactStore(self.config.store).entry(sha256).unlink(missing_ok=True)
@@ -720,7 +719,6 @@ class Agent:
             self._delete_artifact(art)
 
     def _delete_artifact(self, art: applylog.StoredArtifact) -> None:
-        from ggufops.store import ArtifactStore
 
         try:
             ArtifactStore(self.config.store).entry(art.sha256).unlink(missing_ok=True)

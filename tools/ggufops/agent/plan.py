@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import git, validate
+from ggufops import git
 from ggufops.errors import InvalidDesiredState
-from ggufops.registry import (
+from ggufops.registry import validate
+from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
     REGISTRY_DIR,
     Registry,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ggufops.applylog import StoredArtifact
+from ggufops.agent.applylog import StoredArtifact
 
 DESIRED_STATES_KEPT = 2  # the current desired state and the previous one
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ggufops import applylog
+from ggufops.agent import applylog
 from ggufops.errors import AgentError
 from ggufops.httpjson import (
     HttpError,
@@ -36,9 +36,9 @@ from ggufops.httpjson import (
     request_json,
     rfc3339,
 )
-from ggufops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ggufops.metrics import Metrics
 from ggufops.redact import redact, redact_data
+from ggufops.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ggufops.serve.metrics import Metrics
 
 PHASES = ("idle", "syncing", "downloading", "loading", "verifying", "healthy", "degraded")
 DEFAULT_STATUS_PORT = 9180

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ggufops import s3config
+from ggufops import yamlio
+from ggufops.artifacts import s3config
+from ggufops.artifacts.s3config import S3Settings
 from ggufops.atomic import fsync_path
 from ggufops.errors import (
     ArtifactSizeMismatch,
@@ -45,13 +47,14 @@ from ggufops.errors import (
     S3Unreachable,
     StoreError,
 )
+from ggufops.hashing import SHA256_HEX
+from ggufops.procs import die_with_parent
 from ggufops.progress import Progress
-from ggufops.s3config import S3Settings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-    from ggufops.registry import VersionRef
+    from ggufops.registry.registry import VersionRef
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
@@ -59,7 +62,6 @@ CHUNK = 1024 * 1024  # measured: 1 MiB reads beat 8 MiB ones here
 UPLOAD_PART = 8 * 1024 * 1024  # boto3's default part size and multipart threshold
 UPLOAD_THREADS = 10  # boto3's default concurrency
 MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _AUTH_CODES = frozenset(
     {"403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken",
      "ExpiredToken", "AuthorizationHeaderMalformed"}
@@ -438,8 +440,6 @@ except DvcException as e:
 
 def _run_dvc(root: Path, request: dict[str, Any]) -> None:
     """One DVC child process (one import, one Repo) for the steps in `request`."""
-    from ggufops.s3server import die_with_parent
-
     env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true", "DVC_NO_ANALYTICS": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", _DVC_SCRIPT],
@@ -490,7 +490,6 @@ def dvc_add(root: Path, path: Path, push_to: S3Settings | None = None) -> DvcOut
 
 
 def read_pointer(pointer: Path) -> DvcOut:
-    from ggufops import yamlio
 
     data = yamlio.load(pointer)
     try:

@@ -37,11 +37,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ggufops import git, s3config
-from ggufops.artifacts import DvcOut
+from ggufops import git
+from ggufops.artifacts import s3config
+from ggufops.artifacts.dvc import DvcOut
+from ggufops.artifacts.staging import Digest
 from ggufops.atomic import atomic_write_text, fsync_path
 from ggufops.errors import DvcError
-from ggufops.staging import Digest
 
 LINK_TYPES = ("reflink", "hardlink", "symlink", "copy")
 UNSET_LINK_TYPES = ("reflink", "hardlink", "copy")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ggufops.artifacts.ggufparse import GgufFile, GgufFormatError, TensorInfo
 from ggufops.errors import BadGguf, TruncatedGguf
-from ggufops.ggufparse import GgufFile, GgufFormatError, TensorInfo
 
 GGUF_MAGIC = b"GGUF"
 TOKENS_KEY = "tokenizer.ggml.tokens"

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ggufops import progress as progress_bars
-from ggufops.artifacts import MD5_HEX, S3Remote
+from ggufops.artifacts.dvc import MD5_HEX, S3Remote
+from ggufops.artifacts.store import ArtifactStore, export_file
 from ggufops.errors import StoreError
-from ggufops.registry import Registry, VersionRef
-from ggufops.store import ArtifactStore, export_file
+from ggufops.registry.registry import Registry, VersionRef
 
 STORE_ENV = "GGUFOPS_STORE"
 DEFAULT_STORE = ".ggufops/store"

@@ -19,7 +19,6 @@ completes it. A `progress.Reporter` is told when each phase starts.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ggufops import artifacts, chattemplate, dvctrack, schemas, semver, staging, yamlio
+from ggufops import semver, yamlio
+from ggufops.artifacts import dvc as artifacts
+from ggufops.artifacts import dvctrack, staging
+from ggufops.artifacts.ggufheader import GgufHeader, read_header
 from ggufops.atomic import atomic_write_text, fsync_path
 from ggufops.errors import (
     BadReference,
@@ -38,9 +40,11 @@ from ggufops.errors import (
     UsageError,
     VersionExists,
 )
-from ggufops.ggufheader import GgufHeader, read_header
+from ggufops.hashing import file_sha256
+from ggufops.llama import chattemplate
 from ggufops.progress import Quiet, Reporter
-from ggufops.registry import EVALS_DIR, MODEL_NAME, REGISTRY_DIR, Registry, display_id
+from ggufops.registry import schemas
+from ggufops.registry.registry import EVALS_DIR, MODEL_NAME, REGISTRY_DIR, Registry, display_id
 
 DEFAULT_INFERENCE: dict[str, Any] = {
     "temperature": 0.7,
@@ -214,7 +218,7 @@ def _eval_block(registry: Registry, eval_set: str | None) -> dict[str, str]:
     path = registry.eval_file(eval_set)
     if not path.is_file():
         raise UsageError(f"--eval-set {eval_set}: {path} does not exist; add it or fix the name")
-    return {"set": eval_set, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {"set": eval_set, "sha256": file_sha256(path)}
 
 
 def _push_synced(remote: artifacts.S3Remote | None, staged: Path, digest: staging.Digest,

@@ -19,26 +19,25 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import time
 import weakref
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ggufops.artifacts.dvc import BucketProbe
 from ggufops.atomic import atomic_write_text
 from ggufops.errors import S3ServerError
+from ggufops.procs import die_with_parent, free_port
 
 DEFAULT_BUCKET = "models"
 DEFAULT_PORT = 8333
@@ -108,12 +107,6 @@ def default_state_dir(repo: Path) -> Path:
     return repo / STATE_DIR
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def _free_ports(count: int, exclude: int | None = None) -> list[int]:
     ports: set[int] = set()
     while len(ports) < count:
@@ -180,22 +173,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that makes the child receive SIGTERM when its parent dies (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return preexec
 
 
 class S3Server:
@@ -320,9 +297,7 @@ class S3Server:
         return [f"-s3.localSocket={path}"] if len(str(path)) < _MAX_SOCKET_PATH else []
 
     def _wait_ready(self) -> None:
-        from ggufops import artifacts
-
-        probe = artifacts.BucketProbe(self.endpoint, self.access_key_id, self.secret_access_key)
+        probe = BucketProbe(self.endpoint, self.access_key_id, self.secret_access_key)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:

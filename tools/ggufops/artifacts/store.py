@@ -10,9 +10,7 @@ before they are used.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -20,12 +18,11 @@ from pathlib import Path
 
 from ggufops.atomic import fsync_path
 from ggufops.errors import StoreError
+from ggufops.hashing import SHA256_HEX, file_sha256
 
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 OBJECTS = "sha256"
 TMP = "tmp"
 SUFFIX = ".gguf"
-READ_CHUNK = 1024 * 1024
 
 
 class ArtifactStore:
@@ -104,14 +101,6 @@ class ArtifactStore:
                     path.unlink()
                     removed.append(path)
         return removed
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(READ_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_file(source: Path, output: Path) -> Path:

@@ -8,10 +8,10 @@ from typing import Any
 import click
 
 from ggufops import progress
-from ggufops import pull as pull_api
-from ggufops import register as register_api
+from ggufops.artifacts import pull as pull_api
+from ggufops.artifacts import register as register_api
 from ggufops.cli.options import VERSION_REF, json_option, print_json, registry_from
-from ggufops.registry import VersionRef
+from ggufops.registry.registry import VersionRef
 
 
 def _inference(temperature: float | None, top_p: float | None,

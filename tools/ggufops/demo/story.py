@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ggufops import s3server, toy
+from ggufops.artifacts import s3server
 from ggufops.errors import DemoFailed
 from ggufops.httpjson import error_message, request_json
-from ggufops.template import copy_template, project_root
+from ggufops.llama import toy
+from ggufops.procs import free_port
+from ggufops.registry.template import copy_template, project_root
 
 MODEL = "llama3-instruct"
 VERSIONS = {"2.0.0": "baseline", "2.1.0": "improved", "2.2.0": "degraded"}
@@ -208,10 +210,6 @@ def _ggufops_exe() -> str:
     return str(exe) if exe.exists() else "ggufops"
 
 
-def _free_port() -> int:
-    return s3server.free_port()
-
-
 # --- the story ------------------------------------------------------------------------------
 
 
@@ -315,7 +313,7 @@ def _start_host(demo: Demo) -> None:
         token_file = demo.workdir / "admin-token"
         token_file.write_text(secrets.token_urlsafe(32))
         token_file.chmod(0o600)
-        server_port, agent_port = _free_port(), _free_port()
+        server_port, agent_port = free_port(), free_port()
         demo.server_url = f"http://127.0.0.1:{server_port}"
         demo.agent_url = f"http://127.0.0.1:{agent_port}"
         exe = _ggufops_exe()

@@ -24,11 +24,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ggufops import git, llm, yamlio
+from ggufops import git, yamlio
+from ggufops.artifacts import pull
 from ggufops.atomic import atomic_write_text
-from ggufops.benchcache import BenchCache
 from ggufops.errors import BenchError, EvalSetError
-from ggufops.registry import EVALS_DIR, Registry, VersionRef, display_id, version_relpath
+from ggufops.gates.cache import BenchCache
+from ggufops.llama import llm
+from ggufops.registry import schemas
+from ggufops.registry.registry import EVALS_DIR, Registry, VersionRef, display_id, version_relpath
 
 METRICS = ("perplexity", "nll", "pp_tokens_per_s", "tg_tokens_per_s", "latency_p50_ms",
            "latency_p95_ms", "load_ms", "peak_rss_mb")
@@ -313,7 +316,6 @@ def rounded(metrics: dict[str, float]) -> dict[str, float]:
 def bench_version(registry: Registry, ref: VersionRef, store_root: Path, settings: Settings,
                   cache: BenchCache) -> BenchResult:
     """Pull the verified artifact of `ref` and measure it on its pinned eval set."""
-    from ggufops import pull
 
     doc = registry.load_ref(ref)
     eval_set = load_eval_set(registry.root, doc)
@@ -376,7 +378,6 @@ def _without_benchmarks(text: str) -> str:
 
 
 def _check_version_doc(root: Path, path: Path, text: str) -> None:
-    from ggufops import schemas
 
     data = yamlio.parse(text, path).data
     issues = schemas.check(schemas.load_validators(root)["model-version"], data)

@@ -34,10 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import bench, gatepolicy, gatequality, gatespeed, git, llm
-from ggufops.benchcache import BenchCache
+from ggufops import git
+from ggufops.artifacts import pull
 from ggufops.errors import GateFailed, GitError
-from ggufops.gateresult import (
+from ggufops.gates import bench
+from ggufops.gates import policy as gatepolicy
+from ggufops.gates import quality as gatequality
+from ggufops.gates import speed as gatespeed
+from ggufops.gates.cache import BenchCache
+from ggufops.gates.result import (
     FAIL,
     INFO,
     PASS,
@@ -47,7 +52,8 @@ from ggufops.gateresult import (
     SelfChanges,
     Subject,
 )
-from ggufops.registry import (
+from ggufops.llama import llm
+from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
     Registry,
     VersionRef,
@@ -388,7 +394,6 @@ class _LoadedSides:
 def run_gates(registry: Registry, plan: GatePlan, store_root: Path, cache: BenchCache, *,
               threads: int | None = None) -> GateReport:
     """Fetch, smoke-test, measure and judge every job of `plan` (`threads` overrides policy)."""
-    from ggufops import pull
 
     timings: dict[str, float] = {}
     clock = _Clock(timings)

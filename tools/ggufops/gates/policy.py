@@ -15,8 +15,8 @@ from typing import Any
 
 from ggufops import git, yamlio
 from ggufops.errors import YamlError
-from ggufops.gateresult import SelfChanges
-from ggufops.registry import POLICY_FILE
+from ggufops.gates.result import SelfChanges
+from ggufops.registry.registry import POLICY_FILE
 
 TOOL_DIR = "tools/"
 WORKFLOW_DIR = ".github/workflows/"

@@ -26,10 +26,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ggufops import bench, llm, quantization
-from ggufops.benchcache import BenchCache
 from ggufops.errors import EvalSetError
-from ggufops.gateresult import FAIL, INFO, PASS, ModelGate, Row, Subject
+from ggufops.gates import bench
+from ggufops.gates.cache import BenchCache
+from ggufops.gates.result import FAIL, INFO, PASS, ModelGate, Row, Subject
+from ggufops.llama import llm, quantization
 
 PER_TOKEN, PER_BYTE = "token", "byte"
 

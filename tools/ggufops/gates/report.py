@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ggufops.atomic import atomic_write_text
-from ggufops.gateresult import FAIL, INFO, PASS, GateReport, ModelGate, Row, SelfChanges
+from ggufops.gates.result import FAIL, INFO, PASS, GateReport, ModelGate, Row, SelfChanges
 
 VERDICTS = {PASS: "✅ pass", FAIL: "❌ **fail**", INFO: "info"}
 LABELS = {

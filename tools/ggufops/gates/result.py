@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops.registry import display_id
+from ggufops.artifacts.ggufheader import read_header
+from ggufops.hashing import file_sha256
+from ggufops.registry.registry import display_id
 
 PASS, FAIL, INFO = "pass", "fail", "info"
 
@@ -39,9 +41,6 @@ class Subject:
     @classmethod
     def from_file(cls, ref: str, path: Path) -> Subject:
         """A subject read from the file itself (its header and sha256), e.g. for a benchmark."""
-        from ggufops.ggufheader import read_header
-        from ggufops.store import file_sha256
-
         header = read_header(path)
         name, _, version = ref.partition("@")
         return cls(ref, f"{name}-v{version}-{header.quantization}", header.quantization,

@@ -30,8 +30,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggufops import bench, llm, speedstats
-from ggufops.gateresult import FAIL, INFO, PASS, ModelGate, Row, Subject
+from ggufops.gates import bench, speedstats
+from ggufops.gates.result import FAIL, INFO, PASS, ModelGate, Row, Subject
+from ggufops.llama import llm
 
 METRICS = (  # name, higher is better
     ("pp_tokens_per_s", True),

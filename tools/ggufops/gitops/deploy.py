@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ggufops import envfile, git, github, history, yamlio
+from ggufops import git, yamlio
 from ggufops.errors import (
     AlreadyDeployed,
     BranchBehind,
@@ -34,7 +34,8 @@ from ggufops.errors import (
     UnknownVersion,
     UsageError,
 )
-from ggufops.registry import (
+from ggufops.gitops import envfile, github, history
+from ggufops.registry.registry import (
     Registry,
     VersionRef,
     display_id,
@@ -208,7 +209,7 @@ def version_doc_at(root: Path, base: Base, ref: VersionRef) -> dict[str, Any]:
 
 def promotion_check(root: Path, env: str, ref: VersionRef, base: Base, *,
                     canary: bool = False) -> None:
-    from ggufops import validate  # jsonschema: imported only when a check needs it
+    from ggufops.registry import validate  # jsonschema: imported only when a check needs it
 
     reason = validate.promotion_allowed(root, env, ref.name, ref.version, base.commit,
                                         canary=canary)

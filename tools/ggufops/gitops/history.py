@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import envfile, git, yamlio
+from ggufops import git, yamlio
 from ggufops.errors import EnvironmentFileError, YamlError
-from ggufops.registry import environment_relpath, version_relpath
+from ggufops.gitops import envfile
+from ggufops.registry.registry import environment_relpath, version_relpath
 
 ENVIRONMENT = "Environment"
 MODEL = "Model"

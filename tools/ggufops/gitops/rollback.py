@@ -25,7 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ggufops import deploy, envfile, git, history
+from ggufops import git
+from ggufops.artifacts import dvc as artifacts
 from ggufops.errors import (
     AlreadyDeployed,
     ArtifactMissing,
@@ -35,8 +36,9 @@ from ggufops.errors import (
     PromotionRefused,
     UsageError,
 )
-from ggufops.history import Deployment
-from ggufops.registry import VersionRef, environment_relpath
+from ggufops.gitops import deploy, envfile, history
+from ggufops.gitops.history import Deployment
+from ggufops.registry.registry import VersionRef, environment_relpath
 
 LOCAL = "local"  # commit on the local default branch
 PUSH = "push"  # push the commit straight to the remote default branch (break-glass)
@@ -260,7 +262,6 @@ def _check_artifact(root: Path, ref: VersionRef, doc: dict[str, Any],
                     request: RollbackRequest) -> str:
     if request.skip_artifact_check:
         return SKIPPED
-    from ggufops import artifacts  # S3 only when it is needed
 
     missing = artifacts.missing_objects(root, {ref: doc})
     if missing:

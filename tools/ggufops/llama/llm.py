@@ -13,7 +13,7 @@ llama.cpp's own tools:
 * pp and tg (llama-bench): pp = N prompt tokens decoded as a batch; tg = N single-token
   decodes; only decode time counts, tokenization is excluded.
 
-`python -m ggufops.llm smoke FILE` runs the smoke test in a child process: llama.cpp may
+`python -m ggufops.llama.llm smoke FILE` runs the smoke test in a child process: llama.cpp may
 abort() on some malformed files and the gate must survive that.
 """
 
@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ggufops.errors import LlamaError, SmokeTestFailed
+from ggufops.llama.chattemplate import GGUF, NO_CHAT, has_chat
 
 Logits = npt.NDArray[np.float32]
 
@@ -456,7 +457,6 @@ def smoke_test(model: Model, n_tokens: int = 16, *, chat_template: str | None = 
                chat_max_tokens: int = CHAT_SMOKE_TOKENS) -> Smoke:
     """Generate `n_tokens` greedily after BOS; every logit must be finite. With a chat
     template (not none), also one chat turn through it, which must stop by itself."""
-    from ggufops.chattemplate import has_chat
 
     tokens, finite = generate(model, [model.bos], n_tokens)
     error = "" if finite else f"non-finite logits (NaN/inf) from {model.path}"
@@ -482,8 +482,8 @@ def smoke_test_isolated(path: Path, *, n_tokens: int = 16, n_threads: int | None
                         chat_template: str | None = None) -> Smoke:
     """Load and smoke-test `path` in a child process; a crash there becomes a Smoke error.
     With `chat_template` (a version's prompt_template), one chat turn runs through it."""
-    args = [sys.executable, "-m", "ggufops.llm", "smoke", str(path), "--tokens", str(n_tokens),
-            "--ctx", str(n_ctx)]
+    args = [sys.executable, "-m", "ggufops.llama.llm", "smoke", str(path),
+            "--tokens", str(n_tokens), "--ctx", str(n_ctx)]
     if n_threads:
         args += ["--threads", str(n_threads)]
     if chat_template:
@@ -600,7 +600,7 @@ def peak_rss_mb() -> float:
 def _main(argv: list[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m ggufops.llm")
+    parser = argparse.ArgumentParser(prog="python -m ggufops.llama.llm")
     sub = parser.add_subparsers(dest="command", required=True)
     smoke = sub.add_parser("smoke", help="load FILE, generate, check logits; print JSON")
     smoke.add_argument("path", type=Path)
@@ -723,7 +723,6 @@ def use_chat_template(model: Model, template: str) -> None:
     import jinja2
     from llama_cpp import llama_chat_format
 
-    from ggufops.chattemplate import GGUF, NO_CHAT
 
     llama = model.llama
     llama.chat_handler = None
@@ -772,7 +771,6 @@ def json_grammar(schema_json: str | None) -> Any:
 def serve_load(path: Path, *, n_ctx: int, n_threads: int | None = None,
                chat_template: str | None = None) -> Model:
     """Load `path` for serving with `chat_template` (None: the file's own, else no chat)."""
-    from ggufops.chattemplate import GGUF, NO_CHAT
 
     model = load(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=min(n_ctx, SERVE_BATCH))
     try:
@@ -813,7 +811,6 @@ def chat(model: Model, messages: list[dict[str, Any]], params: dict[str, Any], *
          stream: bool, trace: Trace | None = None,
          reuse_prefix: bool = False) -> dict[str, Any] | Iterator[dict[str, Any]]:
     """An OpenAI chat completion (a dict), or an iterator of its chunks when streaming."""
-    from ggufops.chattemplate import NO_CHAT
 
     if model.chat_template in (None, NO_CHAT):
         raise LlamaError(f"{model.path.name} has no chat template")

@@ -15,7 +15,7 @@ The tokenizer is byte-level BPE ("gpt2"): 256 byte tokens (token id = byte value
 the GPT-2 byte-to-unicode character), one control token, and one merge that can never
 fire, so tokenizing and detokenizing any UTF-8 text round-trips exactly. Everything is
 computed with deterministic element-wise float64 arithmetic, so the same recipe gives the
-same bytes; quantized variants are made with llama.cpp's own quantizer (via ggufops.llm).
+same bytes; quantized variants are made with llama.cpp's own quantizer (via ggufops.llama.llm).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import numpy.typing as npt
 
 from ggufops.atomic import atomic_write_text
 from ggufops.errors import ToyBuildError
-from ggufops.store import file_sha256
+from ggufops.hashing import file_sha256
+from ggufops.llama import llm
 
 TOY_FORMAT = 1  # bump whenever the construction below changes the bytes
 EVAL_SET = "pydoc-heldout-v1"
@@ -399,7 +400,6 @@ def _build_one(spec: ToySpec, out_dir: Path, built: dict[str, Path]) -> Path:
     path = out_dir / f"{spec.name}.gguf"
     if spec.quant is None:
         return write_float_model(spec.recipe, path)
-    from ggufops import llm
 
     return llm.quantize(built[spec.recipe.name], path, spec.quant)
 
@@ -434,7 +434,6 @@ def build_toy_set(out_dir: Path, names: Iterable[str] | None = None) -> dict[str
 
 
 def _quantizer_version() -> str:
-    from ggufops import llm
 
     return llm.versions()["llama_cpp"]
 

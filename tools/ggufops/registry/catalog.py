@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ggufops import semver
-from ggufops.registry import Registry, VersionRef, display_id, environment_models
+from ggufops import semver, yamlio
+from ggufops.registry.registry import Registry, VersionRef, display_id, environment_models
 
 
 @dataclass
@@ -95,7 +95,6 @@ def describe(registry: Registry, ref: VersionRef) -> dict[str, Any]:
 
 
 def format_description(info: dict[str, Any]) -> str:
-    from ggufops import yamlio
 
     where = ", ".join(info["environments"]) or "no environment"
     return f"{info['display_id']} (runs in: {where})\n" + yamlio.dump(info["version"]).rstrip()

@@ -40,7 +40,7 @@ def copy_template(source: Path, dest: Path) -> list[str]:
 
 def project_root() -> Path:
     """The checkout this package was installed from (editable install), holding the template."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     if not (root / "registry" / "policy.yaml").is_file():
         raise NotARegistry(
             f"the ggufops template is not beside the package ({root}); run from a clone of "

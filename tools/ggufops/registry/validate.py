@@ -9,19 +9,20 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import gc
-import hashlib
 import itertools
 import multiprocessing
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import git, schemas, yamlio
+from ggufops import git, yamlio
 from ggufops.errors import YamlError
-from ggufops.registry import (
+from ggufops.hashing import file_sha256
+from ggufops.registry import schemas
+from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
     POLICY_FILE,
     REGISTRY_DIR,
@@ -112,8 +113,13 @@ def _no_gc() -> Iterator[None]:
 
 
 def validate_repo(root: Path, base: str | None = None,
-                  check_artifacts: bool = False) -> list[Problem]:
-    """All problems in the registry at `root` (and against `base`, when given)."""
+                  find_missing: MissingObjects | None = None) -> list[Problem]:
+    """All problems in the registry at `root` (and against `base`, when given).
+
+    With `find_missing` (the artifacts room's `dvc.missing_objects`), also every version an
+    environment runs whose object is missing from the S3 remote; the registry room does not
+    import S3 code itself.
+    """
     checker = Checker(root)
     validators = schemas.load_validators(root)
     with _no_gc():  # parsing allocates only acyclic data; collecting it mid-way is waste
@@ -121,8 +127,8 @@ def validate_repo(root: Path, base: str | None = None,
     _check_references(checker, state)
     if base is not None:
         _check_against_base(checker, state, base)
-    if check_artifacts:
-        _check_artifacts(checker, state)
+    if find_missing is not None:
+        _check_artifacts(checker, state, find_missing)
     return sorted(checker.problems, key=lambda p: (p.file, p.line, p.column, p.message))
 
 
@@ -259,6 +265,10 @@ def _check_eval(checker: Checker, state: State, doc: yamlio.Document) -> None:
                     "are immutable: add a new eval file instead of editing one", "reference")
 
 
+# (registry root, the versions wanted) -> (version, S3 key) for each object the remote lacks
+MissingObjects = Callable[[Path, dict[VersionRef, dict[str, Any]]],
+                          Iterable[tuple[VersionRef, str]]]
+
 _SHA_CACHE: dict[tuple[Path, int, int], str] = {}
 
 
@@ -266,7 +276,7 @@ def _sha256_cached(path: Path) -> str:
     st = path.stat()
     key = (path, st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+        _SHA_CACHE[key] = file_sha256(path)
     return _SHA_CACHE[key]
 
 
@@ -384,9 +394,7 @@ def _versions_ever_in(root: Path, ref: str, env: str) -> set[tuple[str, str]]:
     return seen
 
 
-def _check_artifacts(checker: Checker, state: State) -> None:
-    from ggufops import artifacts  # S3 is only touched when asked for
-
+def _check_artifacts(checker: Checker, state: State, find_missing: MissingObjects) -> None:
     wanted: dict[VersionRef, dict[str, Any]] = {}
     for doc in state.environments.values():
         for model, entry in (doc.data.get("models") or {}).items():
@@ -394,7 +402,7 @@ def _check_artifacts(checker: Checker, state: State) -> None:
                 ref = VersionRef(model, version) if version else None
                 if ref in state.versions:
                     wanted[ref] = state.versions[ref].data
-    for ref, key in artifacts.missing_objects(state.root, wanted):
+    for ref, key in find_missing(state.root, wanted):
         checker.add(state.versions[ref], ["artifact"], f"artifact of {ref} is missing from the "
                     f"remote (object {key}); push it with `dvc push` or pick another version",
                     "artifact")

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ggufops import chattemplate, llm, protocol
 from ggufops.errors import (
     ArtifactNotInStore,
     BadGguf,
@@ -45,9 +44,11 @@ from ggufops.errors import (
     SmokeTestFailed,
 )
 from ggufops.httpjson import HttpError, JsonHandler, Limits, QuietServer, read_json_body
-from ggufops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ggufops.metrics import Metrics
-from ggufops.modeltable import LoadedModel, Loader, LoadRequest, ModelTable
+from ggufops.llama import chattemplate, llm
+from ggufops.serve import protocol
+from ggufops.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ggufops.serve.metrics import Metrics
+from ggufops.serve.modeltable import LoadedModel, Loader, LoadRequest, ModelTable
 
 log = logging.getLogger("ggufops.serve")
 

@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import chattemplate, llm, semver
+from ggufops import semver
+from ggufops.artifacts.ggufheader import read_header
+from ggufops.artifacts.store import ArtifactStore
 from ggufops.errors import (
     ArtifactNotInStore,
     ChatTemplateError,
@@ -36,15 +37,15 @@ from ggufops.errors import (
     LlamaError,
     ModelLoadFailed,
 )
+from ggufops.hashing import SHA256_HEX, file_sha256
 from ggufops.httpjson import HttpError, rfc3339
-from ggufops.metrics import Metrics
-from ggufops.registry import MODEL_NAME
-from ggufops.store import file_sha256
+from ggufops.llama import chattemplate, llm
+from ggufops.registry.registry import MODEL_NAME
+from ggufops.serve.metrics import Metrics
 
 log = logging.getLogger("ggufops.serve")
 
 HASH_CHUNK = 8 * 1024 * 1024
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_MAX_TOKENS = 128
 ROLES = ("primary", "canary")
 
@@ -304,7 +305,6 @@ class ModelTable:
 
 def store_path(store: Path, sha256: str) -> Path:
     """Where the content-addressed store keeps the file with this sha256."""
-    from ggufops.store import ArtifactStore
 
     return ArtifactStore(store).path_for(sha256)
 
@@ -433,7 +433,6 @@ class Loader:
         return before
 
     def _context_size(self, path: Path) -> int:
-        from ggufops.ggufheader import read_header
 
         trained = read_header(path).context_length
         return trained if self.n_ctx <= 0 else min(self.n_ctx, trained)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ggufops.httpjson import HttpError
-from ggufops.llm import TokenLogprob, Trace
+from ggufops.llama.llm import TokenLogprob, Trace
 
 ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat.completions"}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
