@@ -1,4 +1,4 @@
-"""Process plumbing shared by every room: children that die with us, and free ports.
+"""Process plumbing shared by every room: children that die with us, JSON children, free ports.
 
 One `die_with_parent`: a child started with it gets SIGTERM when its parent dies (Linux
 prctl PR_SET_PDEATHSIG). SIGTERM, not SIGKILL, because our children clean up on it: the
@@ -7,11 +7,17 @@ agent's download child removes its temp file, SeaweedFS and DVC shut down cleanl
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import signal
 import socket
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 LOOPBACK = "127.0.0.1"
@@ -37,3 +43,40 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """What a finished Python child left: its exit status and its two streams (text)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def last_json(self) -> Any | None:
+        """The child's answer: its last stdout line parsed as JSON (None if it is not JSON)."""
+        lines = self.stdout.strip().splitlines()
+        if not lines:
+            return None
+        with contextlib.suppress(ValueError):
+            return json.loads(lines[-1])
+        return None
+
+    def last_error_line(self) -> str:
+        lines = self.stderr.strip().splitlines()
+        return lines[-1] if lines else ""
+
+
+def run_python(args: Sequence[str], *, request: object = None, timeout: float | None = None,
+               cwd: Path | None = None, env: Mapping[str, str] | None = None) -> ChildResult:
+    """Run `python ARGS` in a child that dies with us; `request`, if given, is sent to its
+    stdin as JSON. Raises subprocess.TimeoutExpired when `timeout` passes (the child is
+    killed)."""
+    stdin = None if request is None else json.dumps(request)
+    proc = subprocess.run(
+        [sys.executable, *args], input=stdin, capture_output=True, encoding="utf-8",
+        errors="replace",
+        timeout=timeout, cwd=cwd, env=None if env is None else dict(env), check=False,
+        preexec_fn=die_with_parent(),
+    )
+    return ChildResult(proc.returncode, proc.stdout, proc.stderr)

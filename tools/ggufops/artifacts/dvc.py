@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +45,7 @@ from ggufops.errors import (
     StoreError,
 )
 from ggufops.hashing import SHA256_HEX
-from ggufops.procs import die_with_parent
+from ggufops.procs import run_python
 from ggufops.progress import Progress
 
 if TYPE_CHECKING:
@@ -441,18 +438,10 @@ except DvcException as e:
 def _run_dvc(root: Path, request: dict[str, Any]) -> None:
     """One DVC child process (one import, one Repo) for the steps in `request`."""
     env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true", "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _DVC_SCRIPT],
-        input=json.dumps({"root": str(root), **request}).encode(),
-        capture_output=True,
-        cwd=root,
-        env=env,
-        check=False,
-        preexec_fn=die_with_parent(),
-    )
-    if proc.returncode != 0:
-        lines = proc.stderr.decode(errors="replace").strip().splitlines()
-        message = lines[-1] if lines else f"exit status {proc.returncode}"
+    child = run_python(["-c", _DVC_SCRIPT], request={"root": str(root), **request}, cwd=root,
+                       env=env)
+    if child.returncode != 0:
+        message = child.last_error_line() or f"exit status {child.returncode}"
         targets = " ".join(request.get("add") or request.get("push") or [])
         raise DvcError(f"dvc {message} (for {targets}); fix that and run the command again")
 

@@ -42,6 +42,7 @@ import numpy.typing as npt
 
 from ggufops.errors import LlamaError, SmokeTestFailed
 from ggufops.llama.chattemplate import GGUF, NO_CHAT, has_chat
+from ggufops.procs import ChildResult, run_python
 
 Logits = npt.NDArray[np.float32]
 
@@ -482,30 +483,29 @@ def smoke_test_isolated(path: Path, *, n_tokens: int = 16, n_threads: int | None
                         chat_template: str | None = None) -> Smoke:
     """Load and smoke-test `path` in a child process; a crash there becomes a Smoke error.
     With `chat_template` (a version's prompt_template), one chat turn runs through it."""
-    args = [sys.executable, "-m", "ggufops.llama.llm", "smoke", str(path),
+    args = ["-m", "ggufops.llama.llm", "smoke", str(path),
             "--tokens", str(n_tokens), "--ctx", str(n_ctx)]
     if n_threads:
         args += ["--threads", str(n_threads)]
     if chat_template:
         args += ["--chat-template", chat_template]
     try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+        child = run_python(args, timeout=timeout)
     except subprocess.TimeoutExpired:
         return Smoke(False, f"loading {path} did not finish within {timeout:.0f} s", 0.0, 0, 0.0)
-    return _smoke_from_child(path, proc)
+    return _smoke_from_child(path, child)
 
 
-def _smoke_from_child(path: Path, proc: subprocess.CompletedProcess[str]) -> Smoke:
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode in (0, 1) and lines:
-        with contextlib.suppress(ValueError, TypeError):
-            return Smoke(**json.loads(lines[-1]))
-    if proc.returncode < 0:
-        reason = f"llama.cpp crashed (signal {-proc.returncode}) while loading {path}"
+def _smoke_from_child(path: Path, child: ChildResult) -> Smoke:
+    answer = child.last_json()
+    if child.returncode in (0, 1) and isinstance(answer, dict):
+        with contextlib.suppress(TypeError):
+            return Smoke(**answer)
+    if child.returncode < 0:
+        reason = f"llama.cpp crashed (signal {-child.returncode}) while loading {path}"
     else:
-        reason = f"smoke test of {path} exited with {proc.returncode}"
-    tail = proc.stderr.strip().splitlines()[-1:] or [""]
-    return Smoke(False, f"{reason}: {tail[0]}".rstrip(": "), 0.0, 0, 0.0)
+        reason = f"smoke test of {path} exited with {child.returncode}"
+    return Smoke(False, f"{reason}: {child.last_error_line()}".rstrip(": "), 0.0, 0, 0.0)
 
 
 def _smoke_main(path: Path, n_tokens: int, n_threads: int | None, n_ctx: int,
