@@ -10,7 +10,7 @@ Prints, for the same object on the same embedded SeaweedFS (medians over interle
   * peak RSS of a pull in a child process (getrusage children maxrss from a small launcher,
     and the child's own VmHWM; goal < 150 MB).
 
-Run: .venv/bin/python bench/bench_pull.py [--mb 200] [--rounds 5] [--dir DIR]
+Run: .venv/bin/python -m bench.bench_pull [--mb 200] [--rounds 5] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 from ggufops.artifacts import dvc as artifacts

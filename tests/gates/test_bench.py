@@ -38,7 +38,7 @@ def test_policy_overrides_merge_per_environment() -> None:
 
 
 def test_repository_policy_gives_valid_settings() -> None:
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     policy = yaml.safe_load((root / "registry" / "policy.yaml").read_text())
     settings = bench.settings_from(bench.gate_policy(policy, "production"))
     assert settings.threads is None and settings.n_threads == llm.default_threads()
@@ -143,7 +143,7 @@ def test_metrics_files_are_read_by_dvc(registry_repo: Path) -> None:
     bench.write_metrics(metrics, "toy", fake_result())
     data = json.loads((metrics / "toy.json").read_text())
     assert data["version"] == "1.0.0" and data["perplexity"] == 16.8
-    dvc = str(Path(__file__).parents[1] / ".venv" / "bin" / "dvc")
+    dvc = str(Path(__file__).parents[2] / ".venv" / "bin" / "dvc")
     shown = subprocess.run([dvc, "metrics", "show", "--json"], cwd=registry_repo,
                            capture_output=True, text=True, check=True)
     parsed = json.loads(shown.stdout)

@@ -37,7 +37,7 @@ from testing.gitops import (
 )
 from testing.repos import git, git_commit, make_remote
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
 BIN = Path(sys.executable).parent
 SKIP_INSTALL = {"install": "the test's venv already has ggufops installed (pip needs the "

@@ -7,7 +7,7 @@ three ways that do not touch quality: one thread (timed by the thread's CPU cloc
 other jobs on a shared 2-core machine cannot stretch), at most 6 rounds, and a time budget
 of 40 s (so on a busy machine two rounds are measured, and the suite stays short). Verdicts
 on speed asserted here rest on effects far from the limit, or on the statistics never
-blocking without evidence; tests/test_speedstats.py has the error rates.
+blocking without evidence; tests/gates/test_speedstats.py has the error rates.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ggufops.gates import bench, gate, report
 from ggufops.gates.cache import BenchCache
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPEED_ONLY = {"threads": 1, "max_rounds": 6, "time_budget_s": 40}
 QUALITY_ROWS = ("perplexity", "bits_per_byte", "kl_divergence", "top1_agreement")
 

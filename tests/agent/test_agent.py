@@ -164,7 +164,7 @@ def test_every_host_option_has_a_documented_environment_form() -> None:
     from ggufops.cli.runtime import agent as agent_command
     from ggufops.cli.runtime import serve as serve_command
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     for command in (agent_command, serve_command):
         for param in command.params:
             if not isinstance(param, click.Option) or param.name == "help":

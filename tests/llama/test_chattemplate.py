@@ -113,7 +113,7 @@ def test_validate_needs_the_template_sha256_for_gguf(registry_repo: Path) -> Non
 
 
 def test_schemas_list_exactly_llama_cpp_pythons_plain_chat_formats() -> None:
-    root = Path(__file__).resolve().parents[1] / "registry" / "schema"
+    root = Path(__file__).resolve().parents[2] / "registry" / "schema"
     for name, path in (("model-version", ("properties", "inference")),
                        ("environment", ("$defs", "deployment", "properties", "overrides"))):
         node = json.loads((root / f"{name}.schema.json").read_text())

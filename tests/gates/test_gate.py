@@ -3,7 +3,7 @@
 Speed checks here rest on effects far from the 5% limit (a 2x slower toy; speed-equal
 toys), so their verdicts do not depend on how busy the machine is: the statistics only
 block a candidate when the whole confidence interval is beyond the limit
-(tests/test_speedstats.py shows the error rates on synthetic samples).
+(tests/gates/test_speedstats.py shows the error rates on synthetic samples).
 """
 
 from __future__ import annotations
