@@ -27,7 +27,7 @@ import yaml
 from ggufops.artifacts.ggufheader import read_header
 from ggufops.artifacts.s3server import ServerInfo
 from ggufops.llama import toy
-from ggufops.procs import free_port  # re-exported for tests
+from ggufops.procs import free_port
 from testing.repos import (
     git,
     git_commit,

@@ -21,6 +21,7 @@ from ggufops.agent import plan as agentplan
 from ggufops.agent.applylog import StoredArtifact
 from ggufops.agent.retention import evictable, remember_desired
 from ggufops.errors import GitError, InvalidDesiredState, UsageError
+from ggufops.hashing import file_sha256
 from testing.repos import git_commit, set_environment, write_version
 from testing.runtime import (
     GGUFOPS,
@@ -29,7 +30,6 @@ from testing.runtime import (
     Processes,
     ThrottledProxy,
     World,
-    file_sha256,
     get,
     http,
     metrics,

@@ -12,8 +12,9 @@ from ggufops.errors import NonFastForward, PushRejected
 from ggufops.gitops import deploy, rollback
 from ggufops.registry import validate
 from ggufops.registry.registry import VersionRef
-from testing.gitops import MODEL, OTHER, Scratch, ScratchS3, cli, open_pull_request, ship
 from testing.repos import git
+from testing.scratch import MODEL, OTHER, Scratch, ScratchS3, cli, ship
+from testing.workflows import open_pull_request
 
 
 def test_second_of_two_racing_direct_deploys_is_rejected_and_told_to_rebase(

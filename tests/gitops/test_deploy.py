@@ -11,8 +11,9 @@ import yaml
 from ggufops import git as gitops_git
 from ggufops.gitops import deploy
 from ggufops.registry.registry import VersionRef
-from testing.gitops import MODEL, OTHER, FakeGitHub, Scratch, cli, ship, ship_canary
+from testing.fakegithub import FakeGitHub
 from testing.repos import git
+from testing.scratch import MODEL, OTHER, Scratch, cli, ship, ship_canary
 
 
 def comment_lines(text: str) -> list[str]:

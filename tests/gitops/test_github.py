@@ -10,7 +10,8 @@ import pytest
 
 from ggufops.errors import GitHubAuthError, GitHubError, UsageError
 from ggufops.gitops import github
-from testing.gitops import FakeGitHub, cli
+from testing.fakegithub import FakeGitHub
+from testing.scratch import cli
 
 
 @pytest.mark.parametrize(("url", "repo"), [

@@ -11,8 +11,8 @@ import pytest
 
 from ggufops import git as gitops_git
 from ggufops.gitops import history
-from testing.gitops import MODEL, OTHER, Scratch, cli, ship, ship_canary
 from testing.repos import git, git_commit
+from testing.scratch import MODEL, OTHER, Scratch, cli, ship, ship_canary
 
 
 def deploy_branch_and_merge(s: Scratch, ref: str, env: str, pr: int) -> str:

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from ggufops.gitops import rollback
-from testing.gitops import MODEL, OTHER, FakeGitHub, ScratchS3, cli, ship, ship_canary
+from testing.fakegithub import FakeGitHub
 from testing.repos import git
+from testing.scratch import MODEL, OTHER, ScratchS3, cli, ship, ship_canary
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The GitHub Actions workflows: they lint clean, and their `run:` steps work when run.
 
-Each workflow is run step by step (testing.gitops.run_workflow) the way a runner would
+Each workflow is run step by step (testing.workflows.run_workflow) the way a runner would
 for a pull_request or workflow_dispatch event, against a scratch registry whose remote is
 a local bare repository and whose artifacts are in a real S3 (SeaweedFS). Only the
 install step is skipped (the test's venv already has ggufops; installing needs the
@@ -20,22 +20,18 @@ import pytest
 import yaml
 
 from ggufops.artifacts import s3config
-from testing.gitops import (
-    MODEL,
-    OTHER,
+from testing.fakegithub import FakeGitHub
+from testing.repos import git, git_commit, make_remote
+from testing.scratch import MODEL, OTHER, ScratchS3, cli, ship
+from testing.workflows import (
     Event,
     Expression,
-    FakeGitHub,
-    ScratchS3,
     WorkflowRun,
-    cli,
     load_workflow,
     open_pull_request,
     run_workflow,
-    ship,
     substitute,
 )
-from testing.repos import git, git_commit, make_remote
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
