@@ -265,7 +265,14 @@ def run_workflow(path: Path, event: Event, tmp: Path, *, skip_ids: dict[str, str
     }
     runner.env = _runner_env(event, runner.workspace, event_path, summary, extra_env)
     steps: list[StepRun] = []
-    for job in workflow["jobs"].values():
+    failed_jobs: set[str] = set()
+    for name in job_order(workflow["jobs"]):
+        job = workflow["jobs"][name]
+        blocked = sorted(set(_needs(job)) & failed_jobs)
+        if blocked:  # GitHub skips a job whose `needs` failed
+            steps.append(StepRun(f"job {name}", "not-run", f"needs {', '.join(blocked)}"))
+            failed_jobs.add(name)
+            continue
         runner.status = {"failed": False}
         job_env = {**(workflow.get("env") or {}), **(job.get("env") or {})}
         for key, value in job_env.items():
@@ -276,7 +283,34 @@ def run_workflow(path: Path, event: Event, tmp: Path, *, skip_ids: dict[str, str
             steps.append(run)
             if run.status == "failure":
                 runner.status["failed"] = True
+        if runner.status["failed"]:
+            failed_jobs.add(name)
     return WorkflowRun(steps, summary.read_text(), runner.workspace)
+
+
+def _needs(job: dict[str, Any]) -> list[str]:
+    needs = job.get("needs") or []
+    return [needs] if isinstance(needs, str) else list(needs)
+
+
+def job_order(jobs: dict[str, dict[str, Any]]) -> list[str]:
+    """The jobs in an order that runs each after every job it `needs` (file order otherwise)."""
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise AssertionError(f"jobs need each other in a cycle: {' -> '.join((*path, name))}")
+        if name not in jobs:
+            raise AssertionError(f"job {path[-1]} needs {name!r}, which the workflow lacks")
+        if name in order:
+            return
+        for needed in _needs(jobs[name]):
+            visit(needed, (*path, name))
+        order.append(name)
+
+    for name in jobs:
+        visit(name, ())
+    return order
 
 
 def _github_ref(event: Event) -> str:
