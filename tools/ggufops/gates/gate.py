@@ -57,6 +57,7 @@ from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
     Registry,
     VersionRef,
+    canary_version,
     environment_models,
     environment_models_in,
 )
@@ -131,8 +132,7 @@ def _jobs_for(env: str, now: dict[str, dict[str, Any]],
         baseline = VersionRef(model, old_version) if old_version else None
         if str(entry.get("version")) != old_version:
             yield GateJob(env, model, VersionRef(model, str(entry["version"])), baseline)
-        canary = (entry.get("canary") or {}).get("version")
-        old_canary = (old.get("canary") or {}).get("version")
+        canary, old_canary = canary_version(entry), canary_version(old)
         if canary and str(canary) != str(old_canary):
             yield GateJob(env, model, VersionRef(model, str(canary)), baseline, "canary")
 

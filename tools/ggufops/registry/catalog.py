@@ -6,7 +6,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ggufops import semver, yamlio
-from ggufops.registry.registry import Registry, VersionRef, display_id, environment_models
+from ggufops.registry.registry import (
+    Registry,
+    VersionRef,
+    canary_version,
+    display_id,
+    environment_models,
+)
 
 
 @dataclass
@@ -30,7 +36,7 @@ def _deployments(registry: Registry) -> dict[tuple[str, str], list[str]]:
     for env in registry.environments():
         for model, entry in environment_models(registry.environment(env)).items():
             where.setdefault((model, str(entry["version"])), []).append(env)
-            canary = (entry.get("canary") or {}).get("version")
+            canary = canary_version(entry)
             if canary:
                 where.setdefault((model, str(canary)), []).append(f"{env} (canary)")
     return where

@@ -80,6 +80,12 @@ def environment_models(data: Any) -> dict[str, dict[str, Any]]:
     return {str(m): e for m, e in models.items() if isinstance(e, dict)}
 
 
+def canary_version(entry: Any) -> Any:
+    """The version of an environment entry's canary, as written; None without a canary."""
+    canary = entry.get("canary") if isinstance(entry, dict) else None
+    return canary.get("version") if isinstance(canary, dict) else None
+
+
 def environment_models_in(raw: bytes | str, where: str) -> dict[str, dict[str, Any]]:
     """environment_models() of an environment file's bytes; {} if it is not YAML."""
     try:

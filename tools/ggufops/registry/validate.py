@@ -28,6 +28,7 @@ from ggufops.registry.registry import (
     REGISTRY_DIR,
     Registry,
     VersionRef,
+    canary_version,
     environment_models_in,
     split_version_relpath,
 )
@@ -365,10 +366,10 @@ def _entering(models: dict[str, Any], before: dict[str, dict[str, Any]]
     found: list[tuple[str, str, list[str]]] = []
     for model, entry in models.items():
         old = before.get(model, {})
-        old_canary = (old.get("canary") or {}).get("version")
+        old_canary = canary_version(old)
         if str(old.get("version")) != str(entry["version"]):
             found.append((model, str(entry["version"]), ["version"]))
-        canary = (entry.get("canary") or {}).get("version")
+        canary = canary_version(entry)
         if canary is not None and str(canary) not in (str(old.get("version")), str(old_canary)):
             found.append((model, str(canary), ["canary", "version"]))
     return found
@@ -398,7 +399,7 @@ def _check_artifacts(checker: Checker, state: State, find_missing: MissingObject
     wanted: dict[VersionRef, dict[str, Any]] = {}
     for doc in state.environments.values():
         for model, entry in (doc.data.get("models") or {}).items():
-            for version in (entry["version"], (entry.get("canary") or {}).get("version")):
+            for version in (entry["version"], canary_version(entry)):
                 ref = VersionRef(model, version) if version else None
                 if ref in state.versions:
                     wanted[ref] = state.versions[ref].data
