@@ -47,11 +47,11 @@ from ggufops.errors import (
 from ggufops.hashing import SHA256_HEX
 from ggufops.procs import run_python
 from ggufops.progress import Progress
+from ggufops.registry.dvcpointer import pointer_from_yaml, scan_pointer
+from ggufops.registry.registry import VersionRef
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-    from ggufops.registry.registry import VersionRef
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
@@ -479,12 +479,15 @@ def dvc_add(root: Path, path: Path, push_to: S3Settings | None = None) -> DvcOut
 
 
 def read_pointer(pointer: Path) -> DvcOut:
-
-    data = yamlio.load(pointer)
+    """A pointer's one output, strictly: every field present, the md5 an md5."""
+    facts = scan_pointer(pointer.read_text(errors="replace"))
+    if facts is None or facts.path is None:
+        facts = pointer_from_yaml(yamlio.load(pointer))
+    if None in (facts.md5, facts.size, facts.path):
+        raise DvcError(f"{pointer}: not a DVC pointer with outs[0].md5/size/path")
     try:
-        out = data["outs"][0]
-        md5, size, path = str(out["md5"]), int(out["size"]), str(out["path"])
-    except (TypeError, KeyError, IndexError, ValueError):
+        md5, size, path = str(facts.md5), int(facts.size), str(facts.path)
+    except (TypeError, ValueError):
         raise DvcError(f"{pointer}: not a DVC pointer with outs[0].md5/size/path") from None
     if not MD5_HEX.match(md5):
         raise DvcError(f"{pointer}: outs[0].md5 {md5!r} is not an md5")

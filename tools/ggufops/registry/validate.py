@@ -12,7 +12,6 @@ import gc
 import itertools
 import multiprocessing
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from ggufops import git, yamlio
 from ggufops.errors import YamlError
 from ggufops.hashing import file_sha256
 from ggufops.registry import schemas
+from ggufops.registry.dvcpointer import pointer_from_yaml, scan_pointer
 from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
     POLICY_FILE,
@@ -281,21 +281,13 @@ def _sha256_cached(path: Path) -> str:
     return _SHA_CACHE[key]
 
 
-_POINTER_MD5 = re.compile(r"^\s*(?:- )?md5: ([0-9a-f]{32})\s*$", re.MULTILINE)
-_POINTER_SIZE = re.compile(r"^\s*(?:- )?size: (\d+)\s*$", re.MULTILINE)
-
-
-def _pointer_facts(checker: Checker, pointer: Path) -> tuple[str | None, int | None]:
-    """(md5, size) of a DVC pointer; DVC writes one output per pointer, so a regex reads it."""
-    text = pointer.read_text(errors="replace")
-    md5s, sizes = _POINTER_MD5.findall(text), _POINTER_SIZE.findall(text)
-    if len(md5s) == 1 and len(sizes) == 1:
-        return md5s[0], int(sizes[0])
-    pdoc = checker.read(pointer)  # unusual layout: read it as YAML
-    data = pdoc.data if pdoc is not None and isinstance(pdoc.data, dict) else {}
-    outs = data.get("outs")
-    out = outs[0] if isinstance(outs, list) and outs and isinstance(outs[0], dict) else {}
-    return out.get("md5"), out.get("size")
+def _pointer_facts(checker: Checker, pointer: Path) -> tuple[Any, Any]:
+    """(md5, size) of a DVC pointer, as written (None where absent)."""
+    facts = scan_pointer(pointer.read_text(errors="replace"))
+    if facts is None:
+        pdoc = checker.read(pointer)  # unusual layout: read it as YAML (reports bad YAML)
+        facts = pointer_from_yaml(pdoc.data if pdoc is not None else None)
+    return facts.md5, facts.size
 
 
 def _check_pointer(checker: Checker, doc: yamlio.Document) -> None:
