@@ -1,8 +1,9 @@
 """Process plumbing shared by every room: children that die with us, JSON children, free ports.
 
-One `die_with_parent`: a child started with it gets SIGTERM when its parent dies (Linux
-prctl PR_SET_PDEATHSIG). SIGTERM, not SIGKILL, because our children clean up on it: the
-agent's download child removes its temp file, SeaweedFS and DVC shut down cleanly.
+One `die_with_parent`: a child started with it gets a signal when its parent dies (Linux
+prctl PR_SET_PDEATHSIG). SIGTERM by default, so SeaweedFS, DVC and the smoke test child shut
+down cleanly; the agent's download child asks for SIGKILL (its SIGTERM means "cancelled";
+an agent crash leaves the partial file to the next agent, as a power cut would).
 """
 
 from __future__ import annotations

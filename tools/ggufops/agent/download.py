@@ -10,7 +10,8 @@ turns those lines into events and wakes the agent's loop, which never blocks on 
 Cancelling sends SIGTERM: the child raises SystemExit inside the transfer, whose cleanup
 removes its temp file, so only verified files are ever left in the store. A child that does
 not exit within a few seconds gets SIGKILL, and the agent removes its temp files. The child
-also dies with the agent (PR_SET_PDEATHSIG).
+also dies with the agent, by SIGKILL (PR_SET_PDEATHSIG): an agent that died leaves its
+partial file behind like a power cut would, and the next agent removes it (tested).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Download:
                    "targets": [dataclasses.asdict(t) for t in targets]}
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            preexec_fn=die_with_parent())  # noqa: PLW1509 - prctl only, no locks
+            preexec_fn=die_with_parent(signal.SIGKILL))  # noqa: PLW1509 - prctl only
         assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps(request).encode())
         self._proc.stdin.close()
