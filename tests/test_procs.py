@@ -18,10 +18,12 @@ from ggufops.procs import free_port, run_python
 PACKAGE = Path(__file__).resolve().parents[1] / "tools" / "ggufops"
 TESTING = Path(__file__).resolve().parents[1] / "testing"
 
-# A parent that starts a grandchild with die_with_parent, prints its pid and exits at once.
-# The grandchild writes a file when SIGTERM arrives.
+# A parent that starts a grandchild with die_with_parent, waits until the grandchild has
+# installed its SIGTERM handler (else the signal could kill it before), prints its pid and
+# exits. The grandchild writes a file when SIGTERM arrives.
 ORPHAN_SCRIPT = """
-import subprocess, sys
+import subprocess, sys, time
+from pathlib import Path
 from ggufops.procs import die_with_parent
 child = subprocess.Popen([sys.executable, "-c", '''
 import signal, sys, time
@@ -34,6 +36,10 @@ Path(sys.argv[1] + ".ready").write_text("")
 while True:
     time.sleep(1)
 ''', sys.argv[1]], preexec_fn=die_with_parent())
+ready = Path(sys.argv[1] + ".ready")
+deadline = time.monotonic() + 60
+while not ready.exists() and time.monotonic() < deadline:  # its handler is installed
+    time.sleep(0.02)
 print(child.pid, flush=True)
 """
 
