@@ -20,7 +20,8 @@ TESTING = Path(__file__).resolve().parents[1] / "testing"
 
 # A parent that starts a grandchild with die_with_parent, waits until the grandchild has
 # installed its SIGTERM handler (else the signal could kill it before), prints its pid and
-# exits. The grandchild writes a file when SIGTERM arrives.
+# exits. The grandchild writes a file when SIGTERM arrives (whole, by a rename: the test sees
+# it exist only once its text is there).
 ORPHAN_SCRIPT = """
 import subprocess, sys, time
 from pathlib import Path
@@ -29,7 +30,8 @@ child = subprocess.Popen([sys.executable, "-c", '''
 import signal, sys, time
 from pathlib import Path
 def stop(*_):
-    Path(sys.argv[1]).write_text("SIGTERM")
+    Path(sys.argv[1] + ".tmp").write_text("SIGTERM")
+    Path(sys.argv[1] + ".tmp").rename(sys.argv[1])
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)
 Path(sys.argv[1] + ".ready").write_text("")
