@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
     from ggufops.registry import VersionRef
 
+# A default, not a rule: AWS_EC2_METADATA_DISABLED=false (set by the user) enables instance
+# profiles; unset, boto would spend seconds probing a metadata service that is not there.
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 CHUNK = 1024 * 1024  # measured: 1 MiB reads beat 8 MiB ones here
@@ -436,17 +438,22 @@ except DvcException as e:
 """
 
 
+def dvc_child_env() -> dict[str, str]:
+    """The DVC child's environment: EC2 instance metadata off unless the user set it
+    (AWS_EC2_METADATA_DISABLED=false lets boto use an instance profile), no analytics."""
+    return {"AWS_EC2_METADATA_DISABLED": "true", **os.environ, "DVC_NO_ANALYTICS": "1"}
+
+
 def _run_dvc(root: Path, request: dict[str, Any]) -> None:
     """One DVC child process (one import, one Repo) for the steps in `request`."""
     from ggufops.s3server import die_with_parent
 
-    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true", "DVC_NO_ANALYTICS": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", _DVC_SCRIPT],
         input=json.dumps({"root": str(root), **request}).encode(),
         capture_output=True,
         cwd=root,
-        env=env,
+        env=dvc_child_env(),
         check=False,
         preexec_fn=die_with_parent(),
     )
