@@ -16,7 +16,8 @@ EC2_PROBE = """
 import os
 from ggufops import artifacts
 from ggufops.cli import main
-print(os.environ["AWS_EC2_METADATA_DISABLED"], artifacts.dvc_child_env()["AWS_EC2_METADATA_DISABLED"])
+key = "AWS_EC2_METADATA_DISABLED"
+print(os.environ[key], artifacts.dvc_child_env()[key])
 """
 
 
