@@ -12,7 +12,7 @@ local bare remote, then measures:
   bulk (a file's history, a tree's files), as ratios measured in the same run: the data
   behind removing gitpython from the dependencies (docs/benchmarks.md).
 
-Prints figures; it is not a pass/fail test. Run: .venv/bin/python bench/bench_gitops.py
+Prints figures; it is not a pass/fail test. Run: .venv/bin/python -m bench.bench_gitops
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ggufops.gitops import history, rollback
+from ggufops.registry.template import copy_template, project_root
+from testing.repos import GIT_TEST_ENV, version_doc
 
-from ggufops import history, rollback  # noqa: E402
-from ggufops.template import copy_template, project_root  # noqa: E402
-from testing.repos import GIT_TEST_ENV, version_doc  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = 10
 VERSIONS_PER_MODEL = 100
@@ -128,7 +127,7 @@ def start_s3(root: Path, tmp: Path, target: tuple[str, str]) -> object | None:
     try:
         import boto3
 
-        from ggufops.s3server import S3Server
+        from ggufops.artifacts.s3server import S3Server
         from testing.s3 import configure_s3
     except ImportError as e:
         print(f"  (no S3 benchmark: {e})")
