@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -102,13 +103,27 @@ def serving_version(server_url: str, name: str = MODEL) -> str | None:
     return entry["version"] if entry else None
 
 
-def metrics(url: str) -> dict[str, float]:
-    """Prometheus text from url/metrics as {series: value}."""
-    status, text = http("GET", f"{url}/metrics")
-    assert status == 200, text
+def canonical(series: str) -> str:
+    """A series with its labels in name order (their order in the text has no meaning)."""
+    name, brace, rest = series.partition("{")
+    if not brace:
+        return series
+    labels = sorted(re.findall(r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"', rest))
+    return f"{name}{{{','.join(labels)}}}"
+
+
+def prometheus_series(text: str) -> dict[str, float]:
+    """Prometheus text as {canonical series: value}."""
     pairs = (line.rsplit(" ", 1) for line in text.splitlines()
              if line and not line.startswith("#"))
-    return {series: float(value) for series, value in pairs}
+    return {canonical(series): float(value) for series, value in pairs}
+
+
+def metrics(url: str) -> dict[str, float]:
+    """Prometheus text from url/metrics as {canonical series: value}."""
+    status, text = http("GET", f"{url}/metrics")
+    assert status == 200, text
+    return prometheus_series(text)
 
 
 # --- processes -------------------------------------------------------------------------------

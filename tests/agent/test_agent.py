@@ -164,13 +164,13 @@ def test_every_host_option_has_a_documented_environment_form() -> None:
     from ggufops.cli.runtime import agent as agent_command
     from ggufops.cli.runtime import serve as serve_command
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    host_page = (Path(__file__).parents[2] / "docs" / "host.md").read_text()
     for command in (agent_command, serve_command):
         for param in command.params:
             if not isinstance(param, click.Option) or param.name == "help":
                 continue
             assert isinstance(param.envvar, str), f"{command.name} {param.opts[0]} has no env form"
-            assert f"`{param.envvar}`" in readme, f"{param.envvar} is not in the README"
+            assert f"`{param.envvar}`" in host_page, f"{param.envvar} is not in docs/host.md"
 
 
 # --- end to end ---------------------------------------------------------------------------

@@ -110,11 +110,12 @@ def test_nothing_hard_coded_and_every_step_calls_the_cli(path: Path) -> None:
         assert marker not in text
     steps = [s for job in workflow["jobs"].values() for s in job["steps"]]
     uses = {s["uses"].split("@")[0] for s in steps if "uses" in s}
-    assert uses == {"actions/checkout", "actions/setup-python", "actions/cache"}
+    assert uses <= {"actions/checkout", "actions/setup-python", "actions/cache"}
     setup = next(s for s in steps if s.get("uses", "").startswith("actions/setup-python"))
     assert setup["with"]["cache"] == "pip"
-    cache = next(s for s in steps if s.get("uses", "").startswith("actions/cache"))
-    assert cache["with"]["path"] == "~/.cache/ggufops-wheels"
+    if "llama-cpp-python" in text:  # a job that builds llama.cpp caches the wheel
+        caches = [s["with"]["path"] for s in steps if s.get("uses", "").startswith("actions/cache")]
+        assert "~/.cache/ggufops-wheels" in caches
     secrets_used = {s for s in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
                     if f"${{{{ secrets.{s} }}}}" in text}
     assert secrets_used == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
@@ -348,7 +349,8 @@ def test_gate_workflow_installs_the_base_branch_s_ggufops() -> None:
     install = next(s for s in steps if s.get("id") == "install")
     assert base < names.index("Install ggufops")
     assert install["env"] == {"TOOL": "${{ steps.base-tool.outputs.path }}"}
-    assert install["run"].rstrip().endswith('python -m pip install --find-links "$wheels" "$TOOL"')
+    assert install["run"].rstrip().endswith(
+        'python -m pip install --find-links "$wheels" "$TOOL[gate]"')
     assert 'os.path.join(os.environ["TOOL"], "pyproject.toml")' in install["run"]  # its pin
     assert "-e ." not in install["run"].split()
 

@@ -23,7 +23,17 @@ from ggufops.hashing import file_sha256
 from ggufops.httpjson import HttpError
 from ggufops.llama import llm
 from ggufops.serve import app as server
-from testing.runtime import TOKEN, Proc, free_port, get, http, serve_args, wait_for
+from testing.runtime import (
+    TOKEN,
+    Proc,
+    canonical,
+    free_port,
+    get,
+    http,
+    prometheus_series,
+    serve_args,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -318,8 +328,8 @@ def test_no_request_fails_while_models_swap(running: Running,
     assert [r for r in results if r[0] != 200] == []
     served = {model for _, model in results}
     assert served == {"llama3-instruct-v2.0.0-f32", "llama3-instruct-v2.1.0-f32"}
-    metrics = running.app.render_metrics()
-    assert 'ggufops_model_loads_total{model="llama3-instruct",outcome="success"} 7' in metrics
+    metrics = prometheus_series(running.app.render_metrics())
+    assert metrics['ggufops_model_loads_total{model="llama3-instruct",outcome="success"}'] == 7
     wait_for(lambda: get_admin(running)["draining"] == [], what="old models freed")
 
 
@@ -331,18 +341,21 @@ def test_metrics_are_prometheus_text_labelled_by_version(running: Running,
     status, text = http("GET", f"{running.url}/metrics")
     assert status == 200
     lines = text.splitlines()
-    series = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-              for line in lines if line and not line.startswith("#")}
+    found = prometheus_series(text)
+
+    def series(key: str) -> float:
+        return found[canonical(key)]
+
     v2 = 'model="llama3-instruct",version="2.0.0"'
-    assert series[f'ggufops_requests_total{{{v2},endpoint="completions",code="200"}}'] == 1
-    assert series['ggufops_requests_total{model="",version="",endpoint="completions",'
-                  'code="404"}'] == 1
-    assert series[f'ggufops_tokens_total{{{v2},kind="completion"}}'] == 3
-    assert series[f'ggufops_request_duration_seconds_count{{{v2},endpoint="completions"}}'] == 1
+    assert series(f'ggufops_requests_total{{{v2},endpoint="completions",code="200"}}') == 1
+    assert series('ggufops_requests_total{model="",version="",endpoint="completions",'
+                  'code="404"}') == 1
+    assert series(f'ggufops_tokens_total{{{v2},kind="completion"}}') == 3
+    assert series(f'ggufops_request_duration_seconds_count{{{v2},endpoint="completions"}}') == 1
     digest = sha(runtime_models["baseline"])
     info = (f'ggufops_model_info{{model="llama3-instruct",version="2.0.0",'
             f'display_id="llama3-instruct-v2.0.0-f32",sha256="{digest}"}}')
-    assert series[info] == 1
+    assert series(info) == 1
     assert "# TYPE ggufops_request_duration_seconds histogram" in lines
 
 
@@ -442,10 +455,11 @@ def test_a_canary_at_weight_100_answers_every_request(running: Running,
     assert (canary["version"], canary["display_id"], canary["weight"]) == ("2.1.0", CANARY, 100)
     assert canary["sha256"] == sha(runtime_models["improved"])
     assert answered_by(running, model=PRIMARY) == PRIMARY  # a display id names one model
-    text = running.app.render_metrics()
-    assert 'ggufops_requests_total{model="llama3-instruct",version="2.1.0",' \
-        'endpoint="completions",code="200"} 16' in text
-    assert 'ggufops_canary_weight{model="llama3-instruct",version="2.1.0"' in text
+    found = prometheus_series(running.app.render_metrics())
+    assert found[canonical('ggufops_requests_total{model="llama3-instruct",version="2.1.0",'
+                           'endpoint="completions",code="200"}')] == 16
+    assert [k for k in found if k.startswith("ggufops_canary_weight{")
+            and 'model="llama3-instruct"' in k and 'version="2.1.0"' in k] != []
 
 
 def test_a_canary_at_weight_0_answers_none(running: Running,

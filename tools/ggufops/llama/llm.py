@@ -130,8 +130,10 @@ def default_threads() -> int:
 
 
 def load(path: Path, *, n_ctx: int = 512, n_threads: int | None = None,
-         n_batch: int | None = None) -> Model:
-    """Load `path`; LlamaError with llama.cpp's reason if it refuses the file."""
+         n_batch: int | None = None, n_gpu_layers: int = 0) -> Model:
+    """Load `path`; LlamaError with llama.cpp's reason if it refuses the file.
+
+    n_gpu_layers: layers offloaded to a GPU (-1: all); a CPU-only build ignores it."""
     lib = _lib()
     threads = n_threads or default_threads()
     batch_size = n_batch or n_ctx
@@ -143,6 +145,7 @@ def load(path: Path, *, n_ctx: int = 512, n_threads: int | None = None,
         llama = _tracing_llama()(
             model_path=str(path), n_ctx=n_ctx, n_batch=batch_size, n_ubatch=batch_size,
             n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False,
+            n_gpu_layers=n_gpu_layers,
         )
     except (ValueError, RuntimeError) as e:
         reason = last_error() or str(e)
@@ -769,10 +772,11 @@ def json_grammar(schema_json: str | None) -> Any:
 
 
 def serve_load(path: Path, *, n_ctx: int, n_threads: int | None = None,
-               chat_template: str | None = None) -> Model:
+               chat_template: str | None = None, n_gpu_layers: int = 0) -> Model:
     """Load `path` for serving with `chat_template` (None: the file's own, else no chat)."""
 
-    model = load(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=min(n_ctx, SERVE_BATCH))
+    model = load(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=min(n_ctx, SERVE_BATCH),
+                 n_gpu_layers=n_gpu_layers)
     try:
         default = GGUF if gguf_chat_template(model) else NO_CHAT
         use_chat_template(model, chat_template or default)

@@ -77,6 +77,7 @@ class ServeConfig:
     admin_token: str | None = None
     n_threads: int | None = None
     n_ctx: int = 4096
+    n_gpu_layers: int = 0  # layers offloaded to a GPU (-1: all); ignored by a CPU build
     smoke_tokens: int = 4
     limits: Limits = field(default_factory=Limits)
     reuse_prefix: bool = False  # keep the previous request's prompt cache (not repeatable)
@@ -272,7 +273,8 @@ class App:
         self.metrics = server_metrics()
         self.table = ModelTable(self._free)
         self.loader = Loader(config.store, self.table, self.metrics, n_ctx=config.n_ctx,
-                             n_threads=config.n_threads, smoke_tokens=config.smoke_tokens)
+                             n_threads=config.n_threads, smoke_tokens=config.smoke_tokens,
+                             n_gpu_layers=config.n_gpu_layers)
         self.generator = Generator(self.table, self.metrics, reuse_prefix=config.reuse_prefix)
         self.started_at = time.time()
 

@@ -1,133 +1,89 @@
-"""Prometheus metrics in the text exposition format, without a client library.
+"""Prometheus metrics for `/metrics`, on the `prometheus_client` library.
 
-Counters, gauges and histograms with labels, thread-safe, rendered by `Metrics.render()`
-for a `/metrics` endpoint. The server and the agent each own one `Metrics`.
+`Metrics` keeps the small API the server and the agent use (declare, `inc`, `set`,
+`observe`, `clear`, `value`, `render`) over a private `CollectorRegistry`, so several
+servers or agents in one process (as in the tests) never share or clash on series.
+prometheus_client's metrics are thread-safe; the lock here only guards declarations.
 """
 
 from __future__ import annotations
 
-import math
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 Labels = tuple[str, ...]
+Metric = Counter | Gauge | Histogram
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
-
-
-def _series(name: str, names: Sequence[str], values: Labels, extra: str = "") -> str:
-    pairs = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        pairs.append(extra)
-    return f"{name}{{{','.join(pairs)}}}" if pairs else name
-
-
-@dataclass
-class _Family:
-    name: str
-    help: str
-    kind: str
-    label_names: tuple[str, ...]
-    values: dict[Labels, float] = field(default_factory=dict)
-    buckets: tuple[float, ...] = ()
-    counts: dict[Labels, list[int]] = field(default_factory=dict)
-    sums: dict[Labels, float] = field(default_factory=dict)
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-        if self.kind == "histogram":
-            lines += self._render_histogram()
-        else:
-            lines += [f"{_series(self.name, self.label_names, k)} {_number(v)}"
-                      for k, v in sorted(self.values.items())]
-        return lines
-
-    def _render_histogram(self) -> list[str]:
-        lines: list[str] = []
-        for key, counts in sorted(self.counts.items()):
-            cumulative = 0
-            for bound, count in zip((*self.buckets, math.inf), counts, strict=True):
-                cumulative += count
-                le = f'le="{_number(bound)}"'
-                lines.append(f"{_series(self.name + '_bucket', self.label_names, key, le)} "
-                             f"{cumulative}")
-            lines.append(f"{_series(self.name + '_sum', self.label_names, key)} "
-                         f"{_number(self.sums[key])}")
-            lines.append(f"{_series(self.name + '_count', self.label_names, key)} {cumulative}")
-        return lines
+# The exposition stays what it was: no `<counter>_created` series beside each counter.
+prometheus_client.disable_created_metrics()
 
 
 class Metrics:
-    """A set of metric families; every update and the rendering take one lock."""
+    """A set of metric families in a registry of their own."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._families: dict[str, _Family] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._metrics: dict[str, Metric] = {}
+        self._label_names: dict[str, tuple[str, ...]] = {}
 
     def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        self._declare(_Family(name, help_text, "counter", tuple(labels)))
+        self._declare(name, labels, lambda: Counter(name, help_text, labels,
+                                                    registry=self.registry))
 
     def gauge(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        self._declare(_Family(name, help_text, "gauge", tuple(labels)))
+        self._declare(name, labels, lambda: Gauge(name, help_text, labels,
+                                                  registry=self.registry))
 
     def histogram(self, name: str, help_text: str, labels: Sequence[str] = (),
                   buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
-        self._declare(_Family(name, help_text, "histogram", tuple(labels),
-                              buckets=tuple(sorted(buckets))))
+        self._declare(name, labels, lambda: Histogram(name, help_text, labels,
+                                                      registry=self.registry,
+                                                      buckets=sorted(buckets)))
 
-    def _declare(self, family: _Family) -> None:
+    def _declare(self, name: str, labels: Sequence[str],
+                 make: Callable[[], Metric]) -> None:
         with self._lock:
-            self._families.setdefault(family.name, family)
+            if name not in self._metrics:
+                self._metrics[name] = make()
+                self._label_names[name] = tuple(labels)
 
-    def _family(self, name: str, labels: Labels) -> _Family:
-        family = self._families[name]
-        if len(labels) != len(family.label_names):
-            raise ValueError(f"{name} takes labels {family.label_names}, got {labels}")
-        return family
+    def _series(self, name: str, labels: Labels) -> Metric:
+        metric = self._metrics[name]
+        if len(labels) != len(self._label_names[name]):
+            raise ValueError(f"{name} takes labels {self._label_names[name]}, got {labels}")
+        return metric.labels(*labels) if labels else metric
 
     def inc(self, name: str, labels: Labels = (), amount: float = 1.0) -> None:
-        with self._lock:
-            family = self._family(name, labels)
-            family.values[labels] = family.values.get(labels, 0.0) + amount
+        series = self._series(name, labels)
+        assert isinstance(series, Counter | Gauge), f"{name} is not a counter or gauge"
+        series.inc(amount)
 
     def set(self, name: str, labels: Labels, value: float) -> None:
-        with self._lock:
-            self._family(name, labels).values[labels] = value
+        series = self._series(name, labels)
+        assert isinstance(series, Gauge), f"{name} is not a gauge"
+        series.set(value)
 
     def clear(self, name: str) -> None:
-        """Forget every series of a gauge (before setting the current ones again)."""
-        with self._lock:
-            self._families[name].values.clear()
+        """Forget every series of a labelled gauge (before setting the current ones again)."""
+        self._metrics[name].clear()
 
     def observe(self, name: str, labels: Labels, value: float) -> None:
-        with self._lock:
-            family = self._family(name, labels)
-            counts = family.counts.setdefault(labels, [0] * (len(family.buckets) + 1))
-            index = next((i for i, b in enumerate(family.buckets) if value <= b),
-                         len(family.buckets))
-            counts[index] += 1
-            family.sums[labels] = family.sums.get(labels, 0.0) + value
+        series = self._series(name, labels)
+        assert isinstance(series, Histogram), f"{name} is not a histogram"
+        series.observe(value)
 
     def value(self, name: str, labels: Labels = ()) -> float:
         """The current value of a counter or gauge series (0 if never set)."""
-        with self._lock:
-            return self._families[name].values.get(labels, 0.0)
+        label_map = dict(zip(self._label_names[name], labels, strict=True))
+        found = self.registry.get_sample_value(name, label_map)
+        return 0.0 if found is None else found
 
     def render(self) -> str:
-        with self._lock:
-            lines = [line for f in self._families.values() for line in f.render()]
-        return "\n".join(lines) + "\n"
+        return generate_latest(self.registry).decode()

@@ -326,8 +326,9 @@ class Loader:
     """Verifies, loads, smoke-tests and installs models; one load per model name at a time."""
 
     def __init__(self, store: Path, table: ModelTable, metrics: Metrics, *, n_ctx: int,
-                 n_threads: int | None, smoke_tokens: int) -> None:
+                 n_threads: int | None, smoke_tokens: int, n_gpu_layers: int = 0) -> None:
         self.store = store
+        self.n_gpu_layers = n_gpu_layers
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.smoke_tokens = smoke_tokens
@@ -403,7 +404,7 @@ class Loader:
         before = self._verify(path, request)
         try:
             model = llm.serve_load(path, n_ctx=self._context_size(path),
-                                   n_threads=self.n_threads,
+                                   n_threads=self.n_threads, n_gpu_layers=self.n_gpu_layers,
                                    chat_template=request.inference.get("prompt_template"))
         except LlamaError as e:
             raise ModelLoadFailed(f"{request.display_id}: {e}") from None
