@@ -229,8 +229,8 @@ def remote_checks(agent_proc: Proc) -> float:
 
 
 def successful_loads(server: Proc) -> float:
-    return metrics(server.url).get(
-        f'ggufops_model_loads_total{{model="{MODEL}",result="success"}}', 0.0)
+    """Loads of MODEL the server finished (strict: a misspelt series must not read as 0)."""
+    return metrics(server.url)[f'ggufops_model_loads_total{{model="{MODEL}",outcome="success"}}']
 
 
 def when(stamp: str) -> float:
