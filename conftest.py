@@ -8,4 +8,5 @@ pytest_plugins = [
     "testing.runtime",
     "testing.realmodels",
     "testing.githttp",
+    "testing.fleet",
 ]

@@ -38,7 +38,9 @@ git URL (ggufops.redact).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import random
 import shutil
 import threading
 import time
@@ -47,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ggufops import applylog, git
+from ggufops import applylog, fleetstatus, git, s3config
 from ggufops.agentdownload import Download
 from ggufops.agentplan import Plan, Target, export_tree, plan_from_tree, prune_trees
 from ggufops.agentretention import evictable, remember_desired
@@ -67,6 +69,7 @@ from ggufops.errors import (
 )
 from ggufops.httpjson import Reply, error_message, request_json, rfc3339
 from ggufops.redact import redact, redact_data
+from ggufops.s3config import S3Settings
 
 log = logging.getLogger("ggufops.agent")
 
@@ -96,6 +99,11 @@ class AgentConfig:
     git_timeout: float = 20.0
     download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
     mismatch_retry: float = DEFAULT_MISMATCH_RETRY
+    host_name: str | None = None  # fleet status: fleet/<env>/<host>.json (default: hostname)
+    labels: tuple[tuple[str, str], ...] = ()  # e.g. (("zone", "eu"), ("wave", "1"))
+    heartbeat: float = fleetstatus.DEFAULT_HEARTBEAT
+    fleet_status: bool = True  # publish the fleet status to S3
+    jitter: float = 0.1  # each wait is interval * (1 ± jitter): a fleet does not poll in step
 
     def check(self) -> None:
         if self.repo_url.startswith("-"):
@@ -106,6 +114,10 @@ class AgentConfig:
             raise UsageError("--download-timeout and --mismatch-retry must be positive seconds")
         if self.keep is not None and self.keep < 2:
             raise UsageError("--keep must be at least 2 (the serving and the previous version)")
+        if self.heartbeat <= 0:
+            raise UsageError("--heartbeat must be positive seconds")
+        if not 0 <= self.jitter < 1:
+            raise UsageError("--jitter must be a fraction from 0 to below 1, e.g. 0.1")
 
     @property
     def server(self) -> str:
@@ -201,6 +213,25 @@ class Agent:
         self._newer: Plan | None = None  # the newest commit's plan, read while applying
         self._newer_heads: set[str] = set()  # the remote heads it answers for
         self._desired_history: list[list[str]] = []
+        self.fleet = self._fleet_publisher() if config.fleet_status else None
+
+    def _fleet_publisher(self) -> fleetstatus.Publisher:
+        c = self.config
+        host = fleetstatus.check_host_name(c.host_name or fleetstatus.default_host_name())
+        publisher_config = fleetstatus.PublisherConfig(host, c.env, dict(c.labels), c.heartbeat)
+        return fleetstatus.Publisher(publisher_config, self.snapshot, self.fleet_settings)
+
+    def fleet_settings(self) -> S3Settings | None:
+        """Where the fleet status goes: the S3 remote of the newest commit read (with
+        --s3-endpoint); None before any commit was read."""
+        try:
+            trees = self._recent_trees()
+            settings = s3config.resolve(trees[-1]) if trees else None
+        except (OSError, GgufopsError):
+            return None  # e.g. the tree was pruned meanwhile: the next look finds another
+        if settings is not None and self.config.s3_endpoint:
+            settings = dataclasses.replace(settings, endpoint_url=self.config.s3_endpoint)
+        return settings
 
     # lifecycle
 
@@ -226,7 +257,8 @@ class Agent:
         return forced
 
     def _sleep(self, stop: threading.Event) -> None:
-        delay = self.config.interval
+        jitter = self.config.jitter
+        delay = self.config.interval * random.uniform(1 - jitter, 1 + jitter)
         with self._lock:
             retry_at = self.status.next_retry_at
         now = time.time()
@@ -736,6 +768,8 @@ class Agent:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             data = self.status.as_dict()
+        if self.fleet is not None:
+            data["fleet"] = self.fleet.snapshot_state()
         return dict(redact_data(data))
 
     def _publish(self) -> None:
@@ -798,6 +832,7 @@ def run_agent(config: AgentConfig, stop: threading.Event,
         agent.wake()
 
     threading.Thread(target=wake_on_stop, name="agent-stop", daemon=True).start()
+    publishing = fleetstatus.start(agent.fleet, stop) if agent.fleet is not None else None
     try:
         if ready is not None:
             host, port = server.server_address[:2] if server else ("", 0)
@@ -807,6 +842,9 @@ def run_agent(config: AgentConfig, stop: threading.Event,
         if server is not None:
             server.shutdown()
             server.server_close()
+        if agent.fleet is not None and publishing is not None:
+            publishing.join(timeout=15)  # no older PUT may land after the last one
+            agent.fleet.publish_if_due(phase="stopped", force=True)  # stopped on purpose
         agent.close()
 
 

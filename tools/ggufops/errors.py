@@ -251,3 +251,22 @@ class DemoFailed(GgufopsError):
 
 class ChatTemplateError(GgufopsError):
     """A version's chat template is unknown, or does not fit its GGUF file."""
+
+
+# --- fleet: status published to S3, drift, waves -------------------------------------------
+
+
+class S3ObjectError(GgufopsError):
+    """A small S3 object (a fleet status) could not be written, read or listed."""
+
+
+class FleetNotConverged(CheckFailed):
+    """`fleet status`: a host serves other than the environment file says (exit 4)."""
+
+    exit_code = 4
+
+
+class FleetStale(CheckFailed):
+    """`fleet status`: no drift seen, but a host has not reported recently (exit 5)."""
+
+    exit_code = 5

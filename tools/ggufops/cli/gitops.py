@@ -132,15 +132,20 @@ def rollback(ctx: click.Context, *, env: str, model: str | None, to: str | None,
 @click.option("--sqlite", "sqlite_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Also write table `deployments` into this SQLite file "
               "(rows of other environments in it are kept).")
+@click.option("--hosts", is_flag=True, help="Instead: when each host applied each commit "
+              "(from the fleet status its agent publishes to S3).")
 @json_option
 @click.pass_context
 def history(ctx: click.Context, *, env: str, model: str | None, ref: str | None,
-            sqlite_path: Path | None, as_json: bool) -> None:
+            sqlite_path: Path | None, hosts: bool, as_json: bool) -> None:
     """Every deploy, canary and rollback of ENV: when, who, commit, PR, from -> to, rolled
     back?"""
     from ggufops import git
 
     root = registry_from(ctx).root
+    if hosts:
+        _host_history(root, env, as_json)
+        return
     start = ref or next((r for r in ("main", "origin/main") if git.resolve(root, r)), "HEAD")
     git.rev_parse(root, start)
     deployments = history_api.read_history(root, env, start, model=model)
@@ -152,6 +157,16 @@ def history(ctx: click.Context, *, env: str, model: str | None, ref: str | None,
     click.echo(history_api.format_table(deployments))
     if sqlite_path is not None:
         click.echo(f"wrote {len(deployments)} row(s) for {env} to {sqlite_path}")
+
+
+def _host_history(root: Path, env: str, as_json: bool) -> None:
+    from ggufops import fleetops
+
+    rows = fleetops.host_history(root, env)
+    if as_json:
+        print_json([r.as_dict() for r in rows])
+    else:
+        click.echo(fleetops.format_host_history(rows))
 
 
 @click.command("pr-comment")
