@@ -92,7 +92,7 @@ class Fleet:
         root = self.world.repo.parent / "hosts" / name
         root.mkdir(parents=True, exist_ok=True)
         serve = self._start(["--host", ns.address] if ns else [], serve_args(
-            root / "store", self.world.token_file), ns, f"serve-{name}")
+            root / "store", self.world.token_file), ns, f"serve-{name}", link)
         user, token = self.git_server.user, self.git_server.token
         git_url = f"http://{user}:{token}@{link.git.endpoint.removeprefix('http://')}/" \
             f"{self.world.remote.name}"
@@ -111,13 +111,14 @@ class Fleet:
                 "--admin-token-file", str(self.world.token_file),
                 "--s3-endpoint", host.link.s3.endpoint, "--backoff-max", "1",
                 "--timeout", "60", *agent_args(host)]
-        host.agent = self._start([], args, ns, f"agent-{host.name}")
+        host.agent = self._start([], args, ns, f"agent-{host.name}", host.link)
         return host.agent
 
     def _start(self, more: list[str], args: list[str], ns: Namespace | None,
-               log: str) -> Proc:
+               log: str, link: Link) -> Proc:
         prefix = ns.exec_prefix() if ns else []
-        env = {**self.world.s3.env(), "AWS_ENDPOINT_URL_S3": "http://unused.invalid"}
+        env = {**self.world.s3.env(), "AWS_ENDPOINT_URL_S3": link.s3.endpoint,
+               "GIT_ALLOW_PROTOCOL": "file:http"}  # git over HTTP, through the link
         proc = Proc(prefix + args + more, self.processes.tmp / f"{log}.log", env=env)
         self.processes.started.append(proc)
         return proc
@@ -130,12 +131,13 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def fleet(world: World, processes: Processes, *, allow_netns: bool = True
-          ) -> Iterator[Fleet]:
+def fleet(world: World, processes: Processes) -> Iterator[Fleet]:
     """A Fleet in namespaces when they can be made, else on loopback (with a warning that
-    names the reason: never a silent skip)."""
-    reason = unavailable() if allow_netns else "namespaces not requested"
-    if reason is not None and allow_netns:
+    names the reason: never a silent skip). GGUFOPS_TEST_NO_NETNS=1 forces loopback."""
+    reason = unavailable()
+    if os.environ.get("GGUFOPS_TEST_NO_NETNS"):
+        reason = "GGUFOPS_TEST_NO_NETNS is set"
+    if reason is not None:
         warnings.warn(NamespacesUnavailable(f"multi-host test on loopback ports: {reason}"),
                       stacklevel=2)
     server = GitHttpServer(world.remote.parent).start()
