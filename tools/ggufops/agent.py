@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ggufops import applylog, fleetstatus, git, s3config
+from ggufops import applylog, fleetstatus, fleetview, git, rollout, s3config, yamlio
 from ggufops.agentdownload import Download
 from ggufops.agentplan import Plan, Target, export_tree, plan_from_tree, prune_trees
 from ggufops.agentretention import evictable, remember_desired
@@ -435,8 +435,54 @@ class Agent:
         return True
 
     def _steps(self) -> list[tuple[str, Callable[[Plan], Plan]]]:
-        return [("downloading", self._download), ("loading", self._load),
-                ("verifying", self._verify)]
+        return [("downloading", self._download), ("waiting", self._wait_for_wave),
+                ("loading", self._load), ("verifying", self._verify)]
+
+    # rollout waves
+
+    def _wait_for_wave(self, plan: Plan) -> Plan:
+        """In a later rollout wave: wait (artifacts already stored) until every host of the
+        earlier waves reports this commit applied and healthy; a rollback does not wait."""
+        waves = rollout.waves_of(_env_doc(plan.tree, self.config.env))
+        labels = dict(self.config.labels)
+        if self.fleet is None or rollout.wave_index(waves, labels) == 0 or \
+                self._is_rollback(plan.commit):
+            return plan
+        waiting: list[str] | None = None
+        while True:
+            wave_gate = rollout.gate(waves, labels, plan.commit, self._fleet_reports(),
+                                     self.fleet.config.host)
+            if wave_gate.ready:
+                return plan
+            if wave_gate.waiting_for != waiting:
+                waiting = wave_gate.waiting_for
+                log.info("rollout wave %d: waiting for %s to apply %s", rollout.wave_index(
+                    waves, labels) + 1, ", ".join(waiting), plan.commit[:12])
+            self._wake.wait(self.config.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                raise _Stopping
+            plan = self._follow_head(plan)  # a newer commit supersedes the wait
+
+    def _fleet_reports(self) -> list[fleetstatus.HostReport]:
+        settings = self.fleet_settings()
+        if settings is None:
+            return []
+        try:
+            return [seen.report for seen in fleetview.read_reports(settings, self.config.env)]
+        except GgufopsError as e:
+            log.warning("cannot read the fleet status for the rollout waves: %s", e)
+            return []
+
+    def _is_rollback(self, commit: str) -> bool:
+        """Is `commit`, or a commit since the applied one, a rollback?"""
+        applied = self.status.applied_commit
+        span = f"{applied}..{commit}" if applied else f"{commit}~1..{commit}"
+        try:
+            messages = git.out(["log", "--format=%B", span], self.mirror)
+        except GitError:
+            messages = git.out(["log", "-1", "--format=%B", commit], self.mirror)
+        return rollout.is_rollback(messages)
 
     def _fetch(self, commit: str, attempt: int) -> str:
         """Fetch the branch into the mirror; the commit fetched (`commit` or newer)."""
@@ -464,7 +510,8 @@ class Agent:
         """The plan of a fetched commit; InvalidDesiredState if it cannot be applied."""
         tree = export_tree(self.mirror, commit, self.trees)
         try:
-            return plan_from_tree(tree, commit, self.config.env, self.config.keep)
+            return plan_from_tree(tree, commit, self.config.env, self.config.keep,
+                                  dict(self.config.labels))
         except InvalidDesiredState:
             raise
         except GgufopsError as e:
@@ -799,6 +846,13 @@ class Agent:
 
     def close(self) -> None:
         self.log.close()
+
+
+def _env_doc(tree: Path, env: str) -> Any:
+    try:
+        return yamlio.load(tree / "environments" / f"{env}.yaml")
+    except GgufopsError:
+        return None
 
 
 def _still_needed(download: Download, newer: Plan) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import git, yamlio
+from ggufops import git, rollout, yamlio
 from ggufops.errors import FleetNotConverged, FleetStale, S3ObjectError
 from ggufops.fleetstatus import HostReport, env_prefix
 from ggufops.registry import environment_models_in, environment_relpath, version_relpath
@@ -40,12 +40,23 @@ class Want:
 
 @dataclass(frozen=True)
 class Desired:
-    """The environment at a commit."""
+    """The environment at a commit: `models` for any host, and per model the segments
+    (partial rollbacks) that give the hosts matching a selector another version."""
 
     environment: str
     ref: str
     commit: str
     models: dict[str, Want]
+    segmented: dict[str, list[tuple[dict[str, str], Want]]] = field(default_factory=dict)
+
+    def for_host(self, labels: dict[str, str]) -> dict[str, Want]:
+        wants = dict(self.models)
+        for name, segments in self.segmented.items():
+            for selector, want in segments:
+                if rollout.matches(selector, labels):
+                    wants[name] = want
+                    break
+        return wants
 
 
 @dataclass(frozen=True)
@@ -113,9 +124,13 @@ def desired_at(root: Path, env: str, ref: str) -> Desired:
     raw = git.show_file(root, commit, path)
     if raw is None:
         raise S3ObjectError(f"{path} does not exist at {ref} ({commit[:12]}); check --env")
-    wants = {name: _want(root, commit, name, entry)
-             for name, entry in environment_models_in(raw, path).items()}
-    return Desired(env, ref, commit, wants)
+    entries = environment_models_in(raw, path)
+    wants = {name: _want(root, commit, name, entry) for name, entry in entries.items()}
+    segmented = {name: [(dict(seg["selector"]), _want(root, commit, name,
+                                                      {**entry, "version": seg["version"]}))
+                        for seg in entry.get("segments") or []]
+                 for name, entry in entries.items() if entry.get("segments")}
+    return Desired(env, ref, commit, wants, segmented)
 
 
 def _want(root: Path, commit: str, name: str, entry: dict[str, Any]) -> Want:
@@ -167,7 +182,8 @@ def _parse(raw: bytes, where: str) -> HostReport | None:
 
 
 def view(desired: Desired, reports: list[SeenReport], stale_after: float) -> FleetView:
-    hosts = [host_view(desired.models, seen, stale_after) for seen in reports]
+    hosts = [host_view(desired.for_host(seen.report.labels), seen, stale_after)
+             for seen in reports]
     return FleetView(desired, hosts, stale_after)
 
 
