@@ -446,8 +446,8 @@ class Agent:
         waves = rollout.waves_of(_env_doc(plan.tree, self.config.env))
         labels = dict(self.config.labels)
         if self.fleet is None or rollout.wave_index(waves, labels) == 0 or \
-                self._is_rollback(plan.commit):
-            return plan
+                plan.requests() == self._applied_targets or self._is_rollback(plan.commit):
+            return plan  # first wave, nothing new for this host (a reload), or a rollback
         waiting: list[str] | None = None
         while True:
             wave_gate = rollout.gate(waves, labels, plan.commit, self._fleet_reports(),
