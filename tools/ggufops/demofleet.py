@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,8 +21,8 @@ MODEL = "llama3-instruct"
 
 
 def held_back_host(demo: Demo, free_port: Callable[[], int], exe: str) -> str:
-    server_url, agent = _start_second_host(demo, free_port, exe)
-    _wait_converged(demo, server_url, 120)
+    agent_url, agent = _start_second_host(demo, free_port, exe)
+    _wait_converged(demo, agent_url, 120)
     os.killpg(agent.pid, signal.SIGSTOP)  # held back: its agent no longer acts
     demo.say(f"  (host-2's agent paused: kill -STOP {agent.pid})")
     try:
@@ -29,12 +30,12 @@ def held_back_host(demo: Demo, free_port: Callable[[], int], exe: str) -> str:
                      "demo: end the canary", "--push")
         demo.git("pull", "-q", "--ff-only", "origin", "main")
         demo.trigger_sync()
-        drift = _wait_fleet_code(demo, exe, 4, 60)
+        drift = _wait_fleet(demo, exe, 4, 120)
     finally:
         os.killpg(agent.pid, signal.SIGCONT)
     demo.say(f"  (host-2's agent resumed: kill -CONT {agent.pid})")
     began = time.monotonic()
-    _wait_fleet_code(demo, exe, 0, 120)
+    _wait_fleet(demo, exe, 0, 120)
     return (f"drift on host-2 shown (exit {drift}); converged {time.monotonic() - began:.1f} s "
             "after its agent resumed (exit 0)")
 
@@ -52,37 +53,38 @@ def _start_second_host(demo: Demo, free_port: Callable[[], int], exe: str) -> tu
                        demo.env["AWS_ENDPOINT_URL_S3"], "--interval", "1", "--status-port",
                        str(agent_port), "--state-dir", str(host / "agent"), "--host-name",
                        "host-2", "--heartbeat", "5")
-    return server_url, agent
+    return f"http://127.0.0.1:{agent_port}", agent
 
 
-def _wait_converged(demo: Demo, server_url: str, timeout: float) -> None:
+def _wait_converged(demo: Demo, agent_url: str, timeout: float) -> None:
+    """Until host-2's agent says healthy with every model in sync."""
     deadline = time.monotonic() + timeout
-    want = (demo.serving() or {}).get("version")
     while time.monotonic() < deadline:
         try:
-            reply = request_json("GET", f"{server_url}/v1/models", timeout=2)
+            status = request_json("GET", f"{agent_url}/status", timeout=2).data
         except OSError:
-            reply = None
-        data = reply.data if reply is not None and isinstance(reply.data, dict) else {}
-        if any(m.get("version") == want for m in data.get("data", [])):
+            status = None
+        if isinstance(status, dict) and status.get("phase") == "healthy" and all(
+                m.get("in_sync") for m in (status.get("models") or {}).values()):
             return
         time.sleep(0.1)
-    raise DemoFailed(f"host-2 did not serve {MODEL}@{want} within {timeout:.0f} s; see "
+    raise DemoFailed(f"host-2 did not become healthy within {timeout:.0f} s; see "
                      f"{demo.workdir}/agent-2.log")
 
 
-def _wait_fleet_code(demo: Demo, exe: str, code: int, timeout: float) -> int:
-    """Run `fleet status` until it exits `code`; show that run."""
+def _wait_fleet(demo: Demo, exe: str, code: int, timeout: float) -> int:
+    """Run `fleet status` until it exits `code` with host-1 in sync (then show it)."""
     deadline = time.monotonic() + timeout
     args = [exe, "fleet", "status", "--env", "production"]
     while time.monotonic() < deadline:
-        proc = subprocess.run(args, cwd=demo.repo, env=demo.env, capture_output=True,
-                              text=True, check=False)
-        if proc.returncode == code:
-            demo.say(f"  $ ggufops fleet status --env production   (exit {code})")
-            demo.say("\n".join(f"    {line}" for line in
-                               (proc.stdout + proc.stderr).rstrip().splitlines()))
+        proc = subprocess.run([*args, "--json"], cwd=demo.repo, env=demo.env,
+                              capture_output=True, text=True, check=False)
+        try:
+            hosts = {h["host"]: h for h in json.loads(proc.stdout)["hosts"]}
+        except (ValueError, KeyError):
+            hosts = {}
+        if proc.returncode == code and hosts.get("host-1", {}).get("state") == "in-sync":
+            demo.ggufops(*args[1:], check=False)  # as a person sees it
             return code
         time.sleep(0.5)
-    raise DemoFailed(f"`ggufops fleet status` did not exit {code} within {timeout:.0f} s: "
-                     f"{(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
+    raise DemoFailed(f"`ggufops fleet status` did not exit {code} within {timeout:.0f} s")
