@@ -38,7 +38,8 @@ def fleet_status(ctx: click.Context, *, env: str, stale_after: float, ref: str |
     Exit 0: every host serves the environment file; 4: drift; 5: a host is stale or stopped
     (or none reported) and none drifts.
     """
-    from ggufops import fleetops, fleetview
+    from ggufops.fleet import ops as fleetops
+    from ggufops.fleet import view as fleetview
 
     root = registry_from(ctx).root
     fleet_view = fleetops.fleet_status(root, env, ref=ref, remote=remote, branch=branch,
