@@ -348,7 +348,8 @@ def test_a_version_the_server_cannot_load_is_reported_and_the_old_one_serves(
     assert s["applied_commit"] == applied
     assert serving_version(server.url) == "2.0.0"
     attempts = agent_status_cli(world)["attempts"]
-    assert (attempts[0]["outcome"], attempts[0]["phase"]) == ("failed", "loading")
+    last = next(a for a in attempts if a["outcome"] != "running")  # a retry may have begun
+    assert (last["outcome"], last["phase"]) == ("failed", "loading")
 
 
 @pytest.mark.slow
@@ -561,7 +562,8 @@ def test_a_download_past_its_deadline_is_cancelled_and_retried(
     assert world.sha256("2.1.0") not in world.stored()
     assert world.store_temp_files() == []  # the cancelled child removed its temp file
     attempts = agent_status_cli(world)["attempts"]
-    assert (attempts[0]["outcome"], attempts[0]["phase"]) == ("failed", "downloading")
+    last = next(a for a in attempts if a["outcome"] != "running")  # a retry may have begun
+    assert (last["outcome"], last["phase"]) == ("failed", "downloading")
 
 
 @pytest.mark.slow

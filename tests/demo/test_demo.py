@@ -26,7 +26,7 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     out = io.StringIO()
     steps = run_demo(workdir, out=out)
     text = out.getvalue()
-    assert [s.ok for s in steps] == [True] * 11, text
+    assert [s.ok for s in steps] == [True] * 12, text
     results = {s.title.split(":")[0]: s.result for s in steps}
     rollback = next(r for t, r in results.items() if t.startswith("roll production back"))
     assert rollback.startswith("serving 2.0.0 again")  # timings are bench_rollback's business
@@ -39,4 +39,6 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert kinds == ["deploy", "deploy", "rollback", "canary"], text
     canary = next(s for s in steps if s.title.startswith("canary"))
     assert canary.result.startswith("primary 2.0.0 + canary 2.1.0 (25%)")
+    fleet = next(s for s in steps if "held back" in s.title)
+    assert fleet.result.startswith("drift on host-2 shown (exit 4)"), text
     assert _ours(workdir) == []  # serve, agent and weed are all stopped

@@ -258,3 +258,22 @@ class ChatTemplateError(GgufopsError):
 
 class MissingExtra(GgufopsError):
     """A command needs a library from an optional extra that is not installed."""
+
+
+# --- fleet: status published to S3, drift, waves -------------------------------------------
+
+
+class S3ObjectError(GgufopsError):
+    """A small S3 object (a fleet status) could not be written, read or listed."""
+
+
+class FleetNotConverged(CheckFailed):
+    """`fleet status`: a host serves other than the environment file says (exit 4)."""
+
+    exit_code = 4
+
+
+class FleetStale(CheckFailed):
+    """`fleet status`: no drift seen, but a host has not reported recently (exit 5)."""
+
+    exit_code = 5

@@ -16,6 +16,7 @@ from typing import Any
 
 from ggufops import git
 from ggufops.errors import InvalidDesiredState
+from ggufops.fleet import rollout
 from ggufops.registry import validate
 from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
@@ -149,7 +150,8 @@ def prune_trees(trees_dir: Path, keep: set[str]) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def plan_from_tree(tree: Path, commit: str, env: str, keep: int | None) -> Plan:
+def plan_from_tree(tree: Path, commit: str, env: str, keep: int | None,
+                   labels: dict[str, str] | None = None) -> Plan:
     """Validate the exported tree and read the environment's models; refuse invalid states."""
     problems = validate.validate_repo(tree)
     if problems:
@@ -161,17 +163,20 @@ def plan_from_tree(tree: Path, commit: str, env: str, keep: int | None) -> Plan:
         raise InvalidDesiredState(f"commit {commit[:12]} has no {ENVIRONMENTS_DIR}/{env}.yaml; "
                                   "check --env or add the environment")
     models = environment_models(registry.environment(env))
-    targets = {name: _target(registry, name, entry) for name, entry in models.items()}
+    targets = {name: _target(registry, name, entry, labels or {})
+               for name, entry in models.items()}
     return Plan(commit, tree, targets, keep or _policy_keep(registry))
 
 
-def _target(registry: Registry, name: str, entry: dict[str, Any]) -> Target:
+def _target(registry: Registry, name: str, entry: dict[str, Any],
+            labels: dict[str, str]) -> Target:
     spec = entry.get("canary")
     canary = None
     if isinstance(spec, dict):
         canary = _version_target(registry, name, str(spec["version"]), entry,
                                  weight=int(spec["weight"]))
-    return _version_target(registry, name, str(entry["version"]), entry, canary=canary)
+    version = rollout.version_for(entry, labels)  # a segment's version for this host
+    return _version_target(registry, name, version, entry, canary=canary)
 
 
 def _version_target(registry: Registry, name: str, version: str, entry: dict[str, Any],

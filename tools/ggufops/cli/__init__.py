@@ -37,6 +37,7 @@ COMMANDS = {
     "serve": "runtime:serve",
     "agent": "runtime:agent",
     "demo": "demo:demo",
+    "fleet": "fleet:fleet",
 }
 
 

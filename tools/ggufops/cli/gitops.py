@@ -85,6 +85,9 @@ def deploy(ctx: click.Context, *, ref: VersionRef, env: str, push: bool, pr: boo
 @click.option("--push", "push", is_flag=True, help="Break-glass: push the commit straight to "
               "the default branch; retries on a concurrent push.")
 @click.option("--pr", "pr", is_flag=True, help="Push a rollback branch and open a pull request.")
+@click.option("--selector", default=None, metavar="K=V,...", help="Partial rollback: only "
+              "hosts whose agent --labels match (e.g. zone=eu) run the restored version; "
+              "written as a segment of the model in the environment file.")
 @click.option("--skip-artifact-check", is_flag=True, help="DANGEROUS: do not check that the "
               "target's artifact is in the S3 remote (offline use only): a rollback to a "
               "deleted artifact leaves hosts unable to load the model.")
@@ -94,7 +97,7 @@ def deploy(ctx: click.Context, *, ref: VersionRef, env: str, push: bool, pr: boo
 @click.pass_context
 def rollback(ctx: click.Context, *, env: str, model: str | None, to: str | None,
              reason: str | None, push: bool, pr: bool, skip_artifact_check: bool, remote: str,
-             default_branch: str, dry_run: bool, as_json: bool) -> None:
+             default_branch: str, dry_run: bool, as_json: bool, selector: str | None) -> None:
     """Roll ENV back: revert the last deploy of a model (or restore --to X.Y.Z).
 
     When that last change started or ramped a canary, the canary goes (or gets its
@@ -107,7 +110,8 @@ def rollback(ctx: click.Context, *, env: str, model: str | None, to: str | None,
     request = rollback_api.RollbackRequest(env=env, model=model, to=to, reason=reason,
                                            mode=mode, remote=remote,
                                            default_branch=default_branch,
-                                           skip_artifact_check=skip_artifact_check)
+                                           skip_artifact_check=skip_artifact_check,
+                                           selector=_selector(selector))
     root = registry_from(ctx).root
     if dry_run:
         plan = rollback_api.plan_rollback(root, request)
@@ -132,15 +136,20 @@ def rollback(ctx: click.Context, *, env: str, model: str | None, to: str | None,
 @click.option("--sqlite", "sqlite_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Also write table `deployments` into this SQLite file "
               "(rows of other environments in it are kept).")
+@click.option("--hosts", is_flag=True, help="Instead: when each host applied each commit "
+              "(from the fleet status its agent publishes to S3).")
 @json_option
 @click.pass_context
 def history(ctx: click.Context, *, env: str, model: str | None, ref: str | None,
-            sqlite_path: Path | None, as_json: bool) -> None:
+            sqlite_path: Path | None, hosts: bool, as_json: bool) -> None:
     """Every deploy, canary and rollback of ENV: when, who, commit, PR, from -> to, rolled
     back?"""
     from ggufops import git
 
     root = registry_from(ctx).root
+    if hosts:
+        _host_history(root, env, as_json)
+        return
     start = ref or next((r for r in ("main", "origin/main") if git.resolve(root, r)), "HEAD")
     git.rev_parse(root, start)
     deployments = history_api.read_history(root, env, start, model=model)
@@ -152,6 +161,22 @@ def history(ctx: click.Context, *, env: str, model: str | None, ref: str | None,
     click.echo(history_api.format_table(deployments))
     if sqlite_path is not None:
         click.echo(f"wrote {len(deployments)} row(s) for {env} to {sqlite_path}")
+
+
+def _selector(text: str | None) -> dict[str, str] | None:
+    from ggufops.fleet.status import parse_labels
+
+    return parse_labels(text) or None if text else None
+
+
+def _host_history(root: Path, env: str, as_json: bool) -> None:
+    from ggufops.fleet import ops as fleetops
+
+    rows = fleetops.host_history(root, env)
+    if as_json:
+        print_json([r.as_dict() for r in rows])
+    else:
+        click.echo(fleetops.format_host_history(rows))
 
 
 @click.command("pr-comment")

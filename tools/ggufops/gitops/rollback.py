@@ -36,7 +36,7 @@ from ggufops.errors import (
     PromotionRefused,
     UsageError,
 )
-from ggufops.gitops import deploy, envfile, history
+from ggufops.gitops import deploy, envfile, history, segments
 from ggufops.gitops.history import Deployment
 from ggufops.registry.registry import VersionRef, environment_relpath
 
@@ -46,6 +46,7 @@ PR = "pr"  # push a rollback branch and open a pull request
 REVERT = "revert"
 RESTORE_ENTRY = "restore-entry"
 SKIPPED = "skipped"  # artifact check turned off (--skip-artifact-check)
+SEGMENT = "segment"  # a partial rollback: only hosts matching a selector
 NOT_NEEDED = "not needed"  # the rollback points at no artifact (a canary removed)
 MAX_ATTEMPTS = 5
 
@@ -60,6 +61,7 @@ class RollbackRequest:
     remote: str = "origin"
     default_branch: str = "main"
     skip_artifact_check: bool = False
+    selector: dict[str, str] | None = None  # partial: only hosts with these labels
 
 
 @dataclass(kw_only=True)
@@ -109,7 +111,8 @@ def plan_rollback(root: Path, request: RollbackRequest) -> RollbackPlan:
         raise NothingToRollBack(f"{request.env} does not run {model} ({path} on {base.ref}); "
                                 "nothing to roll back")
     undo = _change_to_undo(events, model, current)
-    if request.to is None and undo is not None and _is_canary_change(undo):
+    if request.to is None and undo is not None and _is_canary_change(undo) \
+            and not request.selector:
         return _plan_canary_rollback(root, request, base, text, undo)
     target = request.to or _previous_version(undo, request.env, model, current)
     if target == current:
@@ -121,13 +124,17 @@ def plan_rollback(root: Path, request: RollbackRequest) -> RollbackPlan:
         _check_target_allowed(root, request.env, ref, events, base)
     artifact_check = _check_artifact(root, ref, doc, request)
     new_text, strategy = _new_text(root, text, path, ref, undo)
+    if request.selector:  # a partial rollback: a segment, the entry's version stays
+        new_text, strategy = segments.set_segment(text, model, request.selector, target,
+                                                  path), SEGMENT
     branch = (f"rollback/{request.env}/{model}-{target}" if request.mode == PR
               else request.default_branch)
     _check_branch_free(root, request, branch)
     message = history.format_message(
         history.ROLLBACK, request.env, model, current, target,
         rollback_of=undo.commit if undo else None, reason=request.reason,
-        body=_body(undo, strategy, model, target, request.env) + _skipped_note(artifact_check))
+        body=_body(undo, strategy, model, target, request.env, selector=request.selector)
+        + _skipped_note(artifact_check))
     warnings = _skipped_warning(ref, artifact_check)
     return RollbackPlan(
         env=request.env, model=model, from_version=current, to_version=target,
@@ -293,7 +300,11 @@ def _revert_file(root: Path, text: str, path: str, commit: str) -> str | None:
     return merged.decode() if merged is not None else None
 
 
-def _body(undo: Deployment | None, strategy: str, model: str, target: str, env: str) -> str:
+def _body(undo: Deployment | None, strategy: str, model: str, target: str, env: str, *,
+          selector: dict[str, str] | None = None) -> str:
+    if selector:
+        return (f"Restores {model} {target} in {env} only on the hosts labelled "
+                f"{segments.selector_text(selector)} (a segment); the others keep their version.")
     if undo is None:
         return f"Restores {model} {target} in {env}."
     if strategy == REVERT:

@@ -244,6 +244,13 @@ def _check_references(checker: Checker, state: State) -> None:
                     checker.add(doc, where, f"{env} runs {model}@{version}, which is not "
                                 f"registered (no {REGISTRY_DIR}/{model}/{version}.yaml); "
                                 "register it or pick a registered version", "reference")
+            for i, segment in enumerate(entry.get("segments") or []):  # partial rollbacks
+                version = segment["version"]
+                if VersionRef(model, version) not in state.versions:
+                    checker.add(doc, ["models", model, "segments", i, "version"],
+                                f"{env} runs {model}@{version} on {segment['selector']}, which "
+                                f"is not registered (no {REGISTRY_DIR}/{model}/{version}.yaml)"
+                                "; register it or pick a registered version", "reference")
     if state.policy is not None:
         for env in state.policy.data["promotion"]["order"]:
             if not (state.root / ENVIRONMENTS_DIR / f"{env}.yaml").is_file():
