@@ -251,3 +251,22 @@ class DemoFailed(GgufopsError):
 
 class ChatTemplateError(GgufopsError):
     """A version's chat template is unknown, or does not fit its GGUF file."""
+
+
+# --- lifecycle, tiers, compatibility (issue 14) ---------------------------------------------
+
+
+class LifecycleError(GgufopsError):
+    """A lifecycle file is malformed, or a status change is not allowed from where it is."""
+
+
+class VersionArchived(LifecycleError):
+    """The version is archived: it may not be deployed or rolled back to until restored."""
+
+
+class VersionDeprecated(LifecycleError):
+    """The version is deprecated and the policy blocks deploying it (lifecycle.deprecated)."""
+
+
+class TierError(GgufopsError):
+    """A retention tier is not configured, or a copy between tiers did not verify."""

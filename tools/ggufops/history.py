@@ -109,6 +109,7 @@ class Deployment:
     metrics: dict[str, Any] | None = None
     canary_version: str | None = None  # the canary this change set (or removed)
     canary_weight: int | None = None  # its weight after the change; 0: removed
+    status: str | None = None  # kind lifecycle: deprecated, archived or restored
 
     @property
     def rolled_back(self) -> bool:
@@ -141,14 +142,21 @@ class _Walk:
 
 
 def read_history(root: Path, env: str, ref: str, *, model: str | None = None,
-                 with_metrics: bool = True) -> list[Deployment]:
-    """Every change to `env` reachable from `ref`, oldest first (one log walk)."""
+                 with_metrics: bool = True, with_lifecycle: bool = False) -> list[Deployment]:
+    """Every change to `env` reachable from `ref`, oldest first (one log walk).
+
+    `with_lifecycle` adds the status changes of its models (kind `lifecycle`).
+    """
     path = environment_relpath(env)
     walk = _walk(root, ref, path)
     deployments = _deployments(root, walk, env, path)
     _mark_rolled_back(deployments)
     if model is not None:
         deployments = [d for d in deployments if d.model == model]
+    if with_lifecycle:
+        from ggufops import lifecyclehistory
+
+        deployments = lifecyclehistory.merge(root, env, ref, deployments, model)
     if with_metrics:
         _attach_metrics(root, ref, deployments)
     return deployments
@@ -370,6 +378,8 @@ def format_table(deployments: list[Deployment]) -> str:
 
 def change_text(d: Deployment) -> str:
     """FROM -> TO in words: `2.0.0 -> 2.0.0 + canary 2.1.0 (10%)`."""
+    if d.status is not None:
+        return f"{d.to_version} {d.status}"
     text = f"{d.from_version or '(new)'} -> {d.to_version or '(removed)'}"
     if d.canary_version is None:
         return text

@@ -115,6 +115,9 @@ def plan_rollback(root: Path, request: RollbackRequest) -> RollbackPlan:
                               f"{base.ref} {base.commit[:10]}); nothing to roll back")
     ref = VersionRef(model, target)
     doc = deploy.version_doc_at(root, base, ref)
+    from ggufops import lifecyclecheck  # an archived version is never a rollback target
+
+    lifecycle_warnings = lifecyclecheck.rollback_guard(root, base.commit, ref, request.env)
     if request.to is not None:
         _check_target_allowed(root, request.env, ref, events, base)
     artifact_check = _check_artifact(root, ref, doc, request)
@@ -126,7 +129,7 @@ def plan_rollback(root: Path, request: RollbackRequest) -> RollbackPlan:
         history.ROLLBACK, request.env, model, current, target,
         rollback_of=undo.commit if undo else None, reason=request.reason,
         body=_body(undo, strategy, model, target, request.env) + _skipped_note(artifact_check))
-    warnings = _skipped_warning(ref, artifact_check)
+    warnings = lifecycle_warnings + _skipped_warning(ref, artifact_check)
     return RollbackPlan(
         env=request.env, model=model, from_version=current, to_version=target,
         rollback_of=undo.commit if undo else None,

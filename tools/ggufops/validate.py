@@ -112,13 +112,22 @@ def _no_gc() -> Iterator[None]:
 
 
 def validate_repo(root: Path, base: str | None = None,
-                  check_artifacts: bool = False) -> list[Problem]:
-    """All problems in the registry at `root` (and against `base`, when given)."""
+                  check_artifacts: bool = False,
+                  warnings: list[Problem] | None = None) -> list[Problem]:
+    """All problems in the registry at `root` (and against `base`, when given).
+
+    `warnings` (when given) receives what passes but deserves a look (a deprecated
+    version entering an environment under `lifecycle.deprecated: warn`).
+    """
+    from ggufops import lifecyclecheck
+
     checker = Checker(root)
     validators = schemas.load_validators(root)
     with _no_gc():  # parsing allocates only acyclic data; collecting it mid-way is waste
         state = _load(checker, Registry(root), validators)
     _check_references(checker, state)
+    lifecyclecheck.check_repo(checker, state, git.rev_parse(root, base) if base else None,
+                              warnings if warnings is not None else [])
     if base is not None:
         _check_against_base(checker, state, base)
     if check_artifacts:
@@ -398,6 +407,9 @@ def _check_artifacts(checker: Checker, state: State) -> None:
         checker.add(state.versions[ref], ["artifact"], f"artifact of {ref} is missing from the "
                     f"remote (object {key}); push it with `dvc push` or pick another version",
                     "artifact")
+    from ggufops import warmset  # retention tiers: rollback targets must be warm too
+
+    warmset.check_rollback_targets(checker, state)
 
 
 # --- used by deploy and rollback (gitops) ---------------------------------------------------

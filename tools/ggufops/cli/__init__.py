@@ -34,6 +34,9 @@ COMMANDS = {
     "serve": "runtime:serve",
     "agent": "runtime:agent",
     "demo": "demo:demo",
+    "deprecate": "lifecycle:deprecate",
+    "archive": "lifecycle:archive",
+    "restore": "lifecycle:restore",
 }
 
 

@@ -137,13 +137,14 @@ def rollback(ctx: click.Context, *, env: str, model: str | None, to: str | None,
 def history(ctx: click.Context, *, env: str, model: str | None, ref: str | None,
             sqlite_path: Path | None, as_json: bool) -> None:
     """Every deploy, canary and rollback of ENV: when, who, commit, PR, from -> to, rolled
-    back?"""
+    back? Status changes of its models (deprecate, archive, restore) are rows of kind
+    lifecycle."""
     from ggufops import git
 
     root = registry_from(ctx).root
     start = ref or next((r for r in ("main", "origin/main") if git.resolve(root, r)), "HEAD")
     git.rev_parse(root, start)
-    deployments = history_api.read_history(root, env, start, model=model)
+    deployments = history_api.read_history(root, env, start, model=model, with_lifecycle=True)
     if sqlite_path is not None:
         history_api.write_sqlite(sqlite_path, env, deployments)
     if as_json:
