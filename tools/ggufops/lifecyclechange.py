@@ -169,12 +169,10 @@ def _check_request(request: StatusRequest) -> None:
 
 def _refuse_if_running(root: Path, base: deploy.Base, ref: VersionRef) -> None:
     """An archived version may run nowhere: archive only what no environment runs."""
-    for path in sorted(git.ls_tree(root, base.commit, ["environments"])):
-        if not path.endswith(".yaml"):
-            continue
-        env = path.rsplit("/", 1)[-1][: -len(".yaml")]
+    for env in _envs(root, base):
+        path = environment_relpath(env)
         entry = envfile.read_models(git.show_file(root, base.commit, path) or b"",
-                                    environment_relpath(env)).get(ref.name, {})
+                                    path).get(ref.name, {})
         canary = envfile.canary(entry)
         if str(entry.get("version")) == ref.version or (canary and canary[0] == ref.version):
             raise LifecycleError(f"cannot archive {ref}: {env} runs it ({path} on {base.ref}); "

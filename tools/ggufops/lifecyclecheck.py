@@ -124,10 +124,16 @@ def _lifecycle_paths(root: Path) -> list[Path]:
 
 
 def _validator(root: Path) -> schemas.Validator:
+    """The registry's lifecycle schema; a registry made before it existed uses ggufops' own."""
+    from ggufops.template import project_root
+
     path = root / SCHEMA
     if not path.is_file():
-        raise NotARegistry(f"{SCHEMA} is missing but the registry has lifecycle files; "
-                           "copy it from the ggufops template")
+        try:
+            path = project_root() / SCHEMA
+        except NotARegistry:
+            raise NotARegistry(f"{SCHEMA} is missing but the registry has lifecycle files; "
+                               "copy it from the ggufops template") from None
     return schemas.Validator(json.loads(path.read_text()))
 
 

@@ -171,6 +171,9 @@ def _plan_canary_rollback(root: Path, request: RollbackRequest, base: deploy.Bas
     artifact_check = NOT_NEEDED
     if after is not None:
         ref = VersionRef(model, after[0])
+        from ggufops import lifecyclecheck  # nor is an archived version's canary
+
+        lifecyclecheck.rollback_guard(root, base.commit, ref, env)
         artifact_check = _check_artifact(root, ref, deploy.version_doc_at(root, base, ref),
                                          request)
     change = (f"canary {before[0]} removed" if after is None
