@@ -9,10 +9,6 @@ from typing import Any, TypeVar
 
 import click
 
-from ggufops import deploy as deploy_api
-from ggufops import github
-from ggufops import history as history_api
-from ggufops import rollback as rollback_api
 from ggufops.cli.options import (
     VERSION_REF,
     dry_run_option,
@@ -21,7 +17,11 @@ from ggufops.cli.options import (
     registry_from,
 )
 from ggufops.errors import UsageError
-from ggufops.registry import VersionRef
+from ggufops.gitops import deploy as deploy_api
+from ggufops.gitops import github, lifecyclehistory
+from ggufops.gitops import history as history_api
+from ggufops.gitops import rollback as rollback_api
+from ggufops.registry.registry import VersionRef
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -144,7 +144,9 @@ def history(ctx: click.Context, *, env: str, model: str | None, ref: str | None,
     root = registry_from(ctx).root
     start = ref or next((r for r in ("main", "origin/main") if git.resolve(root, r)), "HEAD")
     git.rev_parse(root, start)
-    deployments = history_api.read_history(root, env, start, model=model, with_lifecycle=True)
+    deployments = lifecyclehistory.merge(root, env, start,
+                                         history_api.read_history(root, env, start, model=model),
+                                         model)
     if sqlite_path is not None:
         history_api.write_sqlite(sqlite_path, env, deployments)
     if as_json:

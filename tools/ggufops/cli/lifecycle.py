@@ -7,11 +7,11 @@ from typing import Any, TypeVar
 
 import click
 
-from ggufops import lifecycle
-from ggufops import lifecyclechange as change_api
 from ggufops.cli.gitops import _landing_text, _show, git_target_options
 from ggufops.cli.options import VERSION_REF, dry_run_option, json_option, registry_from
-from ggufops.registry import VersionRef
+from ggufops.gitops import lifecyclechange as change_api
+from ggufops.registry import lifecycle
+from ggufops.registry.registry import VersionRef
 
 F = TypeVar("F", bound=Callable[..., Any])
 
