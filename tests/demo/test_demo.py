@@ -26,7 +26,7 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     out = io.StringIO()
     steps = run_demo(workdir, out=out)
     text = out.getvalue()
-    assert [s.ok for s in steps] == [True] * 12, text
+    assert [s.ok for s in steps] == [True] * 13, text
     results = {s.title.split(":")[0]: s.result for s in steps}
     rollback = next(r for t, r in results.items() if t.startswith("roll production back"))
     assert rollback.startswith("serving 2.0.0 again")  # timings are bench_rollback's business
@@ -36,7 +36,9 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert "✅" in (workdir / "gate-production-2.1.0.md").read_text()
     rows = [line.split() for line in text.splitlines() if "llama3-instruct" in line]
     kinds = [row[1] for row in rows if len(row) > 2 and row[0][:4].isdigit() and "T" in row[0]]
-    assert kinds == ["deploy", "deploy", "rollback", "canary"], text
+    assert kinds == ["deploy", "deploy", "rollback", "canary", "lifecycle", "lifecycle"], text
+    archived = next(s for s in steps if s.title.startswith("deprecate and archive"))
+    assert archived.result.endswith("its deploy refused")
     canary = next(s for s in steps if s.title.startswith("canary"))
     assert canary.result.startswith("primary 2.0.0 + canary 2.1.0 (25%)")
     fleet = next(s for s in steps if "held back" in s.title)

@@ -38,6 +38,9 @@ COMMANDS = {
     "agent": "runtime:agent",
     "demo": "demo:demo",
     "fleet": "fleet:fleet",
+    "deprecate": "lifecycle:deprecate",
+    "archive": "lifecycle:archive",
+    "restore": "lifecycle:restore",
 }
 
 

@@ -18,7 +18,7 @@ from ggufops.cli.options import (
 )
 from ggufops.errors import UsageError
 from ggufops.gitops import deploy as deploy_api
-from ggufops.gitops import github
+from ggufops.gitops import github, lifecyclehistory
 from ggufops.gitops import history as history_api
 from ggufops.gitops import rollback as rollback_api
 from ggufops.registry.registry import VersionRef
@@ -143,7 +143,8 @@ def rollback(ctx: click.Context, *, env: str, model: str | None, to: str | None,
 def history(ctx: click.Context, *, env: str, model: str | None, ref: str | None,
             sqlite_path: Path | None, hosts: bool, as_json: bool) -> None:
     """Every deploy, canary and rollback of ENV: when, who, commit, PR, from -> to, rolled
-    back?"""
+    back? Status changes of its models (deprecate, archive, restore) are rows of kind
+    lifecycle."""
     from ggufops import git
 
     root = registry_from(ctx).root
@@ -152,7 +153,9 @@ def history(ctx: click.Context, *, env: str, model: str | None, ref: str | None,
         return
     start = ref or next((r for r in ("main", "origin/main") if git.resolve(root, r)), "HEAD")
     git.rev_parse(root, start)
-    deployments = history_api.read_history(root, env, start, model=model)
+    deployments = lifecyclehistory.merge(root, env, start,
+                                         history_api.read_history(root, env, start, model=model),
+                                         model)
     if sqlite_path is not None:
         history_api.write_sqlite(sqlite_path, env, deployments)
     if as_json:

@@ -245,6 +245,7 @@ def _story(demo: Demo, s3: s3server.S3Server) -> None:
     _rollback(demo)
     _blocked(demo)
     _canary(demo)
+    _archived(demo)
     _history(demo)
     _fleet(demo)
 
@@ -444,6 +445,19 @@ def _canary(demo: Demo) -> None:
             raise DemoFailed(f"expected both versions to answer, got {answered}")
         step.result = (f"primary 2.0.0 + canary 2.1.0 (25%), live {waited:.1f} s after merge; "
                        f"{answered.get(f'{MODEL}-v2.1.0-f32', 0)} of 40 users on the canary")
+
+
+def _archived(demo: Demo) -> None:
+    with demo.step(f"deprecate and archive {MODEL}@2.2.0: a deploy of it is refused") as step:
+        demo.ggufops("deprecate", f"{MODEL}@2.2.0", "--reason", "perplexity regression",
+                     "--direct", "--push")
+        demo.ggufops("archive", f"{MODEL}@2.2.0", "--direct", "--push")
+        refused = demo.ggufops("deploy", f"{MODEL}@2.2.0", "--env", "staging", check=False,
+                               quiet=True)
+        if refused.returncode != 1 or "is archived" not in refused.stderr:
+            raise DemoFailed(f"deploying an archived version was not refused: {refused.stderr}")
+        demo.say(f"    {refused.stderr.strip().splitlines()[-1]}")
+        step.result = f"2.2.0 archived (registry/{MODEL}/lifecycle.yaml); its deploy refused"
 
 
 def _history(demo: Demo) -> None:

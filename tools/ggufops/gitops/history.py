@@ -110,6 +110,7 @@ class Deployment:
     metrics: dict[str, Any] | None = None
     canary_version: str | None = None  # the canary this change set (or removed)
     canary_weight: int | None = None  # its weight after the change; 0: removed
+    status: str | None = None  # kind lifecycle: deprecated, archived or restored
 
     @property
     def rolled_back(self) -> bool:
@@ -371,6 +372,8 @@ def format_table(deployments: list[Deployment]) -> str:
 
 def change_text(d: Deployment) -> str:
     """FROM -> TO in words: `2.0.0 -> 2.0.0 + canary 2.1.0 (10%)`."""
+    if d.status is not None:
+        return f"{d.to_version} {d.status}"
     text = f"{d.from_version or '(new)'} -> {d.to_version or '(removed)'}"
     if d.canary_version is None:
         return text

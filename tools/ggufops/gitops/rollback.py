@@ -38,6 +38,7 @@ from ggufops.errors import (
 )
 from ggufops.gitops import deploy, envfile, history, segments
 from ggufops.gitops.history import Deployment
+from ggufops.registry import lifecycle
 from ggufops.registry.registry import VersionRef, environment_relpath
 
 LOCAL = "local"  # commit on the local default branch
@@ -120,6 +121,8 @@ def plan_rollback(root: Path, request: RollbackRequest) -> RollbackPlan:
                               f"{base.ref} {base.commit[:10]}); nothing to roll back")
     ref = VersionRef(model, target)
     doc = deploy.version_doc_at(root, base, ref)
+    # an archived version is never a rollback target
+    lifecycle_warnings = lifecycle.rollback_guard(root, base.commit, ref, request.env)
     if request.to is not None:
         _check_target_allowed(root, request.env, ref, events, base)
     artifact_check = _check_artifact(root, ref, doc, request)
@@ -135,7 +138,7 @@ def plan_rollback(root: Path, request: RollbackRequest) -> RollbackPlan:
         rollback_of=undo.commit if undo else None, reason=request.reason,
         body=_body(undo, strategy, model, target, request.env, selector=request.selector)
         + _skipped_note(artifact_check))
-    warnings = _skipped_warning(ref, artifact_check)
+    warnings = lifecycle_warnings + _skipped_warning(ref, artifact_check)
     return RollbackPlan(
         env=request.env, model=model, from_version=current, to_version=target,
         rollback_of=undo.commit if undo else None,
@@ -177,6 +180,7 @@ def _plan_canary_rollback(root: Path, request: RollbackRequest, base: deploy.Bas
     artifact_check = NOT_NEEDED
     if after is not None:
         ref = VersionRef(model, after[0])
+        lifecycle.rollback_guard(root, base.commit, ref, env)  # nor to an archived canary
         artifact_check = _check_artifact(root, ref, deploy.version_doc_at(root, base, ref),
                                          request)
     change = (f"canary {before[0]} removed" if after is None

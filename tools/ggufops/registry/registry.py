@@ -23,6 +23,8 @@ SCHEMA_DIR = "registry/schema"
 EVALS_DIR = "registry/evals"
 POLICY_FILE = "registry/policy.yaml"
 RESERVED_DIRS = frozenset({"schema", "evals"})
+# registry/<model>/lifecycle.yaml: the model's status changes (ggufops.lifecycle), not a version
+NOT_VERSION_FILES = frozenset({"lifecycle.yaml"})
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
@@ -63,7 +65,7 @@ def split_version_relpath(relpath: str) -> VersionRef | None:
     parts = relpath.split("/")
     if len(parts) != 3 or parts[0] != REGISTRY_DIR or parts[1] in RESERVED_DIRS:
         return None
-    if not parts[2].endswith(".yaml"):
+    if not parts[2].endswith(".yaml") or parts[2] in NOT_VERSION_FILES:
         return None
     return VersionRef(parts[1], parts[2][: -len(".yaml")])
 
@@ -131,7 +133,8 @@ class Registry:
         for model_dir in sorted(base.iterdir()) if base.is_dir() else ():
             if model_dir.name in RESERVED_DIRS or not model_dir.is_dir():
                 continue
-            yield from sorted(model_dir.glob("*.yaml"))
+            yield from sorted(p for p in model_dir.glob("*.yaml")
+                              if p.name not in NOT_VERSION_FILES)
 
     def iter_environment_files(self) -> Iterator[Path]:
         base = self.root / ENVIRONMENTS_DIR

@@ -20,7 +20,7 @@ from typing import Any
 from ggufops import git, yamlio
 from ggufops.errors import YamlError
 from ggufops.hashing import file_sha256
-from ggufops.registry import schemas
+from ggufops.registry import lifecyclecheck, schemas, warmset
 from ggufops.registry.dvcpointer import pointer_from_yaml, scan_pointer
 from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
@@ -114,18 +114,23 @@ def _no_gc() -> Iterator[None]:
 
 
 def validate_repo(root: Path, base: str | None = None,
-                  find_missing: MissingObjects | None = None) -> list[Problem]:
+                  find_missing: MissingObjects | None = None,
+                  warnings: list[Problem] | None = None) -> list[Problem]:
     """All problems in the registry at `root` (and against `base`, when given).
 
     With `find_missing` (the artifacts room's `dvc.missing_objects`), also every version an
-    environment runs whose object is missing from the S3 remote; the registry room does not
-    import S3 code itself.
+    environment runs whose object is missing from the S3 remote, and every rollback target
+    the retention policy keeps warm; the registry room does not import S3 code itself.
+    `warnings` (when given) receives what passes but deserves a look (a deprecated
+    version entering an environment under `lifecycle.deprecated: warn`).
     """
     checker = Checker(root)
     validators = schemas.load_validators(root)
     with _no_gc():  # parsing allocates only acyclic data; collecting it mid-way is waste
         state = _load(checker, Registry(root), validators)
     _check_references(checker, state)
+    lifecyclecheck.check_repo(checker, state, git.rev_parse(root, base) if base else None,
+                              warnings if warnings is not None else [])
     if base is not None:
         _check_against_base(checker, state, base)
     if find_missing is not None:
@@ -406,6 +411,7 @@ def _check_artifacts(checker: Checker, state: State, find_missing: MissingObject
         checker.add(state.versions[ref], ["artifact"], f"artifact of {ref} is missing from the "
                     f"remote (object {key}); push it with `dvc push` or pick another version",
                     "artifact")
+    warmset.check_rollback_targets(checker, state, find_missing)
 
 
 # --- used by deploy and rollback (gitops) ---------------------------------------------------
