@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -44,3 +48,23 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     fleet = next(s for s in steps if "held back" in s.title)
     assert fleet.result.startswith("drift on host-2 shown (exit 4)"), text
     assert _ours(workdir) == []  # serve, agent and weed are all stopped
+
+
+def test_a_terminated_demo_stops_what_it_started(tmp_path: Path) -> None:
+    """SIGTERM (from `timeout` or systemd) stops the demo like Ctrl-C: no S3 server, serve
+    or agent is left running."""
+    workdir = tmp_path / "demo"
+    exe = Path(sys.executable).parent / "ggufops"
+    proc = subprocess.Popen([str(exe), "demo", "--workdir", str(workdir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "CI": "1"})
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the S3 server runs once step 2 begins
+        if line.startswith("== 2."):
+            break
+    assert [p for p in _ours(workdir) if "weed" in " ".join(p.cmdline())], "no S3 server ran"
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=120) != 0
+    assert "interrupted" in rest
+    assert _ours(workdir) == []
