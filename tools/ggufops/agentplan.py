@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import git, validate
+from ggufops import git, overrides, validate
 from ggufops.errors import InvalidDesiredState
 from ggufops.registry import (
     ENVIRONMENTS_DIR,
@@ -78,7 +78,13 @@ class Target:
             and self.canary_served_by(entry)
 
     def primary_served_by(self, entry: dict[str, Any]) -> bool:
-        return entry.get("version") == self.version and entry.get("sha256") == self.sha256
+        return entry.get("version") == self.version and entry.get("sha256") == self.sha256 \
+            and self.config_served_by(entry)
+
+    def config_served_by(self, entry: dict[str, Any]) -> bool:
+        """Does the server run this inference config? (a server that does not say: yes)"""
+        have = entry.get("config_sha256")
+        return have is None or have == overrides.config_digest(self.inference)
 
     def canary_served_by(self, entry: dict[str, Any]) -> bool:
         have = entry.get("canary")
@@ -86,7 +92,8 @@ class Target:
             return have is None
         c = self.canary
         return isinstance(have, dict) and (have.get("version"), have.get("sha256"),
-                                           have.get("weight")) == (c.version, c.sha256, c.weight)
+                                           have.get("weight")) == (c.version, c.sha256, c.weight) \
+            and c.config_served_by(have)
 
     @classmethod
     def from_request(cls, name: str, want: dict[str, Any]) -> Target:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import chattemplate, llm, semver
+from ggufops import chattemplate, configswap, llm, overrides, semver
 from ggufops.errors import (
     ArtifactNotInStore,
     ChatTemplateError,
@@ -143,18 +143,22 @@ class LoadedModel:
             "owned_by": "ggufops", "name": r.name, "version": r.version,
             "display_id": r.display_id, "sha256": r.sha256,
             "loaded_at": rfc3339(self.loaded_at), "load_seconds": round(self.load_seconds, 4),
-            "n_ctx": self.model.n_ctx, "chat_template": self.model.chat_template,
+            "n_ctx": self.model.n_ctx,
+            "chat_template": configswap.template_for(self.model, r.inference),
+            "config_sha256": overrides.config_digest(r.inference),
         }  # fmt: skip
 
     def canary_info(self, weight: int) -> dict[str, Any]:
         """What the primary's /v1/models entry says about this canary."""
         r = self.request
         return {"version": r.version, "sha256": r.sha256, "display_id": r.display_id,
-                "weight": weight, "loaded_at": rfc3339(self.loaded_at)}
+                "weight": weight, "loaded_at": rfc3339(self.loaded_at),
+                "config_sha256": overrides.config_digest(r.inference)}
 
-    def defaults(self) -> dict[str, Any]:
-        """Generation defaults from the version's validated inference config."""
-        inf = self.request.inference
+    def defaults(self, config: LoadRequest | None = None) -> dict[str, Any]:
+        """Generation defaults from the version's validated inference config (of `config`,
+        the request's pinned one, when given)."""
+        inf = (config or self.request).inference
         values = {"temperature": inf.get("temperature"), "top_p": inf.get("top_p"),
                   "max_tokens": inf.get("max_tokens") or DEFAULT_MAX_TOKENS}
         return {k: v for k, v in values.items() if v is not None}
@@ -199,6 +203,12 @@ class ModelTable:
             if current is not None:
                 current.request = dataclasses.replace(current.request, weight=weight)
             return current
+
+    def reconfigure(self, loaded: LoadedModel, request: LoadRequest) -> None:
+        """Give `loaded` a new config (same file and role): one assignment, under the lock
+        `use` reads it with."""
+        with self._lock:
+            loaded.request = request
 
     def draining(self) -> list[LoadedModel]:
         with self._lock:
@@ -356,6 +366,8 @@ class Loader:
                 if request.role == "canary":
                     self.table.set_weight(request.name, request.weight)
                 return current, False
+            if current is not None and configswap.same_model(current.request, request):
+                return configswap.reconfigure(self.table, current, request, self.metrics), False
             new = self._load_tracked(request)
             try:
                 old = self.table.install(new)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ggufops import chattemplate, llm, protocol
+from ggufops import configswap, llm, protocol
 from ggufops.errors import (
     ArtifactNotInStore,
     BadGguf,
@@ -107,9 +107,10 @@ class Writer(Protocol):
     def send_event(self, data: str) -> None: ...
 
 
-def generation_params(request: protocol.OpenAIRequest, loaded: LoadedModel) -> dict[str, Any]:
+def generation_params(request: protocol.OpenAIRequest, loaded: LoadedModel,
+                      config: LoadRequest | None = None) -> dict[str, Any]:
     """llama-cpp-python keyword arguments: the request's settings over the version's."""
-    params = {**loaded.defaults(), **request.sampling}
+    params = {**loaded.defaults(config), **request.sampling}
     if not 0 < params["max_tokens"] <= loaded.model.n_ctx:
         raise HttpError(400, f"max_tokens: must be 1..{loaded.model.n_ctx} (the context size)",
                         param="max_tokens")
@@ -119,8 +120,8 @@ def generation_params(request: protocol.OpenAIRequest, loaded: LoadedModel) -> d
     return params
 
 
-def _require_chat(loaded: LoadedModel) -> None:
-    if not chattemplate.has_chat(loaded.model.chat_template):
+def _require_chat(loaded: LoadedModel, config: LoadRequest) -> None:
+    if not configswap.has_chat(loaded, config):
         raise HttpError(400, f"{loaded.request.display_id} has no chat template (its version "
                         "says prompt_template: none), so it cannot answer chat requests; use "
                         "/v1/completions, or register the file with --chat-format NAME",
@@ -185,16 +186,19 @@ class Generator:
 
     def _run(self, out: Writer, request: protocol.OpenAIRequest, loaded: LoadedModel,
              exchange: _Exchange) -> None:
+        config = configswap.pinned(loaded)  # one config for the whole request
         if request.is_chat:
-            _require_chat(loaded)
-        params = generation_params(request, loaded)
+            _require_chat(loaded, config)
+        params = generation_params(request, loaded, config)
         trace = llm.Trace(top_n=request.top_logprobs)
         queued = time.perf_counter()
         with loaded.lock:
             self.metrics.observe("ggufops_queue_wait_seconds", loaded.labels,
                                  time.perf_counter() - queued)
+            configswap.use_template(loaded, config)
             if request.is_chat:
-                result = llm.chat(loaded.model, request.messages, params,
+                messages = configswap.with_system_prompt(request.messages, config.inference)
+                result = llm.chat(loaded.model, messages, params,
                                   stream=request.stream, trace=trace,
                                   reuse_prefix=self.reuse_prefix)
             else:
@@ -260,6 +264,8 @@ def server_metrics() -> Metrics:
     m.gauge("ggufops_canary_weight", "Percent of a model's requests sent to its canary.",
             ("model", "version", "display_id", "sha256"))
     m.gauge("ggufops_models_draining", "Replaced models still finishing requests.")
+    m.counter(configswap.CONFIG_CHANGES, "Inference config changes applied without a "
+              "reload.", ("model", "version"))
     return m
 
 

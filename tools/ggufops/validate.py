@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import git, schemas, yamlio
+from ggufops import git, overrides, schemas, yamlio
 from ggufops.errors import YamlError
 from ggufops.registry import (
     ENVIRONMENTS_DIR,
@@ -237,12 +237,21 @@ def _check_references(checker: Checker, state: State) -> None:
                     checker.add(doc, where, f"{env} runs {model}@{version}, which is not "
                                 f"registered (no {REGISTRY_DIR}/{model}/{version}.yaml); "
                                 "register it or pick a registered version", "reference")
+    _check_overrides(checker, state)
     if state.policy is not None:
         for env in state.policy.data["promotion"]["order"]:
             if not (state.root / ENVIRONMENTS_DIR / f"{env}.yaml").is_file():
                 checker.add(state.policy, ["promotion", "order"], f"promotion.order names "
                             f"{env!r} but {ENVIRONMENTS_DIR}/{env}.yaml does not exist; create "
                             "it or remove the name", "reference")
+
+
+def _check_overrides(checker: Checker, state: State) -> None:
+    """Overrides that do not fit their versions (max_tokens past the context, ...)."""
+    versions = {(ref.name, ref.version): doc.data for ref, doc in state.versions.items()}
+    for env, doc in state.environments.items():
+        for problem in overrides.problems(env, doc.data.get("models") or {}, versions):
+            checker.add(doc, list(problem.where), problem.message, "overrides")
 
 
 def _check_eval(checker: Checker, state: State, doc: yamlio.Document) -> None:
