@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import git, overrides, validate
+from ggufops import git, overrides, releasegroups, validate
 from ggufops.errors import InvalidDesiredState
 from ggufops.registry import (
     ENVIRONMENTS_DIR,
@@ -113,6 +113,7 @@ class Plan:
     tree: Path
     targets: dict[str, Target]
     keep: int
+    groups: dict[str, list[str]] = field(default_factory=dict)  # release groups
 
     def summary(self) -> dict[str, Any]:
         return {name: t.summary() for name, t in sorted(self.targets.items())}
@@ -168,7 +169,8 @@ def plan_from_tree(tree: Path, commit: str, env: str, keep: int | None) -> Plan:
                                   "check --env or add the environment")
     models = environment_models(registry.environment(env))
     targets = {name: _target(registry, name, entry) for name, entry in models.items()}
-    return Plan(commit, tree, targets, keep or _policy_keep(registry))
+    groups = releasegroups.of(registry.environment(env))
+    return Plan(commit, tree, targets, keep or _policy_keep(registry), groups)
 
 
 def _target(registry: Registry, name: str, entry: dict[str, Any]) -> Target:

@@ -283,14 +283,16 @@ def _from_contents(root: Path, commits: list[_Commit], walk: _Walk, env: str,
         after, before = _states(contents[2 * i], path, parsed), \
             _states(contents[2 * i + 1], path, parsed)
         reverted = _REVERTS.search(commit.body)
-        kind = ROLLBACK if reverted else EDIT
+        kind = ROLLBACK if reverted or commit.subject.startswith(f"{ROLLBACK}(") else EDIT
         for model in sorted(set(before) | set(after)):
             old, new = before.get(model, _NOTHING), after.get(model, _NOTHING)
             if old == new:
                 continue
+            undone = re.search(rf"This reverts commit ([0-9a-f]{{7,40}}) \({re.escape(model)}\)",
+                               commit.body) or reverted
             event = _event(commit, walk, env, kind, model=model, from_version=old[0],
-                           to_version=new[0],
-                           rollback_of=reverted.group(1) if reverted else None, reason=None)
+                           to_version=new[0], rollback_of=undone.group(1) if undone else None,
+                           reason=commit.trailers.get(REASON.lower()))
             if old[1] != new[1]:
                 event.canary_version = (new[1] or old[1] or ("", 0))[0]
                 event.canary_weight = new[1][1] if new[1] else 0

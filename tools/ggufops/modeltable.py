@@ -275,6 +275,30 @@ class ModelTable:
             self._retire(old)
         return old
 
+    def install_all(self, news: list[LoadedModel],
+                    configs: list[tuple[LoadedModel, LoadRequest]]) -> list[LoadedModel]:
+        """Install `news` (primaries before canaries) and apply `configs`, in one critical
+        section: a release group switches at once. The models replaced are retired."""
+        ordered = sorted(news, key=lambda m: m.request.role != "primary")
+        with self._lock:
+            for new in ordered:
+                name = new.request.name
+                if new.request.role == "canary" and name not in self._active:
+                    raise HttpError(409, f"{name} has no primary model; load it before a "
+                                    "canary", "conflict_error")
+            old = [self._slots(n.request.role).get(n.request.name) for n in ordered]
+            for new in ordered:
+                self._slots(new.request.role)[new.request.name] = new
+            for loaded, request in configs:
+                loaded.request = request
+        retired = [o for o in old if o is not None]
+        for o in retired:
+            self._retire(o)
+        return retired
+
+    def _slots(self, role: str) -> dict[str, LoadedModel]:
+        return self._active if role == "primary" else self._canary
+
     def remove(self, name: str) -> LoadedModel | None:
         """Unload the model `name` and its canary (at once: no canary outlives its primary);
         the primary, if any."""
@@ -352,6 +376,24 @@ class Loader:
         """(loads in progress, last load error) by model name."""
         with self._guard:
             return dict(self.loading), dict(self.last_errors)
+
+    @contextlib.contextmanager
+    def group_locks(self, names: list[str]) -> Iterator[None]:
+        """Hold the load locks of every model in `names` (in name order: no deadlock)."""
+        with contextlib.ExitStack() as stack:
+            for name in sorted(set(names)):
+                stack.enter_context(self._lock_for(name))
+            yield
+
+    def current_for(self, request: LoadRequest) -> LoadedModel | None:
+        """What serves in `request`'s slot now (None if nothing)."""
+        if request.role == "primary":
+            return self.table.get(request.name)
+        return self.table.canary(request.name)
+
+    def prepare_tracked(self, request: LoadRequest) -> LoadedModel:
+        """Verify, load and smoke-test `request` without installing it (groupswap.py)."""
+        return self._load_tracked(request)
 
     def _lock_for(self, name: str) -> threading.Lock:
         with self._guard:

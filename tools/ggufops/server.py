@@ -10,6 +10,8 @@ Routes
   GET    /admin/models                      state: active, draining, loading, last errors
   POST   /admin/models                      load {name, version, sha256, display_id?, inference?,
                                            role? ("primary" | "canary"), weight? (canary 0-100)}
+  POST   /admin/groups                      {group, models: [load body, ...]}: switch a release
+                                           group all at once, or nothing (groupswap.py)
   DELETE /admin/models/{name}               unload a model (and its canary)
   DELETE /admin/models/{name}/canary        unload its canary
   (every /admin route needs `Authorization: Bearer <token>`)
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ggufops import configswap, llm, protocol
+from ggufops import configswap, groupswap, llm, protocol
 from ggufops.errors import (
     ArtifactNotInStore,
     BadGguf,
@@ -361,6 +363,15 @@ class App:
             info["weight"] = request.weight
         return (201 if changed else 200), {"loaded": changed, "model": info}
 
+    def admin_group(self, body: Any) -> dict[str, Any]:
+        """POST /admin/groups: a release group switched all at once, or not at all."""
+        group, requests = groupswap.parse(body)
+        try:
+            models = groupswap.swap(self.loader, group, requests)
+        except GgufopsError as e:
+            raise http_error_for(e) from None
+        return {"group": group, "models": models}
+
     def admin_unload(self, path: str) -> dict[str, Any]:
         """DELETE /admin/models/{name} (with its canary) or /admin/models/{name}/canary."""
         name, _, rest = path.partition("/")
@@ -428,6 +439,9 @@ class ServeHandler(JsonHandler):
             self.app.authorize(self.headers.get("Authorization"))  # before reading the body
             status, reply = self.app.admin_load(read_json_body(self))
             self.send_json(status, reply)
+        elif path == "/admin/groups":
+            self.app.authorize(self.headers.get("Authorization"))
+            self.send_json(200, self.app.admin_group(read_json_body(self)))
         else:
             raise HttpError(404, f"no route POST {path}", "not_found_error")
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import git, overrides, schemas, yamlio
+from ggufops import git, overrides, releasegroups, schemas, yamlio
 from ggufops.errors import YamlError
 from ggufops.registry import (
     ENVIRONMENTS_DIR,
@@ -252,6 +252,9 @@ def _check_overrides(checker: Checker, state: State) -> None:
     for env, doc in state.environments.items():
         for problem in overrides.problems(env, doc.data.get("models") or {}, versions):
             checker.add(doc, list(problem.where), problem.message, "overrides")
+        for problem in releasegroups.problems(env, doc.data):
+            checker.add(doc, [int(k) if k.isdigit() else k for k in problem.where],
+                        problem.message, "groups")
 
 
 def _check_eval(checker: Checker, state: State, doc: yamlio.Document) -> None:
