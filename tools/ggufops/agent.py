@@ -590,6 +590,8 @@ class Agent:
             entry = serving.get(name) or {}
             if not target.primary_served_by(entry):
                 self._load_one(target, before_each)
+            if not target.shadow_served_by(entry):
+                self._apply_shadow(target, before_each)
             if target.canary_served_by(entry):
                 continue
             if target.canary is None:
@@ -622,10 +624,22 @@ class Agent:
             switched = True
         return switched
 
+    def _apply_shadow(self, target: Target, before: Callable[[], None] | None) -> None:
+        """Load the shadow the environment asks for, or unload the one it dropped."""
+        if target.shadow is not None:
+            self._load_one(target.shadow, before)
+            return
+        log.info("asking the server to unload the shadow of %s", target.name)
+        reply = self.server._call("DELETE", f"/admin/models/{target.name}/shadow")
+        if reply.status >= 400 and reply.status != 404:
+            raise ServerRefused(f"server refused to unload the shadow of {target.name}: "
+                                f"{error_message(reply)}")
+
     def _load_one(self, target: Target, before: Callable[[], None] | None) -> None:
         if before is not None:
             before()
-        canary = f" as canary (weight {target.weight})" if target.weight is not None else ""
+        canary = f" as {target.role} (weight {target.weight})" \
+            if target.weight is not None else ""
         log.info("asking the server to load %s%s", target.display_id, canary)
         try:
             self.server.load(target)

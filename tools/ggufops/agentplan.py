@@ -10,7 +10,7 @@ and the inference config with the environment's overrides, and the canary (`cana
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +41,17 @@ class Target:
     size: int
     display_id: str
     inference: dict[str, Any]
-    weight: int | None = None  # set on a canary
+    weight: int | None = None  # set on a canary (and a shadow: its percent)
     canary: Target | None = field(default=None)
+    shadow: Target | None = field(default=None)  # `shadow: {version, percent}`
+    role: str = "canary"  # what a Target with a weight is: canary or shadow
 
     def load_body(self) -> dict[str, Any]:
         """The body of POST /admin/models for this model (primary or canary)."""
         body: dict[str, Any] = {"name": self.name, "version": self.version, "sha256": self.sha256,
                 "display_id": self.display_id, "inference": self.inference}
         if self.weight is not None:
-            body.update(role="canary", weight=self.weight)
+            body.update(role=self.role, weight=self.weight)
         return body
 
     def load_request(self) -> dict[str, Any]:
@@ -57,11 +59,13 @@ class Target:
         body = self.load_body()
         if self.canary is not None:
             body["canary"] = self.canary.load_body()
+        if self.shadow is not None:
+            body["shadow"] = self.shadow.load_body()
         return body
 
     def artifacts(self) -> list[Target]:
         """The primary and its canary: what must be in the store."""
-        return [self] if self.canary is None else [self, self.canary]
+        return [self] + [t for t in (self.canary, self.shadow) if t is not None]
 
     def summary(self) -> dict[str, Any]:
         result: dict[str, Any] = {"version": self.version, "sha256": self.sha256,
@@ -70,12 +74,22 @@ class Target:
             result["weight"] = self.weight
         if self.canary is not None:
             result["canary"] = self.canary.summary()
+        if self.shadow is not None:
+            result["shadow"] = self.shadow.summary()
         return result
 
     def served_by(self, entry: dict[str, Any] | None) -> bool:
         """Does this /v1/models entry serve the version, and exactly the canary asked for?"""
         return entry is not None and self.primary_served_by(entry) \
-            and self.canary_served_by(entry)
+            and self.canary_served_by(entry) and self.shadow_served_by(entry)
+
+    def shadow_served_by(self, entry: dict[str, Any]) -> bool:
+        have, want = entry.get("shadow"), self.shadow
+        if want is None:
+            return have is None
+        return isinstance(have, dict) and (have.get("version"), have.get("sha256"),
+                                           have.get("weight")) == (
+            want.version, want.sha256, want.weight) and want.config_served_by(have)
 
     def primary_served_by(self, entry: dict[str, Any]) -> bool:
         return entry.get("version") == self.version and entry.get("sha256") == self.sha256 \
@@ -98,13 +112,15 @@ class Target:
     @classmethod
     def from_request(cls, name: str, want: dict[str, Any]) -> Target:
         """A target from a load request recorded in the apply log."""
-        canary = want.get("canary")
+        canary, shadow = want.get("canary"), want.get("shadow")
         weight = want.get("weight")
         return cls(name, str(want.get("version")), str(want.get("sha256")), "", 0,
                    str(want.get("display_id") or f"{name}-v{want.get('version')}"),
                    dict(want.get("inference") or {}),
                    weight=weight if isinstance(weight, int) else None,
-                   canary=cls.from_request(name, canary) if isinstance(canary, dict) else None)
+                   canary=cls.from_request(name, canary) if isinstance(canary, dict) else None,
+                   shadow=cls.from_request(name, shadow) if isinstance(shadow, dict) else None,
+                   role=str(want.get("role") or "canary"))
 
 
 @dataclass(frozen=True)
@@ -179,7 +195,13 @@ def _target(registry: Registry, name: str, entry: dict[str, Any]) -> Target:
     if isinstance(spec, dict):
         canary = _version_target(registry, name, str(spec["version"]), entry,
                                  weight=int(spec["weight"]))
-    return _version_target(registry, name, str(entry["version"]), entry, canary=canary)
+    primary = _version_target(registry, name, str(entry["version"]), entry, canary=canary)
+    spec = entry.get("shadow")
+    if not isinstance(spec, dict):
+        return primary
+    shadow = _version_target(registry, name, str(spec["version"]), entry,
+                             weight=int(spec["percent"]))
+    return replace(primary, shadow=replace(shadow, role="shadow"))
 
 
 def _version_target(registry: Registry, name: str, version: str, entry: dict[str, Any],

@@ -46,7 +46,7 @@ log = logging.getLogger("ggufops.serve")
 HASH_CHUNK = 8 * 1024 * 1024
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_MAX_TOKENS = 128
-ROLES = ("primary", "canary")
+ROLES = ("primary", "canary", "shadow")  # shadow: shadow.py, never answers a client
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class LoadRequest:
     @property
     def key(self) -> str:
         """Where loads and load errors are tracked: the name, or `name/canary`."""
-        return self.name if self.role == "primary" else f"{self.name}/canary"
+        return self.name if self.role == "primary" else f"{self.name}/{self.role}"
 
     @classmethod
     def parse(cls, data: Any) -> LoadRequest:
@@ -94,7 +94,7 @@ class LoadRequest:
 def _role_and_weight(data: dict[str, Any]) -> tuple[str, int]:
     role = data.get("role") or "primary"
     if role not in ROLES:
-        raise HttpError(400, f"role: {role!r} is not \"primary\" or \"canary\"")
+        raise HttpError(400, f"role: {role!r} is not \"primary\", \"canary\" or \"shadow\"")
     weight = data.get("weight")
     if role == "primary":
         return role, 0
@@ -176,6 +176,7 @@ class ModelTable:
         self._lock = threading.Lock()
         self._active: dict[str, LoadedModel] = {}
         self._canary: dict[str, LoadedModel] = {}
+        self._shadow: dict[str, LoadedModel] = {}
         self._draining: list[LoadedModel] = []
         self._on_free = on_free
 
@@ -196,10 +197,35 @@ class ModelTable:
         with self._lock:
             return {n: (c, c.request.weight) for n, c in self._canary.items()}
 
-    def set_weight(self, name: str, weight: int) -> LoadedModel | None:
-        """Change the weight of the canary of `name` (no reload); the canary, if any."""
+    def shadow(self, name: str) -> LoadedModel | None:
         with self._lock:
-            current = self._canary.get(name)
+            return self._shadow.get(name)
+
+    def shadows(self) -> dict[str, LoadedModel]:
+        with self._lock:
+            return dict(self._shadow)
+
+    @contextlib.contextmanager
+    def use_shadow(self, name: str) -> Iterator[LoadedModel]:
+        """Hold the shadow of `name` for a mirrored request (HttpError 404 without one)."""
+        with self._lock:
+            loaded = self._shadow.get(name)
+            if loaded is None:
+                raise HttpError(404, f"{name} has no shadow", "not_found_error")
+            loaded.refs += 1
+        try:
+            yield loaded
+        finally:
+            self._release(loaded)
+
+    def in_slot(self, role: str, name: str) -> LoadedModel | None:
+        with self._lock:
+            return self._slots(role).get(name)
+
+    def set_weight(self, name: str, weight: int, role: str = "canary") -> LoadedModel | None:
+        """Change the weight of the canary (or shadow) of `name` (no reload); it, if any."""
+        with self._lock:
+            current = self._slots(role).get(name)
             if current is not None:
                 current.request = dataclasses.replace(current.request, weight=weight)
             return current
@@ -265,8 +291,8 @@ class ModelTable:
         old one. A canary needs a primary: HttpError 409 without one."""
         name = new.request.name
         with self._lock:
-            slots = self._active if new.request.role == "primary" else self._canary
-            if slots is self._canary and name not in self._active:
+            slots = self._slots(new.request.role)
+            if slots is not self._active and name not in self._active:
                 raise HttpError(409, f"{name} has no primary model; load it before a canary",
                                 "conflict_error")
             old = slots.get(name)
@@ -283,7 +309,7 @@ class ModelTable:
         with self._lock:
             for new in ordered:
                 name = new.request.name
-                if new.request.role == "canary" and name not in self._active:
+                if new.request.role != "primary" and name not in self._active:
                     raise HttpError(409, f"{name} has no primary model; load it before a "
                                     "canary", "conflict_error")
             old = [self._slots(n.request.role).get(n.request.name) for n in ordered]
@@ -297,7 +323,7 @@ class ModelTable:
         return retired
 
     def _slots(self, role: str) -> dict[str, LoadedModel]:
-        return self._active if role == "primary" else self._canary
+        return {"primary": self._active, "canary": self._canary, "shadow": self._shadow}[role]
 
     def remove(self, name: str) -> LoadedModel | None:
         """Unload the model `name` and its canary (at once: no canary outlives its primary);
@@ -305,14 +331,15 @@ class ModelTable:
         with self._lock:
             old = self._active.pop(name, None)
             canary = self._canary.pop(name, None)
-        for retired in (canary, old):
+            shadow = self._shadow.pop(name, None)
+        for retired in (shadow, canary, old):
             if retired is not None:
                 self._retire(retired)
         return old
 
-    def remove_canary(self, name: str) -> LoadedModel | None:
+    def remove_canary(self, name: str, role: str = "canary") -> LoadedModel | None:
         with self._lock:
-            old = self._canary.pop(name, None)
+            old = self._slots(role).pop(name, None)
         if old is not None:
             self._retire(old)
         return old
@@ -387,9 +414,7 @@ class Loader:
 
     def current_for(self, request: LoadRequest) -> LoadedModel | None:
         """What serves in `request`'s slot now (None if nothing)."""
-        if request.role == "primary":
-            return self.table.get(request.name)
-        return self.table.canary(request.name)
+        return self.table.in_slot(request.role, request.name)
 
     def prepare_tracked(self, request: LoadRequest) -> LoadedModel:
         """Verify, load and smoke-test `request` without installing it (groupswap.py)."""
@@ -405,8 +430,8 @@ class Loader:
         with self._lock_for(request.name):
             current = self._current(request)
             if current is not None and current.request == request:
-                if request.role == "canary":
-                    self.table.set_weight(request.name, request.weight)
+                if request.role != "primary":
+                    self.table.set_weight(request.name, request.weight, request.role)
                 return current, False
             if current is not None and configswap.same_model(current.request, request):
                 return configswap.reconfigure(self.table, current, request, self.metrics), False
@@ -428,8 +453,8 @@ class Loader:
             return self.table.get(request.name)
         if self.table.get(request.name) is None:
             raise HttpError(409, f"{request.name} has no primary model; load it before a "
-                            "canary", "conflict_error")
-        return self.table.canary(request.name)
+                            f"{request.role}", "conflict_error")
+        return self.table.in_slot(request.role, request.name)
 
     def _load_tracked(self, request: LoadRequest) -> LoadedModel:
         with self._guard:

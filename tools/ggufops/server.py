@@ -13,7 +13,8 @@ Routes
   POST   /admin/groups                      {group, models: [load body, ...]}: switch a release
                                            group all at once, or nothing (groupswap.py)
   DELETE /admin/models/{name}               unload a model (and its canary)
-  DELETE /admin/models/{name}/canary        unload its canary
+  DELETE /admin/models/{name}/canary        unload its canary (/shadow: its shadow)
+  GET    /admin/shadow?model=NAME           shadow traffic: agreement, latency, errors, drops
   (every /admin route needs `Authorization: Bearer <token>`)
 
 Swaps without failed requests are modeltable.py's job, the OpenAI request and response
@@ -33,8 +34,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
 
-from ggufops import configswap, groupswap, llm, protocol
+from ggufops import configswap, groupswap, llm, protocol, shadow
 from ggufops.errors import (
     ArtifactNotInStore,
     BadGguf,
@@ -151,6 +153,7 @@ class Generator:
         self.table = table
         self.metrics = metrics
         self.reuse_prefix = reuse_prefix
+        self.shadow = shadow.ShadowMirror(table, metrics)
 
     def handle(self, out: Writer, endpoint: str, body: Any) -> None:
         exchange = _Exchange(endpoint)
@@ -214,6 +217,8 @@ class Generator:
                 self._count_tokens(loaded, trace)
                 self._finish(exchange, 200)
                 out.send_json(200, reply)
+                self.shadow.offer(request, params, loaded, reply,
+                                  time.perf_counter() - exchange.start)
             else:
                 stream = protocol.ChunkStream(request, loaded.request.display_id, trace, text_of)
                 self._stream(out, loaded, stream.chunks(result), trace, exchange)
@@ -266,6 +271,7 @@ def server_metrics() -> Metrics:
     m.gauge("ggufops_canary_weight", "Percent of a model's requests sent to its canary.",
             ("model", "version", "display_id", "sha256"))
     m.gauge("ggufops_models_draining", "Replaced models still finishing requests.")
+    shadow.register_metrics(m)
     m.counter(configswap.CONFIG_CHANGES, "Inference config changes applied without a "
               "reload.", ("model", "version"))
     return m
@@ -298,6 +304,9 @@ class App:
         canary = self.table.canaries().get(loaded.request.name)
         if canary is not None:
             info["canary"] = canary[0].canary_info(canary[1])
+        mirror = self.table.shadow(loaded.request.name)
+        if mirror is not None:
+            info["shadow"] = mirror.canary_info(mirror.request.weight)
         return info
 
     def model(self, model_id: str) -> dict[str, Any]:
@@ -375,11 +384,11 @@ class App:
     def admin_unload(self, path: str) -> dict[str, Any]:
         """DELETE /admin/models/{name} (with its canary) or /admin/models/{name}/canary."""
         name, _, rest = path.partition("/")
-        if rest not in ("", "canary"):
+        if rest not in ("", "canary", "shadow"):
             raise HttpError(404, f"no route DELETE /admin/models/{path}", "not_found_error")
-        old = self.table.remove_canary(name) if rest else self.table.remove(name)
+        old = self.table.remove_canary(name, rest) if rest else self.table.remove(name)
         if old is None:
-            what = "has no canary" if rest else "is not served"
+            what = f"has no {rest}" if rest else "is not served"
             raise HttpError(404, f"model {name!r} {what}", "not_found_error")
         return {"unloaded": old.info()}
 
@@ -429,6 +438,10 @@ class ServeHandler(JsonHandler):
         elif path == "/admin/models":
             app.authorize(self.headers.get("Authorization"))
             self.send_json(200, app.admin_state())
+        elif path == "/admin/shadow":
+            app.authorize(self.headers.get("Authorization"))
+            model = parse_qs(urlsplit(self.path).query).get("model", [""])[0]
+            self.send_json(200, app.generator.shadow.report(model))
         else:
             raise HttpError(404, f"no route GET {path}", "not_found_error")
 

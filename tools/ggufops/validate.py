@@ -252,6 +252,12 @@ def _check_overrides(checker: Checker, state: State) -> None:
     for env, doc in state.environments.items():
         for problem in overrides.problems(env, doc.data.get("models") or {}, versions):
             checker.add(doc, list(problem.where), problem.message, "overrides")
+        for model, entry in (doc.data.get("models") or {}).items():
+            shadow = entry.get("shadow") if isinstance(entry, dict) else None
+            if isinstance(shadow, dict) and (model, shadow["version"]) not in versions:
+                checker.add(doc, ["models", model, "shadow", "version"], f"{env} shadows "
+                            f"{model}@{shadow['version']}, which is not registered; register "
+                            "it or pick a registered version", "reference")
         for problem in releasegroups.problems(env, doc.data):
             checker.add(doc, [int(k) if k.isdigit() else k for k in problem.where],
                         problem.message, "groups")
