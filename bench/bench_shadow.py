@@ -7,7 +7,9 @@ Prints the primary's p50/p95 per condition, the p95 ratio with a bootstrap 95% i
 how many requests the shadow ran and dropped (its bounded queue) and its agreement.
 Goal (issue 12): shadowing 100% adds <= 5% to the primary's p95.
 
-    .venv/bin/python bench/bench_shadow.py [--blocks 4] [--seconds 8] [--clients 2]
+    .venv/bin/python bench/bench_shadow.py [--blocks 4] [--seconds 8] [--clients 2] [--real]
+
+--real serves the real SmolLM2-135M Q4_1 with its q8_0 twin as the shadow instead of toys.
 """
 
 from __future__ import annotations
@@ -86,8 +88,14 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=4, help="blocks per condition")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--real", action="store_true", help="SmolLM2 and its q8_0 twin")
     args = parser.parse_args()
-    models = toy.build_toy_set(TOY_DIR, names=["baseline", "degraded"])
+    if args.real:
+        from testing.realmodels import smollm2_path, smollm2_twin
+
+        models = {"baseline": smollm2_path(), "degraded": smollm2_twin("q8_0")}
+    else:
+        models = toy.build_toy_set(TOY_DIR, names=["baseline", "degraded"])
     with tempfile.TemporaryDirectory(prefix="bench-shadow-") as tmp:
         store = ArtifactStore(Path(tmp) / "store")
         store.prepare()
@@ -96,7 +104,8 @@ def main() -> int:
             digests[name] = file_sha256(path)
             shutil.copyfile(path, store.path_for(digests[name]))
         (Path(tmp) / "token").write_text(TOKEN)
-        proc = Proc(serve_args(store.root, Path(tmp) / "token"), Path(tmp) / "serve.log")
+        proc = Proc([*serve_args(store.root, Path(tmp) / "token"), "--ctx", "512"],
+                    Path(tmp) / "serve.log")
         try:
             load(proc.url, "2.0.0", digests["baseline"])
             block(proc.url, args.clients, 2.0)  # warm up
@@ -115,8 +124,9 @@ def main() -> int:
         finally:
             proc.stop()
     off, on = runs[False], runs[True]
-    print(f"shadow overhead at bench_swap's steady load: {args.clients} clients, 16 tokens, "
-          f"{args.blocks} alternating blocks of {args.seconds:g} s per condition")
+    what = "SmolLM2 Q4_1, shadow q8_0" if args.real else "toy models"
+    print(f"shadow overhead ({what}) at bench_swap's steady load: {args.clients} clients, "
+          f"16 tokens, {args.blocks} alternating blocks of {args.seconds:g} s per condition")
     print(f"{'condition':<22}{'requests':>9}{'p50 ms':>9}{'p95 ms':>9}")
     for label, values in (("no shadow", off), ("shadow 100%", on)):
         print(f"{label:<22}{len(values):>9}{statistics.median(values) * 1000:>9.2f}"

@@ -59,12 +59,12 @@ def swap(loader: Loader, group: str, requests: list[LoadRequest]) -> list[dict[s
         try:
             for step in steps:
                 _prepare(loader, group, step)
+            _install(loader, steps)  # refuses before it changes anything (a canary alone)
         except BaseException:
             for step in steps:
                 if step.new is not None:
                     step.new.close()
             raise
-        _install(loader, steps)
     log.info("group %s: %s", group, ", ".join(s.request.display_id for s in steps))
     return [{"name": s.request.name, "role": s.request.role, "version": s.request.version,
              "loaded": s.new is not None} for s in steps]

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ggufops import llm, protocol
+from ggufops import configswap, llm, protocol
 from ggufops.errors import GgufopsError
 from ggufops.httpjson import HttpError
 
@@ -117,7 +117,8 @@ class ShadowMirror:
               loaded: LoadedModel, reply: dict[str, Any], latency: float) -> None:
         """Mirror this answered request to the model's shadow, maybe; never blocks."""
         shadow = self.table.shadow(loaded.request.name)
-        if shadow is None or random.randrange(100) >= shadow.request.weight:
+        if shadow is None or random.randrange(100) >= shadow.request.weight \
+                or "grammar" in params:  # a grammar object is not shared between models
             return
         job = _Job(loaded.request.name, request, params, answer_text(reply), latency)
         try:
@@ -150,11 +151,13 @@ class ShadowMirror:
 
     @staticmethod
     def _generate(shadow: LoadedModel, job: _Job) -> str:
-        request = job.request
-        params = {**shadow.defaults(), **job.params}
+        request, config = job.request, configswap.pinned(shadow)
+        params = {**shadow.defaults(config), **job.params}
         with shadow.lock:
+            configswap.use_template(shadow, config)
             if request.is_chat:
-                result = llm.chat(shadow.model, request.messages, params, stream=False)
+                messages = configswap.with_system_prompt(request.messages, config.inference)
+                result = llm.chat(shadow.model, messages, params, stream=False)
             else:
                 result = llm.complete(shadow.model, request.prompt or "", params, stream=False)
         return answer_text(result) if isinstance(result, dict) else ""
