@@ -9,7 +9,7 @@ the part the issue's 50 ms goal is about. Toy models (a swap of a real model add
 time, 4.6 s for SmolLM2). Real SeaweedFS, git with a bare remote, `ggufops serve` and
 `ggufops agent`.
 
-    .venv/bin/python bench/bench_config.py [--rounds 20]
+    .venv/bin/python -m bench.bench_config [--rounds 20]
 """
 
 from __future__ import annotations
@@ -24,10 +24,7 @@ from typing import Any
 
 import yaml
 
-from ggufops.registry import display_id
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from ggufops.registry.registry import display_id
 from testing.runtime import (
     MODEL,
     TOKEN,

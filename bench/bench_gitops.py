@@ -9,7 +9,7 @@ local bare remote, then measures:
   without it (--skip-artifact-check) to show the git part alone; plus the in-process API;
 - history over the 5,000 deploy commits: time and commits/second (goal: under 2 s).
 
-Prints figures; it is not a pass/fail test. Run: .venv/bin/python bench/bench_gitops.py
+Prints figures; it is not a pass/fail test. Run: .venv/bin/python -m bench.bench_gitops
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ggufops.gitops import history, rollback
+from ggufops.registry.template import copy_template, project_root
+from testing.repos import GIT_TEST_ENV, version_doc
 
-from ggufops import history, rollback  # noqa: E402
-from ggufops.template import copy_template, project_root  # noqa: E402
-from testing.repos import GIT_TEST_ENV, version_doc  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = 10
 VERSIONS_PER_MODEL = 100
@@ -123,7 +122,7 @@ def start_s3(root: Path, tmp: Path, target: tuple[str, str]) -> object | None:
     try:
         import boto3
 
-        from ggufops.s3server import S3Server
+        from ggufops.artifacts.s3server import S3Server
         from testing.s3 import configure_s3
     except ImportError as e:
         print(f"  (no S3 benchmark: {e})")

@@ -7,7 +7,7 @@ Prints the primary's p50/p95 per condition, the p95 ratio with a bootstrap 95% i
 how many requests the shadow ran and dropped (its bounded queue) and its agreement.
 Goal (issue 12): shadowing 100% adds <= 5% to the primary's p95.
 
-    .venv/bin/python bench/bench_shadow.py [--blocks 4] [--seconds 8] [--clients 2] [--real]
+    .venv/bin/python -m bench.bench_shadow [--blocks 4] [--seconds 8] [--clients 2] [--real]
 
 --real serves the real SmolLM2-135M Q4_1 with its q8_0 twin as the shadow instead of toys.
 """
@@ -24,10 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ggufops import toy
-from ggufops.store import ArtifactStore, file_sha256
+from ggufops.artifacts.store import ArtifactStore
+from ggufops.hashing import file_sha256
+from ggufops.llama import toy
 from testing.runtime import TOKEN, Proc, http, serve_args
 from testing.toys import TOY_DIR
 

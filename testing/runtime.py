@@ -5,7 +5,6 @@ through a bare git remote. Every process started here is stopped by a finalizer.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -25,9 +24,10 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from ggufops import toy
-from ggufops.ggufheader import read_header
-from ggufops.s3server import ServerInfo
+from ggufops.artifacts.ggufheader import read_header
+from ggufops.artifacts.s3server import ServerInfo
+from ggufops.llama import toy
+from ggufops.procs import free_port
 from testing.repos import (
     git,
     git_commit,
@@ -43,12 +43,6 @@ GGUFOPS = Path(sys.executable).parent / "ggufops"
 TOKEN = "test-admin-token-0123456789abcdef"  # noqa: S105 - a test token
 MODEL = "llama3-instruct"
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(probe: Callable[[], T | None], *, timeout: float = 60.0, interval: float = 0.05,
@@ -461,17 +455,13 @@ def world(tmp_path: Path, s3_server: ServerInfo, runtime_models: dict[str, Path]
     return make_world(tmp_path, s3_server, runtime_models)
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # --- outside pytest (benchmarks, manual runs) --------------------------------------------------
 
 
 @contextlib.contextmanager
 def standalone_world(tmp: Path) -> Iterator[tuple[World, Processes]]:
     """The `world` fixture without pytest: SeaweedFS, registry, bare remote; stops it all."""
-    from ggufops.s3server import S3Server
+    from ggufops.artifacts.s3server import S3Server
     from testing.repos import GIT_TEST_ENV
 
     home = tmp / "home"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ggufops import configchange, configcommit
-from ggufops import deploy as deploy_api
 from ggufops.cli.gitops import _landing_text, _show, env_option, git_target_options
 from ggufops.cli.options import dry_run_option, json_option, registry_from
+from ggufops.gitops import configchange, configcommit
+from ggufops.gitops import deploy as deploy_api
 
 
 @click.command("config")

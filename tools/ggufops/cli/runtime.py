@@ -93,7 +93,7 @@ def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
           idle_timeout: float, max_body: int, reuse_prompt_cache: bool,
           log_level: str) -> None:
     """Serve GGUF models over an OpenAI-compatible HTTP API with zero-downtime swaps."""
-    from ggufops import server
+    from ggufops.serve import app as server
 
     _logging(log_level)
     token = server.read_token(admin_token_file) if admin_token_file else None
@@ -167,9 +167,9 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ggufops import agent as agent_api
-    from ggufops import agentstatus
-    from ggufops.server import read_token
+    from ggufops.agent import loop as agent_api
+    from ggufops.agent import status as agentstatus
+    from ggufops.serve.app import read_token
 
     missing = [f"--{k.replace('_url', '').replace('_', '-')}" for k in
                ("repo_url", "env", "store", "server_url") if not options[k]]
@@ -205,7 +205,7 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
 @json_option
 def agent_status(state_dir: Path | None, url: str | None, limit: int, as_json: bool) -> None:
     """Show the agent's phase, commits, models and recent applies (from its apply log)."""
-    from ggufops import agentstatus
+    from ggufops.agent import status as agentstatus
 
     if url:
         report = agentstatus.fetch_status(url)

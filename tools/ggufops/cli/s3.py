@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from ggufops import s3config, s3server
+from ggufops.artifacts import s3config, s3server
 from ggufops.cli.options import json_option, print_json, repo_path
 from ggufops.error_handler import Exit
 from ggufops.errors import NotARegistry
-from ggufops.registry import find_root
+from ggufops.registry.registry import find_root
 
 state_dir_option = click.option(
     "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
