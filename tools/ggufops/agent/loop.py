@@ -173,6 +173,18 @@ class ServerClient:
             raise kind(f"server refused to load {target.display_id} (HTTP {reply.status}): "
                        f"{error_message(reply)}")
 
+    def load_group(self, group: str, targets: list[Target]) -> None:
+        """Switch a release group all at once (POST /admin/groups), or raise."""
+        bodies = [b for t in targets for b in ([t.load_body()] + (
+            [t.canary.load_body()] if t.canary is not None else []))]
+        reply = self._call("POST", "/admin/groups", {"group": group, "models": bodies},
+                           timeout=self.timeout)
+        if reply.status >= 400:
+            kind = ChecksumMismatch if reply.status == 422 and "sha256" in error_message(
+                reply) else ServerRefused
+            raise kind(f"server refused to switch group {group} (HTTP {reply.status}): "
+                       f"{error_message(reply)}; every model of the group keeps its version")
+
     def unload(self, name: str) -> None:
         reply = self._call("DELETE", f"/admin/models/{name}")
         if reply.status >= 400 and reply.status != 404:
@@ -367,7 +379,8 @@ class Agent:
             return
         log.info("the server does not serve the applied models; reloading them from the store")
         try:
-            self._load_targets(self._applied_targets)
+            self._load_targets(self._applied_targets,
+                               groups=self._applied.groups if self._applied else None)
         except GgufopsError as e:
             self._degrade(str(e), retry=True)
 
@@ -646,17 +659,22 @@ class Agent:
         def still_desired() -> None:
             self._follow_head(plan, adopt=False)
 
-        self._load_targets(plan.requests(), before_each=still_desired)
+        self._load_targets(plan.requests(), before_each=still_desired, groups=plan.groups)
         return plan
 
     def _load_targets(self, targets: dict[str, dict[str, Any]],
-                      before_each: Callable[[], None] | None = None) -> None:
+                      before_each: Callable[[], None] | None = None,
+                      groups: dict[str, list[str]] | None = None) -> None:
         serving = self.server.serving()
+        if groups and self._load_groups(targets, serving, groups, before_each):
+            serving = self.server.serving()
         for name, want in sorted(targets.items()):
             target = Target.from_request(name, want)
             entry = serving.get(name) or {}
             if not target.primary_served_by(entry):
                 self._load_one(target, before_each)
+            if not target.shadow_served_by(entry):
+                self._apply_shadow(target, before_each)
             if target.canary_served_by(entry):
                 continue
             if target.canary is None:
@@ -665,10 +683,46 @@ class Agent:
             else:
                 self._load_one(target.canary, before_each)
 
+    def _load_groups(self, targets: dict[str, dict[str, Any]],
+                     serving: dict[str, dict[str, Any]], groups: dict[str, list[str]],
+                     before: Callable[[], None] | None) -> bool:
+        """Switch every release group that changes in one server call each; True if any."""
+        switched = False
+        for group, members in sorted(groups.items()):
+            wanted = [Target.from_request(m, targets[m]) for m in sorted(members)
+                      if m in targets]
+            if all(t.served_by(serving.get(t.name)) for t in wanted):
+                continue
+            if before is not None:
+                before()
+            log.info("asking the server to switch group %s: %s", group,
+                     ", ".join(t.display_id for t in wanted))
+            try:
+                self.server.load_group(group, wanted)
+            except ChecksumMismatch as e:
+                for t in wanted:
+                    if t.sha256 in str(e):
+                        self._evict(t.sha256)
+                raise
+            switched = True
+        return switched
+
+    def _apply_shadow(self, target: Target, before: Callable[[], None] | None) -> None:
+        """Load the shadow the environment asks for, or unload the one it dropped."""
+        if target.shadow is not None:
+            self._load_one(target.shadow, before)
+            return
+        log.info("asking the server to unload the shadow of %s", target.name)
+        reply = self.server._call("DELETE", f"/admin/models/{target.name}/shadow")
+        if reply.status >= 400 and reply.status != 404:
+            raise ServerRefused(f"server refused to unload the shadow of {target.name}: "
+                                f"{error_message(reply)}")
+
     def _load_one(self, target: Target, before: Callable[[], None] | None) -> None:
         if before is not None:
             before()
-        canary = f" as canary (weight {target.weight})" if target.weight is not None else ""
+        canary = f" as {target.role} (weight {target.weight})" \
+            if target.weight is not None else ""
         log.info("asking the server to load %s%s", target.display_id, canary)
         try:
             self.server.load(target)

@@ -10,14 +10,14 @@ and the inference config with the environment's overrides, and the canary (`cana
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ggufops import git
 from ggufops.errors import InvalidDesiredState
 from ggufops.fleet import rollout
-from ggufops.registry import validate
+from ggufops.registry import overrides, releasegroups, validate
 from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
     REGISTRY_DIR,
@@ -43,15 +43,17 @@ class Target:
     size: int
     display_id: str
     inference: dict[str, Any]
-    weight: int | None = None  # set on a canary
+    weight: int | None = None  # set on a canary (and a shadow: its percent)
     canary: Target | None = field(default=None)
+    shadow: Target | None = field(default=None)  # `shadow: {version, percent}`
+    role: str = "canary"  # what a Target with a weight is: canary or shadow
 
     def load_body(self) -> dict[str, Any]:
         """The body of POST /admin/models for this model (primary or canary)."""
         body: dict[str, Any] = {"name": self.name, "version": self.version, "sha256": self.sha256,
                 "display_id": self.display_id, "inference": self.inference}
         if self.weight is not None:
-            body.update(role="canary", weight=self.weight)
+            body.update(role=self.role, weight=self.weight)
         return body
 
     def load_request(self) -> dict[str, Any]:
@@ -59,11 +61,13 @@ class Target:
         body = self.load_body()
         if self.canary is not None:
             body["canary"] = self.canary.load_body()
+        if self.shadow is not None:
+            body["shadow"] = self.shadow.load_body()
         return body
 
     def artifacts(self) -> list[Target]:
         """The primary and its canary: what must be in the store."""
-        return [self] if self.canary is None else [self, self.canary]
+        return [self] + [t for t in (self.canary, self.shadow) if t is not None]
 
     def summary(self) -> dict[str, Any]:
         result: dict[str, Any] = {"version": self.version, "sha256": self.sha256,
@@ -72,15 +76,31 @@ class Target:
             result["weight"] = self.weight
         if self.canary is not None:
             result["canary"] = self.canary.summary()
+        if self.shadow is not None:
+            result["shadow"] = self.shadow.summary()
         return result
 
     def served_by(self, entry: dict[str, Any] | None) -> bool:
         """Does this /v1/models entry serve the version, and exactly the canary asked for?"""
         return entry is not None and self.primary_served_by(entry) \
-            and self.canary_served_by(entry)
+            and self.canary_served_by(entry) and self.shadow_served_by(entry)
+
+    def shadow_served_by(self, entry: dict[str, Any]) -> bool:
+        have, want = entry.get("shadow"), self.shadow
+        if want is None:
+            return have is None
+        return isinstance(have, dict) and (have.get("version"), have.get("sha256"),
+                                           have.get("weight")) == (
+            want.version, want.sha256, want.weight) and want.config_served_by(have)
 
     def primary_served_by(self, entry: dict[str, Any]) -> bool:
-        return entry.get("version") == self.version and entry.get("sha256") == self.sha256
+        return entry.get("version") == self.version and entry.get("sha256") == self.sha256 \
+            and self.config_served_by(entry)
+
+    def config_served_by(self, entry: dict[str, Any]) -> bool:
+        """Does the server run this inference config? (a server that does not say: yes)"""
+        have = entry.get("config_sha256")
+        return have is None or have == overrides.config_digest(self.inference)
 
     def canary_served_by(self, entry: dict[str, Any]) -> bool:
         have = entry.get("canary")
@@ -88,18 +108,21 @@ class Target:
             return have is None
         c = self.canary
         return isinstance(have, dict) and (have.get("version"), have.get("sha256"),
-                                           have.get("weight")) == (c.version, c.sha256, c.weight)
+                                           have.get("weight")) == (c.version, c.sha256, c.weight) \
+            and c.config_served_by(have)
 
     @classmethod
     def from_request(cls, name: str, want: dict[str, Any]) -> Target:
         """A target from a load request recorded in the apply log."""
-        canary = want.get("canary")
+        canary, shadow = want.get("canary"), want.get("shadow")
         weight = want.get("weight")
         return cls(name, str(want.get("version")), str(want.get("sha256")), "", 0,
                    str(want.get("display_id") or f"{name}-v{want.get('version')}"),
                    dict(want.get("inference") or {}),
                    weight=weight if isinstance(weight, int) else None,
-                   canary=cls.from_request(name, canary) if isinstance(canary, dict) else None)
+                   canary=cls.from_request(name, canary) if isinstance(canary, dict) else None,
+                   shadow=cls.from_request(name, shadow) if isinstance(shadow, dict) else None,
+                   role=str(want.get("role") or "canary"))
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,7 @@ class Plan:
     tree: Path
     targets: dict[str, Target]
     keep: int
+    groups: dict[str, list[str]] = field(default_factory=dict)  # release groups
 
     def summary(self) -> dict[str, Any]:
         return {name: t.summary() for name, t in sorted(self.targets.items())}
@@ -165,7 +189,8 @@ def plan_from_tree(tree: Path, commit: str, env: str, keep: int | None,
     models = environment_models(registry.environment(env))
     targets = {name: _target(registry, name, entry, labels or {})
                for name, entry in models.items()}
-    return Plan(commit, tree, targets, keep or _policy_keep(registry))
+    groups = releasegroups.of(registry.environment(env))
+    return Plan(commit, tree, targets, keep or _policy_keep(registry), groups)
 
 
 def _target(registry: Registry, name: str, entry: dict[str, Any],
@@ -176,7 +201,13 @@ def _target(registry: Registry, name: str, entry: dict[str, Any],
         canary = _version_target(registry, name, str(spec["version"]), entry,
                                  weight=int(spec["weight"]))
     version = rollout.version_for(entry, labels)  # a segment's version for this host
-    return _version_target(registry, name, version, entry, canary=canary)
+    primary = _version_target(registry, name, version, entry, canary=canary)
+    spec = entry.get("shadow")
+    if not isinstance(spec, dict):
+        return primary
+    shadow = _version_target(registry, name, str(spec["version"]), entry,
+                             weight=int(spec["percent"]))
+    return replace(primary, shadow=replace(shadow, role="shadow"))
 
 
 def _version_target(registry: Registry, name: str, version: str, entry: dict[str, Any],

@@ -32,6 +32,7 @@ COMMANDS = {
     "gate": "gates:gate_cmd",
     "deploy": "gitops:deploy",
     "rollback": "gitops:rollback",
+    "config": "config:config",
     "history": "gitops:history",
     "pr-comment": "gitops:pr_comment",
     "serve": "runtime:serve",

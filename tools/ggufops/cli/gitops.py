@@ -18,7 +18,7 @@ from ggufops.cli.options import (
 )
 from ggufops.errors import UsageError
 from ggufops.gitops import deploy as deploy_api
-from ggufops.gitops import github, lifecyclehistory
+from ggufops.gitops import github, grouprollback, lifecyclehistory
 from ggufops.gitops import history as history_api
 from ggufops.gitops import rollback as rollback_api
 from ggufops.registry.registry import VersionRef
@@ -77,6 +77,11 @@ def deploy(ctx: click.Context, *, ref: VersionRef, env: str, push: bool, pr: boo
 @env_option
 @click.option("--model", default=None, metavar="NAME",
               help="Model to roll back (default: the one changed last in ENV).")
+@click.option("--models", "models", default=None, metavar="A,B",
+              help="Roll several models back together, in one commit.")
+@click.option("--group", "group", default=None, metavar="NAME",
+              help="Roll back every model of the release group NAME (groups: in the env file), "
+              "in one commit.")
 @click.option("--to", "to", default=None, metavar="X.Y.Z",
               help="Version to restore (default: the one before the last deploy). It must "
               "have run in ENV before, or be allowed there by the promotion policy.")
@@ -95,7 +100,8 @@ def deploy(ctx: click.Context, *, ref: VersionRef, env: str, push: bool, pr: boo
 @dry_run_option
 @json_option
 @click.pass_context
-def rollback(ctx: click.Context, *, env: str, model: str | None, to: str | None,
+def rollback(ctx: click.Context, *, env: str, model: str | None, models: str | None,
+             group: str | None, to: str | None,
              reason: str | None, push: bool, pr: bool, skip_artifact_check: bool, remote: str,
              default_branch: str, dry_run: bool, as_json: bool, selector: str | None) -> None:
     """Roll ENV back: revert the last deploy of a model (or restore --to X.Y.Z).
@@ -113,6 +119,9 @@ def rollback(ctx: click.Context, *, env: str, model: str | None, to: str | None,
                                            skip_artifact_check=skip_artifact_check,
                                            selector=_selector(selector))
     root = registry_from(ctx).root
+    if models is not None or group is not None:
+        _rollback_group(root, request, models, group, dry_run=dry_run, as_json=as_json)
+        return
     if dry_run:
         plan = rollback_api.plan_rollback(root, request)
         _show(as_json, {**plan.as_dict(), "dry_run": True}, rollback_api.describe(plan))
@@ -212,6 +221,24 @@ def pr_comment(*, file: Path, marker: str, number: int | None, as_json: bool) ->
         return
     verb = "created" if comment.created else "updated"
     click.echo(f"{verb} comment {comment.id} on {repo}#{number}: {comment.url}")
+
+
+def _rollback_group(root: Path, request: rollback_api.RollbackRequest, models: str | None,
+                    group: str | None, *, dry_run: bool, as_json: bool) -> None:
+    if request.model is not None or request.to is not None:
+        raise UsageError("--models/--group roll back to each model's previous version: drop "
+                         "--model and --to")
+    names = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
+    chosen, group = grouprollback.models_of(root, request, names, group)
+    if dry_run:
+        plan = grouprollback.plan_group_rollback(root, request, chosen, group)
+        _show(as_json, {**plan.as_dict(), "dry_run": True}, rollback_api.describe(plan))
+        return
+    outcome = grouprollback.group_rollback(root, request, chosen, group)
+    text = rollback_api.describe(outcome.plan)
+    if outcome.landing is not None:
+        text += "\n" + _landing_text(outcome.landing, request.remote)
+    _show(as_json, {**outcome.as_dict(), "dry_run": False}, text)
 
 
 def _landing_text(landing: deploy_api.Landing, remote: str) -> str:

@@ -36,7 +36,7 @@ from ggufops.errors import (
     PromotionRefused,
     UsageError,
 )
-from ggufops.gitops import deploy, envfile, history, segments
+from ggufops.gitops import configcommit, deploy, envfile, history, segments
 from ggufops.gitops.history import Deployment
 from ggufops.registry import lifecycle
 from ggufops.registry.registry import VersionRef, environment_relpath
@@ -73,11 +73,12 @@ class RollbackPlan(deploy.ChangePlan):
     strategy: str
     reason: str | None
     artifact_check: str
+    config_change: str | None = None  # set when the rollback undoes a config-only change
 
     def details(self) -> dict[str, Any]:
         return {"rollback_of": self.rollback_of, "rollback_of_subject": self.rollback_of_subject,
                 "strategy": self.strategy, "reason": self.reason,
-                "artifact_check": self.artifact_check}
+                "artifact_check": self.artifact_check, "config_change": self.config_change}
 
 
 
@@ -115,6 +116,8 @@ def plan_rollback(root: Path, request: RollbackRequest) -> RollbackPlan:
     if request.to is None and undo is not None and _is_canary_change(undo) \
             and not request.selector:
         return _plan_canary_rollback(root, request, base, text, undo)
+    if request.to is None and undo is not None and configcommit.is_config_change(undo):
+        return _plan_config_rollback(root, request, base, text, undo)
     target = request.to or _previous_version(undo, request.env, model, current)
     if target == current:
         raise AlreadyDeployed(f"{request.env} already runs {model}@{target} ({path} on "
@@ -218,6 +221,29 @@ def _canary_text(root: Path, text: str, path: str, model: str,
     if previous is None:
         return envfile.remove_canary(text, model, path), RESTORE_ENTRY
     return envfile.set_canary(text, model, previous[0], previous[1], path), RESTORE_ENTRY
+
+
+def _plan_config_rollback(root: Path, request: RollbackRequest, base: deploy.Base, text: str,
+                          undo: Deployment) -> RollbackPlan:
+    """Undo `undo`'s change of the overrides (no artifact involved: no S3 check)."""
+    env, model, path = request.env, undo.model, environment_relpath(request.env)
+    new_text, strategy, change = configcommit.rollback_change(root, text, path, model, undo)
+    primary = str(envfile.read_models(text, path)[model]["version"])
+    body = (f"This reverts commit {undo.commit}." if strategy == REVERT
+            else f"Restores {model}'s overrides in {env}, undoing commit {undo.commit}.")
+    message = history.format_message(
+        history.ROLLBACK, env, model, primary, primary, rollback_of=undo.commit,
+        reason=request.reason, body=body, change=f"config {change}", config=change)
+    branch = (f"rollback/{env}/{model}-config-{undo.commit[:8]}" if request.mode == PR
+              else request.default_branch)
+    _check_branch_free(root, request, branch)
+    return RollbackPlan(
+        env=env, model=model, from_version=primary, to_version=primary,
+        rollback_of=undo.commit, rollback_of_subject=undo.subject, strategy=strategy,
+        reason=request.reason, mode=request.mode, branch=branch,
+        default_branch=request.default_branch, remote=request.remote, base_ref=base.ref,
+        base_commit=base.commit, file=path, diff=envfile.unified_diff(text, new_text, path),
+        message=message, artifact_check=NOT_NEEDED, new_text=new_text, config_change=change)
 
 
 def _check_branch_free(root: Path, request: RollbackRequest, branch: str) -> None:
@@ -347,13 +373,13 @@ def rollback(root: Path, request: RollbackRequest, *,
             if plan.mode != PUSH or attempt == max_attempts:
                 raise
         # Someone pushed in between: rebase = plan again on the new tip, same target.
-        retry = replace(request, model=plan.model,
-                        to=None if plan.canary is not None else plan.to_version)
+        undo_again = plan.canary is not None or plan.config_change is not None
+        retry = replace(request, model=plan.model, to=None if undo_again else plan.to_version)
         try:
             again = plan_rollback(root, retry)
         except AlreadyDeployed:
             again = None
-        if again is None or (plan.canary is not None and again.rollback_of != plan.rollback_of):
+        if again is None or (undo_again and again.rollback_of != plan.rollback_of):
             return RollbackOutcome(plan, None, attempt + 1, [_already_note(request, plan)])
         plan = again
     raise AssertionError("unreachable")

@@ -20,7 +20,7 @@ from typing import Any
 from ggufops import git, yamlio
 from ggufops.errors import YamlError
 from ggufops.hashing import file_sha256
-from ggufops.registry import lifecyclecheck, schemas, warmset
+from ggufops.registry import lifecyclecheck, overrides, releasegroups, schemas, warmset
 from ggufops.registry.dvcpointer import pointer_from_yaml, scan_pointer
 from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
@@ -256,12 +256,30 @@ def _check_references(checker: Checker, state: State) -> None:
                                 f"{env} runs {model}@{version} on {segment['selector']}, which "
                                 f"is not registered (no {REGISTRY_DIR}/{model}/{version}.yaml)"
                                 "; register it or pick a registered version", "reference")
+    _check_overrides(checker, state)
     if state.policy is not None:
         for env in state.policy.data["promotion"]["order"]:
             if not (state.root / ENVIRONMENTS_DIR / f"{env}.yaml").is_file():
                 checker.add(state.policy, ["promotion", "order"], f"promotion.order names "
                             f"{env!r} but {ENVIRONMENTS_DIR}/{env}.yaml does not exist; create "
                             "it or remove the name", "reference")
+
+
+def _check_overrides(checker: Checker, state: State) -> None:
+    """Overrides that do not fit their versions (max_tokens past the context, ...)."""
+    versions = {(ref.name, ref.version): doc.data for ref, doc in state.versions.items()}
+    for env, doc in state.environments.items():
+        for problem in overrides.problems(env, doc.data.get("models") or {}, versions):
+            checker.add(doc, list(problem.where), problem.message, "overrides")
+        for model, entry in (doc.data.get("models") or {}).items():
+            shadow = entry.get("shadow") if isinstance(entry, dict) else None
+            if isinstance(shadow, dict) and (model, shadow["version"]) not in versions:
+                checker.add(doc, ["models", model, "shadow", "version"], f"{env} shadows "
+                            f"{model}@{shadow['version']}, which is not registered; register "
+                            "it or pick a registered version", "reference")
+        for problem in releasegroups.problems(env, doc.data):
+            checker.add(doc, [int(k) if k.isdigit() else k for k in problem.where],
+                        problem.message, "groups")
 
 
 def _check_eval(checker: Checker, state: State, doc: yamlio.Document) -> None:
