@@ -161,7 +161,8 @@ class Generator:
         exchange = _Exchange(endpoint)
         try:
             request = protocol.parse(endpoint, body)
-            with self.table.use(request.model, request.user) as loaded:
+            with self.shadow.traffic.request(), \
+                    self.table.use(request.model, request.user) as loaded:
                 exchange.labels = loaded.labels
                 exchange.in_flight = True
                 self.metrics.inc("ggufops_in_flight_requests", loaded.labels)
@@ -223,11 +224,16 @@ class Generator:
                                   time.perf_counter() - exchange.start)
             else:
                 stream = protocol.ChunkStream(request, loaded.request.display_id, trace, text_of)
-                self._stream(out, loaded, stream.chunks(result), trace, exchange)
+                texts: list[str] = []
+                if self._stream(out, loaded, shadow.collecting(stream.chunks(result), texts),
+                                trace, exchange):
+                    self.shadow.mirror(request, params, loaded, "".join(texts),
+                                       time.perf_counter() - exchange.start)
             loaded.served += 1
 
     def _stream(self, out: Writer, loaded: LoadedModel, chunks: Iterator[dict[str, Any]],
-                trace: llm.Trace, exchange: _Exchange) -> None:
+                trace: llm.Trace, exchange: _Exchange) -> bool:
+        """Send `chunks` as events; whether the answer ended without an error."""
         first = next(chunks, None)  # errors before the first chunk are still a JSON reply
         out.start_events()
         try:
@@ -237,10 +243,12 @@ class Generator:
                 out.send_event(json.dumps(chunk))
         except GgufopsError as e:
             out.send_event(json.dumps(http_error_for(e).body()))
+            return False
         finally:
             self._count_tokens(loaded, trace)
             self._finish(exchange, 200)
             out.send_event("[DONE]")
+        return True
 
     def _count_tokens(self, loaded: LoadedModel, trace: llm.Trace) -> None:
         self.metrics.inc("ggufops_tokens_total", (*loaded.labels, "prompt"), trace.prompt_tokens)
