@@ -181,3 +181,15 @@ def test_streamed_requests_are_mirrored_and_never_receive_shadow_output(
     other = wait_for(lambda: mirrored(url, 1), what="the streamed request mirrored")
     assert other["stats"]["version"] == "2.1.0" and other["stats"]["exact_match_rate"] == 0.0
     assert other["preempted"] == 0 and other["dropped"] == 0
+
+
+def test_wait_quiet_returns_only_after_a_spell_without_requests() -> None:
+    traffic = PrimaryTraffic()
+    traffic.wait_quiet(0.0)  # nothing in flight, nothing arriving: returns
+    done = threading.Event()
+    with traffic.request():
+        waiter = threading.Thread(target=lambda: (traffic.wait_quiet(0.01), done.set()))
+        waiter.start()
+        assert not done.wait(0.05)  # a request is in flight
+    waiter.join(timeout=30)
+    assert done.is_set()

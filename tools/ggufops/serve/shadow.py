@@ -9,7 +9,8 @@ on the shadow model. The client never sees the shadow's answer and its request n
 for it.
 
 The shadow yields to client requests (yielding.py): the thread starts a mirrored request
-only while no client request is in flight on the server, and a client request arriving
+only once no client request has been in flight on the server for a quiet spell (50 ms),
+and a client request arriving
 aborts the running shadow generation at its next token; that request is counted as
 preempted and dropped, never retried. So agreement is measured on the requests that ran to
 the end in idle moments.
@@ -175,7 +176,7 @@ class ShadowMirror:
     def _work(self) -> None:
         while True:
             job = self._queue.get()
-            self.traffic.wait_idle()  # clients first: start only while none is in flight
+            self.traffic.wait_quiet()  # clients first: start only after a quiet spell
             try:
                 self._run(job)
             except Exception:  # a bug must not stop the mirror
