@@ -251,3 +251,10 @@ class DemoFailed(GgufopsError):
 
 class ChatTemplateError(GgufopsError):
     """A version's chat template is unknown, or does not fit its GGUF file."""
+
+
+# --- progressive delivery: A/B results ---------------------------------------------------
+
+
+class AbError(GgufopsError):
+    """`ggufops ab` could not read a host's request window, or the model is not deployed."""

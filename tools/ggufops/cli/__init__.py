@@ -34,6 +34,7 @@ COMMANDS = {
     "serve": "runtime:serve",
     "agent": "runtime:agent",
     "demo": "demo:demo",
+    "ab": "ab:ab",
 }
 
 
