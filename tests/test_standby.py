@@ -4,14 +4,16 @@ a bare git remote and SeaweedFS; once with toys, once with the real SmolLM2."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ggufops import standby
+from ggufops import server, standby
 from ggufops.ggufparse import GgufFile
+from ggufops.store import ArtifactStore, file_sha256
 from testing.runtime import (
     MODEL,
     TOKEN,
@@ -147,3 +149,27 @@ def test_smollm2_rollback_under_traffic_serves_from_standby(
     assert statuses and set(statuses) == {200}
     after = metrics(server.url)
     assert after[LOADS_OK] == 2 and after[PROMOTIONS] == 1
+
+
+# --- the server in a thread -------------------------------------------------------------------
+
+
+def test_a_primary_whose_file_left_the_store_is_not_kept(
+        tmp_path: Path, runtime_models: dict[str, Path]) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    store.prepare()
+    app = server.App(server.ServeConfig(store=store.root, port=0, admin_token=TOKEN,
+                                        n_threads=1))
+    try:
+        for version, toy in (("2.0.0", "baseline"), ("2.1.0", "improved")):
+            digest = file_sha256(runtime_models[toy])
+            shutil.copyfile(runtime_models[toy], store.path_for(digest))
+            app.admin_load({"name": MODEL, "version": version, "sha256": digest})
+            if version == "2.0.0":
+                store.path_for(digest).unlink()  # e.g. removed by hand while it serves
+        assert [m.request.version for m in app.table.active()] == ["2.1.0"]
+        assert app.table.standbys() == []
+        assert app.admin_state()["standby_checks"][MODEL]["reason"] == \
+            "its file is no longer in the store"
+    finally:
+        app.close()

@@ -314,7 +314,11 @@ class App:
     def _keep_standby(self, old: LoadedModel) -> bool:
         """The memory-fit check for a replaced primary (standby.py); remembered for
         /admin/models."""
-        check = standby.fit_check(self.config.standby, old.path.stat().st_size,
+        try:
+            size = old.path.stat().st_size
+        except OSError:  # its file left the store: nothing to measure, keep nothing
+            size = -1
+        check = standby.fit_check(self.config.standby, size,
                                   standby.kv_cache_bytes(old.path, old.model.n_ctx))
         self.standby_checks[old.request.name] = {"version": old.request.version,
                                                  **check.as_dict()}

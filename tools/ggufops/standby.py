@@ -96,10 +96,13 @@ def _cgroup_headroom() -> int:
 
 
 def fit_check(mode: str, size: int, kv_bytes: int, available: int | None = None) -> FitCheck:
-    """May a model of `size` bytes with `kv_bytes` of KV cache stay loaded as standby?"""
+    """May a model of `size` bytes (-1: unknown) with `kv_bytes` of KV cache stay loaded as
+    standby?"""
     needed = size + kv_bytes
     if mode == "off":
         return FitCheck(needed, 0, False, "standby is off (--standby off)")
+    if size < 0:
+        return FitCheck(0, 0, False, "its file is no longer in the store")
     have = available_bytes() if available is None else available
     if needed * HEADROOM_FACTOR <= have:
         return FitCheck(needed, have, True, "fits")
