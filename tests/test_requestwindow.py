@@ -15,7 +15,13 @@ import pytest
 
 from ggufops import server
 from ggufops.httpjson import HttpError
-from ggufops.requestwindow import Feedback, RequestRecord, RequestWindow, parse_query
+from ggufops.requestwindow import (
+    VERSIONS_KEPT,
+    Feedback,
+    RequestRecord,
+    RequestWindow,
+    parse_query,
+)
 from ggufops.store import ArtifactStore, file_sha256
 from testing.runtime import TOKEN, http, metrics, wait_for
 
@@ -39,6 +45,18 @@ def test_the_window_keeps_the_newest_records_per_version() -> None:
     assert [(r["version"], r["ts"]) for r in seen] == [
         ("1.0.0", 2.0), ("1.0.0", 3.0), ("1.0.0", 4.0), ("2.0.0", 10.0)]
     assert [r["ts"] for r in window.since(NAME, 3.5)["requests"]] == [4.0, 10.0]
+
+
+def test_only_the_versions_that_answered_last_are_kept() -> None:
+    window = RequestWindow()
+    versions = [f"1.{i}.0" for i in range(VERSIONS_KEPT + 2)]
+    for i, version in enumerate(versions):
+        window.record(record(float(i), version))
+    window.record(record(99.0, "1.0.0"))  # answered again: the newest now
+    window.record(record(100.0, "1.0.0", model="other"))
+    kept = {r["version"] for r in window.since(NAME, 0)["requests"]}
+    assert kept == {"1.0.0", *versions[-(VERSIONS_KEPT - 1):]}
+    assert len(window.since("other", 0)["requests"]) == 1
 
 
 def test_a_rating_goes_to_the_version_that_answered() -> None:

@@ -2,10 +2,11 @@
 
 Every finished inference request (answered or refused once its model was known) becomes a
 RequestRecord; `POST /v1/feedback {"id", "rating"}` ties a rating 1-5 to the completion's
-model and version. Both are bounded (the newest `per_version` records of each version, the
-newest `ids` completion ids), so memory stays flat however long the server runs. The sync
-agent reads them through `GET /admin/requests?model=NAME&since=UNIX_TS` to judge rollback
-triggers and canaries on its own host; `ggufops ab` reads them from every host.
+model and version. Both are bounded (the newest `per_version` records of each of the
+VERSIONS_KEPT versions of a model that answered last, the newest `ids` completion ids), so
+memory stays flat however long the server runs and however many versions it serves in turn.
+`GET /admin/requests?model=NAME&since=UNIX_TS` shows them: `ggufops ab` reads it from every
+host, and it is the contract for judging rollback triggers and canaries on a host.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ggufops.httpjson import HttpError
 
 DEFAULT_PER_VERSION = 5000
 DEFAULT_IDS = 50000
+VERSIONS_KEPT = 8  # per model: the versions that answered most recently
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,14 @@ class RequestWindow:
 
     def _bounded(self, table: dict[tuple[str, str], deque[Any]],
                  key: tuple[str, str]) -> deque[Any]:
-        return table.setdefault(key, deque(maxlen=self._per_version))
+        """The deque of `key`, made the newest of its model's; older versions beyond
+        VERSIONS_KEPT are forgotten."""
+        rows = table.pop(key, None)
+        table[key] = rows if rows is not None else deque(maxlen=self._per_version)
+        same_model = [k for k in table if k[0] == key[0]]
+        for old in same_model[:-VERSIONS_KEPT]:
+            del table[old]
+        return table[key]
 
     def rate(self, feedback: Feedback, now: float | None = None) -> Rating:
         """Tie a rating to its completion's version; HttpError 404 for an unknown id."""
