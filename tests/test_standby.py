@@ -173,3 +173,23 @@ def test_a_primary_whose_file_left_the_store_is_not_kept(
             "its file is no longer in the store"
     finally:
         app.close()
+
+
+def test_replacing_the_canary_keeps_the_standby(tmp_path: Path,
+                                                runtime_models: dict[str, Path]) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    store.prepare()
+    app = server.App(server.ServeConfig(store=store.root, port=0, admin_token=TOKEN,
+                                        n_threads=1))
+    try:
+        for version, toy, role in (("2.0.0", "baseline", {}), ("2.1.0", "improved", {}),
+                                   ("2.2.0", "degraded", {"role": "canary", "weight": 10}),
+                                   ("2.3.0", "baseline", {"role": "canary", "weight": 20})):
+            digest = file_sha256(runtime_models[toy])
+            shutil.copyfile(runtime_models[toy], store.path_for(digest))
+            app.admin_load({"name": MODEL, "version": version, "sha256": digest, **role})
+        assert [m.request.version for m in app.table.standbys()] == ["2.0.0"]
+        assert app.table.canaries()[MODEL][0].request.version == "2.3.0"
+        assert app.table.draining() == []  # the replaced canary 2.2.0 was freed
+    finally:
+        app.close()

@@ -302,9 +302,11 @@ class ModelTable:
 
     def _retire_or_keep(self, old: LoadedModel, new: LoadedModel) -> None:
         """A replaced primary becomes the standby when `keep_standby` allows; the standby
-        it displaces (or a refused one) is retired."""
-        keep = new.request.role == "primary" and old.request.sha256 != new.request.sha256 \
-            and self.keep_standby(old)
+        it displaces (or a refused one) is retired. A replaced canary is just retired."""
+        if new.request.role != "primary":
+            self._retire(old)
+            return
+        keep = old.request.sha256 != new.request.sha256 and self.keep_standby(old)
         with self._lock:
             displaced = self._standby.pop(old.request.name, None)
             if keep:
