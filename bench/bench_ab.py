@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ggufops import toy
-from ggufops.store import ArtifactStore, file_sha256
+from ggufops.artifacts.store import ArtifactStore, file_sha256
+from ggufops.llama import toy
 from testing.repos import make_registry, set_environment
 from testing.runtime import GGUFOPS, MODEL, TOKEN, Proc, free_port, http, serve_args
 from testing.toys import TOY_DIR
