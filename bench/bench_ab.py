@@ -2,7 +2,7 @@
 `ggufops serve`, 200 requests from 200 users (a quarter of them rated), then the report
 exactly as `ggufops ab` prints it.
 
-    .venv/bin/python bench/bench_ab.py [--requests 200]
+    .venv/bin/python -m bench.bench_ab [--requests 200]
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ggufops.artifacts.store import ArtifactStore, file_sha256
 from ggufops.llama import toy

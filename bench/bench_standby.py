@@ -8,7 +8,7 @@ POST /sync). Done twice: `serve --standby auto` (2.0.0 stays loaded: the rollbac
 pointer swap) and `serve --standby off` (the rollback loads 2.0.0 again), and printed as the
 ratio of the p95s. Goals (issue 12): p95 <= 0.5 s with /sync, <= 1.5 s with 1 s polling.
 
-    .venv/bin/python bench/bench_standby.py [--rounds 5] [--interval 1.0]
+    .venv/bin/python -m bench.bench_standby [--rounds 5] [--interval 1.0]
 """
 
 from __future__ import annotations
@@ -22,10 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_rollback import percentile, push_revert, rolled_back
+from bench.bench_rollback import percentile, push_revert, rolled_back
 from testing.realmodels import smollm2_path, smollm2_twin
 from testing.runtime import (
     Processes,
