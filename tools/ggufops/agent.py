@@ -43,7 +43,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,9 @@ from ggufops.errors import (
 )
 from ggufops.httpjson import Reply, error_message, request_json, rfc3339
 from ggufops.redact import redact, redact_data
+from ggufops.trust import TrustPolicy
+from ggufops.trust import verify as verify_commit
+from ggufops.webhook import WebhookReceiver
 
 log = logging.getLogger("ggufops.agent")
 
@@ -96,6 +99,8 @@ class AgentConfig:
     git_timeout: float = 20.0
     download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
     mismatch_retry: float = DEFAULT_MISMATCH_RETRY
+    trust: TrustPolicy = field(default_factory=TrustPolicy)  # --trust, --allow-rewrite
+    webhook_secret: bytes | None = None  # POST /sync verifies GitHub's X-Hub-Signature-256
 
     def check(self) -> None:
         if self.repo_url.startswith("-"):
@@ -382,7 +387,7 @@ class Agent:
             return False
         except InvalidDesiredState as e:
             self._finish(attempt, "refused", step, str(e), started)
-            self._refuse(commit, str(e))
+            self._refuse(commit, str(e), getattr(e, "reason", "invalid"))
             return False
         except ChecksumMismatch as e:
             self._finish(attempt, "failed", step, str(e), started)
@@ -430,6 +435,9 @@ class Agent:
 
     def _plan_at(self, commit: str) -> Plan:
         """The plan of a fetched commit; InvalidDesiredState if it cannot be applied."""
+        with self._lock:
+            applied = self.status.applied_commit
+        verify_commit(self.mirror, commit, applied, self.config.trust)  # UntrustedCommit
         tree = export_tree(self.mirror, commit, self.trees)
         try:
             return plan_from_tree(tree, commit, self.config.env, self.config.keep)
@@ -634,9 +642,11 @@ class Agent:
         self._applied = plan
         self._applied_targets = {n: t.load_request() for n, t in plan.targets.items()}
         self._retain(plan, previous, now)  # done before anyone is told it is healthy
+        with contextlib.suppress(GgufopsError):  # the history check needs it after a rewrite
+            git.set_ref(self.mirror, "refs/ggufops/applied", plan.commit)
         self._update(publish=True, phase="healthy", applied_commit=plan.commit,
-                     refused_commit=None, last_success_at=now, last_error=None, failures=0,
-                     next_retry_at=None)
+                     refused_commit=None, refused_reason=None, last_success_at=now,
+                     last_error=None, failures=0, next_retry_at=None)
         log.info("applied %s: %s", plan.commit[:12], ", ".join(
             t.display_id for t in plan.targets.values()) or "no models")
 
@@ -644,11 +654,11 @@ class Agent:
         """Another commit is being applied: the refused one is no longer the desired one."""
         with self._lock:
             if self.status.refused_commit not in (None, commit):
-                self.status.refused_commit = None
+                self.status.refused_commit = self.status.refused_reason = None
 
-    def _refuse(self, commit: str, error: str) -> None:
+    def _refuse(self, commit: str, error: str, reason: str = "invalid") -> None:
         log.error("%s", error)
-        self._degrade(error, retry=False, refused_commit=commit)
+        self._degrade(error, retry=False, refused_commit=commit, refused_reason=reason)
 
     def _mismatch(self, error: str, step: str) -> None:
         """Bytes that do not match the registry: in S3 (a permanent fault until someone
@@ -767,6 +777,12 @@ class Agent:
         self.log.close()
 
 
+def _webhook(config: AgentConfig) -> WebhookReceiver | None:
+    if config.webhook_secret is None:
+        return None
+    return WebhookReceiver(config.webhook_secret, config.branch)
+
+
 def _still_needed(download: Download, newer: Plan) -> bool:
     """Does the newer state need every file the download is still fetching?"""
     needed = {t.sha256 for t in newer.artifacts()}
@@ -791,7 +807,8 @@ def run_agent(config: AgentConfig, stop: threading.Event,
     agent = Agent(config)
     server = None
     if config.status_port is not None:
-        server = serve_status(agent, config.status_host, config.status_port)
+        server = serve_status(agent, config.status_host, config.status_port,
+                              webhook=_webhook(config))
 
     def wake_on_stop() -> None:
         stop.wait()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +39,8 @@ from ggufops.httpjson import (
 from ggufops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ggufops.metrics import Metrics
 from ggufops.redact import redact, redact_data
+from ggufops.webhook import MAX_BODY as WEBHOOK_MAX_BODY
+from ggufops.webhook import WebhookReceiver, read_body
 
 PHASES = ("idle", "syncing", "downloading", "loading", "verifying", "healthy", "degraded")
 DEFAULT_STATUS_PORT = 9180
@@ -53,6 +55,7 @@ class Status:
     desired_commit: str | None = None
     applied_commit: str | None = None
     refused_commit: str | None = None
+    refused_reason: str | None = None  # e.g. invalid, unsigned, history-rewritten (trust.py)
     last_error: str | None = None
     last_error_at: float | None = None
     last_success_at: float | None = None
@@ -90,7 +93,8 @@ class Status:
         return {
             "phase": self.phase, "environment": self.environment,
             "desired_commit": self.desired_commit, "applied_commit": self.applied_commit,
-            "refused_commit": self.refused_commit, "models": self.models(),
+            "refused_commit": self.refused_commit, "refused_reason": self.refused_reason,
+            "models": self.models(),
             "last_error": self.last_error, "last_error_at": when(self.last_error_at),
             "last_success_at": when(self.last_success_at),
             "last_check_at": when(self.last_check_at), "remote": self.remote,
@@ -142,6 +146,7 @@ class AgentHandler(JsonHandler):
     """GET /status, /metrics, /healthz; POST /sync (the webhook: check the remote now)."""
 
     agent: StatusSource
+    webhook: WebhookReceiver | None = None  # with a secret: POST /sync is GitHub's webhook
     limits = Limits(max_body=64 * 1024, max_connections=64,
                     length_required=False)  # POST /sync takes no body (`curl -X POST`)
 
@@ -158,6 +163,9 @@ class AgentHandler(JsonHandler):
 
     def do_POST(self) -> None:
         path = self.path_only()
+        if path == "/sync" and self.webhook is not None:
+            self._webhook(self.webhook)
+            return
         try:
             read_json_body(self)
         except HttpError as e:
@@ -170,8 +178,24 @@ class AgentHandler(JsonHandler):
             self.send_json(404, HttpError(404, f"no route POST {path}", "not_found_error").body())
 
 
-def status_server(agent: StatusSource, host: str, port: int) -> QuietServer:
-    handler = type("BoundAgentHandler", (AgentHandler,), {"agent": agent})
+    def _webhook(self, webhook: WebhookReceiver) -> None:
+        try:
+            body = read_body(self)
+        except HttpError as e:
+            self.send_json(e.status, e.body())
+            return
+        reply = webhook.handle(dict(self.headers.items()), body)
+        if reply.trigger:
+            self.agent.trigger()
+        self.send_json(reply.status, reply.body)
+
+
+def status_server(agent: StatusSource, host: str, port: int,
+                  webhook: WebhookReceiver | None = None) -> QuietServer:
+    bound: dict[str, Any] = {"agent": agent, "webhook": webhook}
+    if webhook is not None:
+        bound["limits"] = replace(AgentHandler.limits, max_body=WEBHOOK_MAX_BODY)
+    handler = type("BoundAgentHandler", (AgentHandler,), bound)
     try:
         return QuietServer((host, port), handler)
     except OSError as e:
@@ -179,9 +203,10 @@ def status_server(agent: StatusSource, host: str, port: int) -> QuietServer:
                          f"{e.strerror}; pick another --status-port") from None
 
 
-def serve_status(agent: StatusSource, host: str, port: int) -> QuietServer:
+def serve_status(agent: StatusSource, host: str, port: int,
+                 webhook: WebhookReceiver | None = None) -> QuietServer:
     """Start the endpoint in a daemon thread; the caller shuts it down."""
-    server = status_server(agent, host, port)
+    server = status_server(agent, host, port, webhook)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                      name="agent-status", daemon=True).start()
     return server

@@ -251,3 +251,19 @@ class DemoFailed(GgufopsError):
 
 class ChatTemplateError(GgufopsError):
     """A version's chat template is unknown, or does not fit its GGUF file."""
+
+
+# --- trust (signed commits, webhooks) -------------------------------------------------------
+
+
+class TrustError(GgufopsError):
+    """The --trust file or the webhook secret cannot be used."""
+
+
+class UntrustedCommit(InvalidDesiredState):
+    """A commit the agent refuses to apply: unsigned, signed by a key not in --trust, a
+    bad signature, or history rewritten under the applied commit. `reason` is a short code."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

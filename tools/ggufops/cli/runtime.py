@@ -158,6 +158,16 @@ def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
 @click.option("--backoff-max", type=click.FloatRange(min=0.1), default=60.0,
               show_default=True, envvar="GGUFOPS_BACKOFF_MAX",
               help="Longest wait between retries after a failure.")
+@click.option("--trust", "trust", type=_FILE, default=None, envvar="GGUFOPS_TRUST",
+              help="SSH allowed_signers file (git's format): apply only commits signed by a "
+              "key it lists (docs/trust.md).")
+@click.option("--allow-rewrite", is_flag=True, envvar="GGUFOPS_ALLOW_REWRITE",
+              help="Apply a commit that does not descend from the applied one (a force-push); "
+              "off: refused unless signed and newer (docs/trust.md).")
+@click.option("--webhook-secret-file", type=_FILE, default=None,
+              envvar="GGUFOPS_WEBHOOK_SECRET_FILE",
+              help="GitHub webhook secret: POST /sync then needs a valid X-Hub-Signature-256 "
+              "and acts only on pushes to --branch.")
 @log_level_option
 @click.pass_context
 def agent(ctx: click.Context, /, **options: Any) -> None:
@@ -170,6 +180,8 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
     from ggufops import agent as agent_api
     from ggufops import agentstatus
     from ggufops.server import read_token
+    from ggufops.trust import TrustPolicy
+    from ggufops.webhook import read_secret
 
     missing = [f"--{k.replace('_url', '').replace('_', '-')}" for k in
                ("repo_url", "env", "store", "server_url") if not options[k]]
@@ -188,10 +200,13 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
         s3_endpoint=options["s3_endpoint"], prune=options["prune"],
         timeout=options["timeout"], backoff_max=options["backoff_max"],
         download_timeout=options["download_timeout"], mismatch_retry=options["mismatch_retry"],
+        trust=TrustPolicy.load(options["trust"], allow_rewrite=options["allow_rewrite"]),
+        webhook_secret=read_secret(secret) if (secret := options["webhook_secret_file"]) else None,
     )  # fmt: skip
     with _stop_on_signals() as stop:
         agent_api.run_agent(config, stop, ready=lambda url: _announce(
-            f"ggufops agent: watching {config.shown_url} ({config.branch}) for {config.env}; "
+            f"ggufops agent: watching {config.shown_url} ({config.branch}) for {config.env}"
+            f"{' (signed commits only)' if config.trust.allowed_signers else ''}; "
             f"status {url + '/status' if url else 'off'}; state {config.state_dir}"))
 
 
