@@ -87,11 +87,18 @@ admin_token_option = click.option(
               help="Keep the previous request's evaluated prompt and reuse a shared prefix: "
               "faster for long shared system prompts, but greedy answers then depend on "
               "what ran before (off: every prompt is evaluated from scratch).")
+@click.option("--admin-host", default="127.0.0.1", show_default=True,
+              envvar="GGUFOPS_ADMIN_HOST",
+              help="Address of the admin API's own listener (with --admin-port).")
+@click.option("--admin-port", type=click.IntRange(0, 65535), default=None,
+              envvar="GGUFOPS_ADMIN_PORT",
+              help="Serve /admin only on --admin-host:PORT, not on --port (0: any free port); "
+              "default: /admin on --port.")
 @log_level_option
 def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
           threads: int | None, ctx: int, max_connections: int, header_timeout: float,
-          idle_timeout: float, max_body: int, reuse_prompt_cache: bool,
-          log_level: str) -> None:
+          idle_timeout: float, max_body: int, reuse_prompt_cache: bool, admin_host: str,
+          admin_port: int | None, log_level: str) -> None:
     """Serve GGUF models over an OpenAI-compatible HTTP API with zero-downtime swaps."""
     from ggufops import server
 
@@ -101,12 +108,19 @@ def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
                     header_timeout=header_timeout, idle_timeout=idle_timeout)
     config = server.ServeConfig(store=store, host=host, port=port, admin_token=token,
                                 n_threads=threads, n_ctx=ctx, limits=limits,
-                                reuse_prefix=reuse_prompt_cache)
+                                reuse_prefix=reuse_prompt_cache, admin_host=admin_host,
+                                admin_port=admin_port)
     app = server.App(config)
     with _stop_on_signals() as stop:
         server.serve_until(app, stop, ready=lambda url: _announce(
             f"ggufops serve: listening on {url} (store {store}; admin API "
-            f"{'on' if token else 'off: no --admin-token-file'})"))
+            f"{_admin_where(app, token)})"))
+
+
+def _admin_where(app: Any, token: str | None) -> str:
+    if not token:
+        return "off: no --admin-token-file"
+    return f"on {app.admin_url}/admin" if app.admin_url else "on"
 
 
 @click.group("agent", invoke_without_command=True)
