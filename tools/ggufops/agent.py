@@ -65,6 +65,7 @@ from ggufops.errors import (
     Superseded,
     UsageError,
 )
+from ggufops.headpointer import PointerError, PointerWatch
 from ggufops.httpjson import Reply, error_message, request_json, rfc3339
 from ggufops.redact import redact, redact_data
 from ggufops.trust import TrustPolicy
@@ -101,6 +102,7 @@ class AgentConfig:
     mismatch_retry: float = DEFAULT_MISMATCH_RETRY
     trust: TrustPolicy = field(default_factory=TrustPolicy)  # --trust, --allow-rewrite
     webhook_secret: bytes | None = None  # POST /sync verifies GitHub's X-Hub-Signature-256
+    watch: str = "git"  # or the s3:// URL of a head pointer (headpointer.py, docs/scale.md)
 
     def check(self) -> None:
         if self.repo_url.startswith("-"):
@@ -206,6 +208,9 @@ class Agent:
         self._newer: Plan | None = None  # the newest commit's plan, read while applying
         self._newer_heads: set[str] = set()  # the remote heads it answers for
         self._desired_history: list[list[str]] = []
+        self.pointer = None if config.watch == "git" else \
+            PointerWatch(config.watch, config.s3_endpoint)
+        self._lagging: tuple[str, str] | None = None  # (pointer, applied descendant of it)
 
     # lifecycle
 
@@ -285,9 +290,8 @@ class Agent:
         /status; unless `quiet`, the agent is also degraded)."""
         now = time.time()
         try:
-            head = git.ls_remote(self.config.repo_url, self.config.branch,
-                                 timeout=self.config.git_timeout)
-        except GitError as e:
+            head = self._remote_head()
+        except (GitError, PointerError) as e:
             self.metrics.inc("ggufops_agent_remote_checks_total", ("unreachable",))
             self._remote_down(str(e), now, quiet)
             return None
@@ -300,6 +304,23 @@ class Agent:
         if was_down:
             log.info("git remote %s reachable again", self.config.shown_url)
         return head
+
+    def _remote_head(self) -> str:
+        """The branch's commit: `git ls-remote`, or the head pointer in S3 (--watch)."""
+        if self.pointer is None:
+            return git.ls_remote(self.config.repo_url, self.config.branch,
+                                 timeout=self.config.git_timeout)
+        head = self.pointer.head()
+        with self._lock:
+            applied = self.status.applied_commit
+        if applied is None or head == applied:
+            return head
+        if self._lagging != (head, applied):
+            if not (self.mirror / "HEAD").is_file() or not git.is_ancestor(self.mirror, head,
+                                                                           applied):
+                return head
+            self._lagging = (head, applied)
+        return applied  # the fetch already went past the pointer: nothing newer to apply
 
     def _remote_down(self, error: str, now: float, quiet: bool) -> None:
         with self._lock:

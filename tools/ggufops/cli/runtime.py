@@ -182,6 +182,11 @@ def _admin_where(app: Any, token: str | None) -> str:
               envvar="GGUFOPS_WEBHOOK_SECRET_FILE",
               help="GitHub webhook secret: POST /sync then needs a valid X-Hub-Signature-256 "
               "and acts only on pushes to --branch.")
+@click.option("--watch", default="git", show_default=True, envvar="GGUFOPS_WATCH",
+              metavar="git|s3://BUCKET/KEY",
+              help="How to notice new commits: `git ls-remote` every --interval, or a "
+              "conditional GET of the head pointer `ggufops publish-head` writes to S3 "
+              "(large fleets: docs/scale.md).")
 @log_level_option
 @click.pass_context
 def agent(ctx: click.Context, /, **options: Any) -> None:
@@ -216,6 +221,7 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
         download_timeout=options["download_timeout"], mismatch_retry=options["mismatch_retry"],
         trust=TrustPolicy.load(options["trust"], allow_rewrite=options["allow_rewrite"]),
         webhook_secret=read_secret(secret) if (secret := options["webhook_secret_file"]) else None,
+        watch=options["watch"],
     )  # fmt: skip
     with _stop_on_signals() as stop:
         agent_api.run_agent(config, stop, ready=lambda url: _announce(
@@ -246,4 +252,30 @@ def agent_status(state_dir: Path | None, url: str | None, limit: int, as_json: b
         click.echo(agentstatus.format_status(report))
 
 
-COMMANDS: list[click.Command] = [serve, agent]
+@click.command("publish-head")
+@click.option("--env", "env", required=True, metavar="ENV",
+              help="Environment whose agents watch the pointer.")
+@click.option("--branch", default="main", show_default=True,
+              help="Branch whose commit is published (the agents' --branch).")
+@click.option("--commit", "commit", default=None, metavar="REF",
+              help="Commit to publish (default: the branch's, as this checkout has it).")
+@json_option
+@click.pass_context
+def publish_head(ctx: click.Context, *, env: str, branch: str, commit: str | None,
+                 as_json: bool) -> None:
+    """Write the branch's commit to S3 (fleet/<env>/HEAD) for agents run with --watch s3://.
+
+    Run it in CI after every merge to the branch (docs/scale.md)."""
+    from ggufops import git, headpointer
+    from ggufops.cli.options import repo_path
+
+    root = repo_path(ctx)
+    sha = git.rev_parse(root, commit or branch)
+    url = headpointer.publish(root, env, sha, branch)
+    if as_json:
+        print_json({"url": str(url), "commit": sha, "branch": branch, "environment": env})
+    else:
+        click.echo(f"published {sha[:12]} ({branch}) to {url}; agents: --watch {url}")
+
+
+COMMANDS: list[click.Command] = [serve, agent, publish_head]
