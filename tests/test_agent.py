@@ -560,7 +560,8 @@ def test_a_download_past_its_deadline_is_cancelled_and_retried(
     assert world.sha256("2.1.0") not in world.stored()
     assert world.store_temp_files() == []  # the cancelled child removed its temp file
     attempts = agent_status_cli(world)["attempts"]
-    assert (attempts[0]["outcome"], attempts[0]["phase"]) == ("failed", "downloading")
+    finished = [a for a in attempts if a["outcome"] != "running"]  # a retry may have begun
+    assert (finished[0]["outcome"], finished[0]["phase"]) == ("failed", "downloading")
 
 
 @pytest.mark.slow
