@@ -257,3 +257,11 @@ def test_post_sync_with_a_secret_acts_only_on_signed_pushes_over_http() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_agent_status_text_names_the_refused_commit_and_why() -> None:
+    from ggufops.agentstatus import format_status
+
+    text = format_status({"status": {"phase": "degraded", "refused_commit": "ab" * 20,
+                                     "refused_reason": "untrusted-key"}, "attempts": []})
+    assert "refused commit:  abababababab (untrusted-key)" in text

@@ -259,6 +259,9 @@ def format_status(report: dict[str, Any]) -> str:
         f"last success:    {status.get('last_success_at') or '-'}",
         f"last error:      {status.get('last_error') or '-'}",
     ]
+    if status.get("refused_commit"):
+        lines.append(f"refused commit:  {status['refused_commit'][:12]} "
+                     f"({status.get('refused_reason') or 'invalid'})")
     remote = status.get("remote") or {}
     if remote.get("reachable") is False:
         lines.append(f"git remote:      UNREACHABLE ({remote.get('error')})")
