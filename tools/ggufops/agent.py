@@ -60,12 +60,13 @@ from ggufops.errors import (
     GitError,
     HealthCheckFailed,
     InvalidDesiredState,
+    PointerError,
     ServerRefused,
     ServerUnreachable,
     Superseded,
     UsageError,
 )
-from ggufops.headpointer import PointerError, PointerWatch
+from ggufops.headpointer import PointerWatch
 from ggufops.httpjson import Reply, error_message, request_json, rfc3339
 from ggufops.redact import redact, redact_data
 from ggufops.trust import TrustPolicy

@@ -267,3 +267,7 @@ class UntrustedCommit(InvalidDesiredState):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class PointerError(GgufopsError):
+    """The head pointer in S3 (fleet/<env>/HEAD) cannot be read or written."""

@@ -15,13 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ggufops.errors import GgufopsError
+from ggufops.errors import PointerError
 
 NAME = "HEAD"
-
-
-class PointerError(GgufopsError):
-    """The head pointer cannot be read or written."""
 
 
 @dataclass(frozen=True)
