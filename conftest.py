@@ -2,7 +2,9 @@
 
 pytest_plugins = [
     "testing.repos",
-    "testing.gitops",
+    "testing.scratch",
+    "testing.fakegithub",
+    "testing.workflows",
     "testing.s3",
     "testing.toys",
     "testing.runtime",

@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ggufops import server
 from ggufops.httpjson import HttpError, parse_json
+from ggufops.serve import app as server
 
 
 class Captured:

@@ -4,7 +4,7 @@ The agent has applied a model (so its S3 client has been imported and used) and 
 only watches: one `git ls-remote` and one GET /v1/models per second. CPU includes the
 git processes it starts (children's CPU time). Goal (issue 6): under 1% and under 80 MB.
 
-    .venv/bin/python bench/bench_agent_idle.py [--seconds 60] [--interval 1.0]
+    .venv/bin/python -m bench.bench_agent_idle [--seconds 60] [--interval 1.0]
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 
 import psutil
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from testing.runtime import get, serving_version, standalone_world, wait_for
 

@@ -12,7 +12,7 @@
    general.name): how many were blocked on speed (goal 0); a 2x slower toy (goal N of N);
    a 1.3x slower toy (goal >= 19 of 20).
 
-Run: .venv/bin/python bench/bench_gate.py [--gates 20] [--real-gates 20] [--threads N]
+Run: .venv/bin/python -m bench.bench_gate [--gates 20] [--real-gates 20] [--threads N]
 The load average is printed before and after: other work on the machine slows every phase.
 """
 
@@ -24,7 +24,6 @@ import hashlib
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,13 +31,15 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-from ggufops import bench, gate, gatespeed, llm, register, report, s3config, toy
-from ggufops.benchcache import BenchCache, NoCache
-from ggufops.registry import Registry
-from ggufops.s3server import S3Server
+from ggufops.artifacts import register, s3config
+from ggufops.artifacts.s3server import S3Server
+from ggufops.gates import bench, gate, report
+from ggufops.gates import speed as gatespeed
+from ggufops.gates.cache import BenchCache, NoCache
+from ggufops.llama import llm, toy
+from ggufops.registry.registry import Registry
 from testing.realmodels import smollm2_path, smollm2_relabelled, smollm2_twin
 from testing.repos import GIT_TEST_ENV, git_commit, make_registry, set_environment
 from testing.toys import direct_perplexity

@@ -7,9 +7,12 @@ local bare remote, then measures:
 - rollback --push, the whole command as a person runs it (a `ggufops` process), from
   start to the pushed commit: with the artifact check against a real SeaweedFS, and
   without it (--skip-artifact-check) to show the git part alone; plus the in-process API;
-- history over the 5,000 deploy commits: time and commits/second (goal: under 2 s).
+- history over the 5,000 deploy commits: time and commits/second (goal: under 2 s);
+- gitpython against the git CLI path (ggufops.git) on the two reads the git room does in
+  bulk (a file's history, a tree's files), as ratios measured in the same run: the data
+  behind removing gitpython from the dependencies (docs/benchmarks.md).
 
-Prints figures; it is not a pass/fail test. Run: .venv/bin/python bench/bench_gitops.py
+Prints figures; it is not a pass/fail test. Run: .venv/bin/python -m bench.bench_gitops
 """
 
 from __future__ import annotations
@@ -21,16 +24,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ggufops.gitops import history, rollback
+from ggufops.registry.template import copy_template, project_root
+from testing.repos import GIT_TEST_ENV, version_doc
 
-from ggufops import history, rollback  # noqa: E402
-from ggufops.template import copy_template, project_root  # noqa: E402
-from testing.repos import GIT_TEST_ENV, version_doc  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = 10
 VERSIONS_PER_MODEL = 100
@@ -123,7 +127,7 @@ def start_s3(root: Path, tmp: Path, target: tuple[str, str]) -> object | None:
     try:
         import boto3
 
-        from ggufops.s3server import S3Server
+        from ggufops.artifacts.s3server import S3Server
         from testing.s3 import configure_s3
     except ImportError as e:
         print(f"  (no S3 benchmark: {e})")
@@ -168,6 +172,7 @@ def main() -> None:
         git(root, "push", "-q", "-u", "origin", "main")
 
         bench_history(root, args.deploys)
+        bench_gitpython(root)
         bench_rollback(root, tmp)
 
 
@@ -213,6 +218,60 @@ def _undo_target(root: Path) -> str:
     plan = rollback.plan_rollback(root, rollback.RollbackRequest(
         env=ENV, mode=rollback.PUSH, skip_artifact_check=True))
     return plan.to_version
+
+
+
+def best_of(runs: int, work: Callable[[], object]) -> tuple[float, object]:
+    """The fastest of `runs` timings of `work()` (and its last result)."""
+    times, result = [], None
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = work()
+        times.append(time.perf_counter() - started)
+    return min(times), result
+
+
+def gitpython_file_history(repo: Any, ref: str, path: str) -> list[tuple[str, bytes]]:
+    found = []
+    for c in repo.iter_commits(ref, paths=path):
+        try:
+            found.append((c.hexsha, (c.tree / path).data_stream.read()))
+        except KeyError:
+            continue
+    return found
+
+
+def gitpython_tree_files(repo: Any, ref: str, under: str) -> dict[str, bytes]:
+    tree = repo.commit(ref).tree / under
+    return {b.path: b.data_stream.read() for b in tree.traverse() if b.type == "blob"}
+
+
+def bench_gitpython(root: Path) -> None:
+    """gitpython vs the git CLI path: the same answers, timed in the same run."""
+    from ggufops import git as cli_git
+
+    started = time.perf_counter()
+    try:
+        import git as gitpython
+    except ImportError:
+        print("gitpython: not installed (pip install gitpython to compare)")
+        return
+    imported = time.perf_counter() - started
+    repo = gitpython.Repo(root)
+    path = f"environments/{ENV}.yaml"
+    cases = [("file history of the env file", lambda: cli_git.file_history(root, "main", path),
+              lambda: gitpython_file_history(repo, "main", path)),
+             ("all files under registry/", lambda: cli_git.read_tree_files(root, "main",
+                                                                           ["registry"]),
+              lambda: gitpython_tree_files(repo, "main", "registry"))]
+    print(f"gitpython {gitpython.__version__}: import {imported:.3f} s (the CLI path: none)")
+    for label, ours, theirs in cases:
+        cli_s, cli_result = best_of(3, ours)
+        py_s, py_result = best_of(3, theirs)
+        same = len(cli_result) == len(py_result)  # type: ignore[arg-type]
+        print(f"  {label}: git CLI {cli_s:.3f} s, gitpython {py_s:.3f} s, "
+              f"gitpython/CLI = {py_s / cli_s:.1f}x ({len(py_result)} items, "  # type: ignore[arg-type]
+              f"same count: {same})")
 
 
 if __name__ == "__main__":

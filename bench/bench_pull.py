@@ -10,7 +10,7 @@ Prints, for the same object on the same embedded SeaweedFS (medians over interle
   * peak RSS of a pull in a child process (getrusage children maxrss from a small launcher,
     and the child's own VmHWM; goal < 150 MB).
 
-Run: .venv/bin/python bench/bench_pull.py [--mb 200] [--rounds 5] [--dir DIR]
+Run: .venv/bin/python -m bench.bench_pull [--mb 200] [--rounds 5] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-from ggufops import artifacts, s3config
+from ggufops.artifacts import dvc as artifacts
+from ggufops.artifacts import s3config
+from ggufops.artifacts.pull import pull
+from ggufops.artifacts.register import RegisterRequest, register
+from ggufops.artifacts.s3server import S3Server
 from ggufops.atomic import fsync_path
-from ggufops.pull import pull
-from ggufops.register import RegisterRequest, register
-from ggufops.registry import Registry
-from ggufops.s3server import S3Server
+from ggufops.registry.registry import Registry
 from testing.repos import GIT_TEST_ENV, make_registry
 from testing.s3 import configure_s3
 
@@ -44,8 +44,8 @@ MiB = 1024 * 1024
 PULL_CHILD = """
 import sys
 from pathlib import Path
-from ggufops.pull import pull
-from ggufops.registry import Registry
+from ggufops.artifacts.pull import pull
+from ggufops.registry.registry import Registry
 pull(Registry(Path(sys.argv[1])), "big@1.0.0", Path(sys.argv[2]), progress=False)
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
 print(int(hwm) // 1024)

@@ -17,7 +17,7 @@ sides): `ggufops register` against `python -c <boto3 upload_file>`, with the CLI
 < 150 MB); and, for the 145 MB file, the previous implementation (copy, then `dvc add` +
 `dvc push -j 1` in one DVC process) for comparison.
 
-Run: .venv/bin/python bench/bench_register.py [--rounds 5] [--big-mb 512] [--dir DIR]
+Run: .venv/bin/python -m bench.bench_register [--rounds 5] [--big-mb 512] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-from ggufops import artifacts, s3config
-from ggufops.register import RegisterRequest, register
-from ggufops.registry import Registry
-from ggufops.s3server import S3Server
+from ggufops.artifacts import dvc as artifacts
+from ggufops.artifacts import s3config
+from ggufops.artifacts.register import RegisterRequest, register
+from ggufops.artifacts.s3server import S3Server
+from ggufops.registry.registry import Registry
 from testing.realmodels import smollm2_twin
 from testing.repos import GIT_TEST_ENV, make_registry
 from testing.s3 import configure_s3

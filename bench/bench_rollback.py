@@ -10,7 +10,7 @@ bare remote, `ggufops serve` and `ggufops agent`):
 The last is printed as a ratio to the POST /sync baseline: the newest desired state must
 not wait for a download it no longer needs. Goal (issue 6): p95 under 2 s.
 
-    .venv/bin/python bench/bench_rollback.py [--rounds 10] [--interval 1.0]
+    .venv/bin/python -m bench.bench_rollback [--rounds 10] [--interval 1.0]
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from testing.repos import git
 from testing.runtime import (

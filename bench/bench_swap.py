@@ -11,7 +11,7 @@ starlette (bench/asgi_serve.py), and prints the latency ratios: the measurement 
 the HTTP stack decision in the README. uvicorn and starlette are not ggufops dependencies:
 without them (`pip install uvicorn starlette`) it measures `ggufops serve` only.
 
-    .venv/bin/python bench/bench_swap.py [--swaps 10] [--clients 2] [--steady 5]
+    .venv/bin/python -m bench.bench_swap [--swaps 10] [--clients 2] [--steady 5]
         [--stack both|stdlib|asgi]
 """
 
@@ -28,10 +28,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ggufops import toy
-from ggufops.store import ArtifactStore, file_sha256
+from ggufops.artifacts.store import ArtifactStore
+from ggufops.hashing import file_sha256
+from ggufops.llama import toy
 from testing.runtime import TOKEN, Proc, http, serve_args
 from testing.toys import TOY_DIR
 

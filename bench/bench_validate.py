@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ggufops.validate import validate_repo
+from ggufops.registry.validate import validate_repo
 from testing.repos import GIT_TEST_ENV, make_registry, version_doc
 
 N_MODELS = 100

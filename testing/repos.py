@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ggufops.template import copy_template, project_root
+from ggufops.hashing import file_sha256
+from ggufops.registry.template import copy_template, project_root
 
 GIT_TEST_ENV = {
     "GIT_AUTHOR_NAME": "Test Author",
@@ -87,7 +88,7 @@ def version_doc(name: str, version: str, *, root: Path, parent: str | None = Non
         },
         "inference": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 128,
                       "prompt_template": "chatml"},
-        "eval": {"set": EVAL_SET, "sha256": hashlib.sha256(eval_path.read_bytes()).hexdigest()},
+        "eval": {"set": EVAL_SET, "sha256": file_sha256(eval_path)},
     }
 
 

@@ -5,9 +5,9 @@ through a bare git remote. Every process started here is stopped by a finalizer.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,9 +25,10 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from ggufops import toy
-from ggufops.ggufheader import read_header
-from ggufops.s3server import ServerInfo
+from ggufops.artifacts.ggufheader import read_header
+from ggufops.artifacts.s3server import ServerInfo
+from ggufops.llama import toy
+from ggufops.procs import free_port
 from testing.repos import (
     git,
     git_commit,
@@ -43,12 +44,6 @@ GGUFOPS = Path(sys.executable).parent / "ggufops"
 TOKEN = "test-admin-token-0123456789abcdef"  # noqa: S105 - a test token
 MODEL = "llama3-instruct"
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(probe: Callable[[], T | None], *, timeout: float = 60.0, interval: float = 0.05,
@@ -108,13 +103,27 @@ def serving_version(server_url: str, name: str = MODEL) -> str | None:
     return entry["version"] if entry else None
 
 
-def metrics(url: str) -> dict[str, float]:
-    """Prometheus text from url/metrics as {series: value}."""
-    status, text = http("GET", f"{url}/metrics")
-    assert status == 200, text
+def canonical(series: str) -> str:
+    """A series with its labels in name order (their order in the text has no meaning)."""
+    name, brace, rest = series.partition("{")
+    if not brace:
+        return series
+    labels = sorted(re.findall(r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"', rest))
+    return f"{name}{{{','.join(labels)}}}"
+
+
+def prometheus_series(text: str) -> dict[str, float]:
+    """Prometheus text as {canonical series: value}."""
     pairs = (line.rsplit(" ", 1) for line in text.splitlines()
              if line and not line.startswith("#"))
-    return {series: float(value) for series, value in pairs}
+    return {canonical(series): float(value) for series, value in pairs}
+
+
+def metrics(url: str) -> dict[str, float]:
+    """Prometheus text from url/metrics as {canonical series: value}."""
+    status, text = http("GET", f"{url}/metrics")
+    assert status == 200, text
+    return prometheus_series(text)
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -461,17 +470,13 @@ def world(tmp_path: Path, s3_server: ServerInfo, runtime_models: dict[str, Path]
     return make_world(tmp_path, s3_server, runtime_models)
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # --- outside pytest (benchmarks, manual runs) --------------------------------------------------
 
 
 @contextlib.contextmanager
 def standalone_world(tmp: Path) -> Iterator[tuple[World, Processes]]:
     """The `world` fixture without pytest: SeaweedFS, registry, bare remote; stops it all."""
-    from ggufops.s3server import S3Server
+    from ggufops.artifacts.s3server import S3Server
     from testing.repos import GIT_TEST_ENV
 
     home = tmp / "home"

@@ -10,8 +10,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from ggufops import s3config
-from ggufops.s3server import S3Server, ServerInfo
+from ggufops.artifacts import s3config
+from ggufops.artifacts.s3server import S3Server, ServerInfo
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 

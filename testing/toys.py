@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ggufops import bench, toy
-from ggufops.registry import Registry
-from ggufops.template import project_root
+from ggufops.gates import bench
+from ggufops.llama import toy
+from ggufops.registry.registry import Registry
+from ggufops.registry.template import project_root
 
 TOY_DIR = project_root() / ".ggufops" / "toys"
 EVAL_FILE = project_root() / "registry" / "evals" / f"{toy.EVAL_SET}.txt"
@@ -35,7 +36,10 @@ FAST_GATES: dict[str, Any] = {
     "max_degradation": 0.05,
     "rounds": 3,
     "max_rounds": 6,
-    "time_budget_s": 60,
+    # The budget is wall time: on a machine 10x oversubscribed it ran out before a 2x slower
+    # toy was "clear" (a verdict that then depended on the load). Toy verdicts here are
+    # bounded by max_rounds; the budget's own rules are tested in test_gate.py.
+    "time_budget_s": 3600,
     "eval_tokens": 2048,
     "eval_ctx": 256,
     "threads": 1,
@@ -76,7 +80,7 @@ def toy_registry(s3_registry: Path, toy_models: dict[str, Path]) -> Path:
 def register_toy(root: Path, path: Path, model: str, version: str, *,
                  parent: str | None = None) -> dict[str, Any]:
     """Register a toy GGUF as model@version (pushed to the repo's S3 remote)."""
-    from ggufops import register
+    from ggufops.artifacts import register
 
     request = register.RegisterRequest(source=path, model=model, version=version, parent=parent)
     return register.register(Registry(root), request).doc

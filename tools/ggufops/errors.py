@@ -253,6 +253,13 @@ class ChatTemplateError(GgufopsError):
     """A version's chat template is unknown, or does not fit its GGUF file."""
 
 
+# --- install: optional extras ---------------------------------------------------------------
+
+
+class MissingExtra(GgufopsError):
+    """A command needs a library from an optional extra that is not installed."""
+
+
 # --- trust (signed commits, webhooks) -------------------------------------------------------
 
 

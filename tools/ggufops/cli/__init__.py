@@ -9,12 +9,15 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from ggufops import __version__
 from ggufops.error_handler import Exit, error_handler
+from ggufops.errors import MissingExtra
+from ggufops.extras import as_missing_extra
 
 # command name -> "module:attribute" under ggufops.cli
 COMMANDS = {
@@ -22,8 +25,8 @@ COMMANDS = {
     "list": "registry_cmds:list_versions",
     "show": "registry_cmds:show",
     "s3": "s3:s3",
-    "register": "artifacts:register",
-    "pull": "artifacts:pull",
+    "register": "artifact_cmds:register",
+    "pull": "artifact_cmds:pull",
     "toy": "gates:toy_cmd",
     "bench": "gates:bench_cmd",
     "gate": "gates:gate_cmd",
@@ -47,7 +50,13 @@ class _Group(click.Group):
         if target is None:
             return None
         module_name, attribute = target.split(":")
-        module = importlib.import_module(f"ggufops.cli.{module_name}")
+        try:
+            module = importlib.import_module(f"ggufops.cli.{module_name}")
+        except ModuleNotFoundError as e:
+            missing = as_missing_extra(e, cmd_name)
+            if missing is None:
+                raise
+            return _needs_extra(cmd_name, missing)
         command: click.Command = getattr(module, attribute)
         return command
 
@@ -55,9 +64,31 @@ class _Group(click.Group):
         show_tb = "--traceback" in sys.argv or os.environ.get("GGUFOPS_TRACEBACK") == "1"
         try:
             with error_handler(show_traceback=show_tb):
-                return super().invoke(ctx)
+                return _invoke_naming_extras(ctx, lambda: super(_Group, self).invoke(ctx))
         except Exit as e:
             ctx.exit(e.code)
+
+
+def _invoke_naming_extras(ctx: click.Context, invoke: Callable[[], object]) -> object:
+    """Run a command; a library of a missing optional extra becomes a one-line error."""
+    try:
+        return invoke()
+    except ModuleNotFoundError as e:
+        missing = as_missing_extra(e, ctx.invoked_subcommand)
+        if missing is None:
+            raise
+        raise missing from e
+
+
+def _needs_extra(name: str, missing: MissingExtra) -> click.Command:
+    """A stand-in for a command whose extra is not installed: help says so, running fails."""
+
+    def fail(**_: object) -> None:
+        raise missing
+
+    return click.Command(name, callback=fail, help=str(missing),
+                         context_settings={"ignore_unknown_options": True},
+                         params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)])
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ggufops import demo as demo_api
+from ggufops.demo import story as demo_api
 from ggufops.errors import DemoFailed
 
 

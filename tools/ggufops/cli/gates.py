@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from ggufops import bench, gate, report, toy
-from ggufops.benchcache import DEFAULT_DIR, BenchCache, NoCache
 from ggufops.cli.options import (
     VERSION_REF,
     dry_run_option,
@@ -17,7 +15,10 @@ from ggufops.cli.options import (
     repo_path,
 )
 from ggufops.errors import UsageError
-from ggufops.registry import Registry, VersionRef
+from ggufops.gates import bench, gate, report
+from ggufops.gates.cache import DEFAULT_DIR, BenchCache, NoCache
+from ggufops.llama import toy
+from ggufops.registry.registry import Registry, VersionRef
 
 store_option = click.option(
     "--store", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -32,7 +33,7 @@ threads_option = click.option(
 
 
 def _store(registry: Registry, store: Path | None) -> Path:
-    from ggufops import pull
+    from ggufops.artifacts import pull
 
     return store or pull.default_store(registry.root)
 

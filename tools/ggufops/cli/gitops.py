@@ -9,10 +9,6 @@ from typing import Any, TypeVar
 
 import click
 
-from ggufops import deploy as deploy_api
-from ggufops import github
-from ggufops import history as history_api
-from ggufops import rollback as rollback_api
 from ggufops.cli.options import (
     VERSION_REF,
     dry_run_option,
@@ -21,7 +17,11 @@ from ggufops.cli.options import (
     registry_from,
 )
 from ggufops.errors import UsageError
-from ggufops.registry import VersionRef
+from ggufops.gitops import deploy as deploy_api
+from ggufops.gitops import github
+from ggufops.gitops import history as history_api
+from ggufops.gitops import rollback as rollback_api
+from ggufops.registry.registry import VersionRef
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ggufops.registry import Registry, VersionRef
+from ggufops.registry.registry import Registry, VersionRef
 
 F = TypeVar("F", bound=Callable[..., Any])
 

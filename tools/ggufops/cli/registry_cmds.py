@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ggufops import catalog
-from ggufops import validate as validate_api
 from ggufops.cli.options import VERSION_REF, json_option, print_json, registry_from
 from ggufops.errors import CheckFailed
-from ggufops.registry import VersionRef
+from ggufops.registry import catalog
+from ggufops.registry import validate as validate_api
+from ggufops.registry.registry import VersionRef
 
 
 @click.command("validate")
@@ -23,8 +23,8 @@ from ggufops.registry import VersionRef
 def validate(ctx: click.Context, base: str | None, check_artifacts: bool, as_json: bool) -> None:
     """Check every registry file: schemas, references, immutability, promotion order."""
     registry = registry_from(ctx)
-    problems = validate_api.validate_repo(registry.root, base=base,
-                                          check_artifacts=check_artifacts)
+    find_missing = _missing_objects() if check_artifacts else None
+    problems = validate_api.validate_repo(registry.root, base=base, find_missing=find_missing)
     if as_json:
         print_json({"valid": not problems, "problems": [p.as_dict() for p in problems]})
     else:
@@ -63,3 +63,9 @@ def show(ctx: click.Context, ref: VersionRef, as_json: bool) -> None:
 
 
 COMMANDS = [validate, list_versions, show]
+
+
+def _missing_objects() -> validate_api.MissingObjects:
+    from ggufops.artifacts import dvc  # lazy: plain `validate` does not load S3 code
+
+    return dvc.missing_objects

@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from ggufops.cli.options import json_option, print_json
+from ggufops import git
+from ggufops.cli.options import json_option, print_json, repo_path
 from ggufops.errors import UsageError
 from ggufops.httpjson import Limits
 
@@ -71,6 +72,10 @@ admin_token_option = click.option(
               help="llama.cpp threads per model (default: all cores this process may use).")
 @click.option("--ctx", type=int, default=4096, show_default=True, envvar="GGUFOPS_CTX",
               help="Context size per model, capped at the model's own (0: the model's).")
+@click.option("--n-gpu-layers", type=click.IntRange(min=-1), default=0, show_default=True,
+              envvar="GGUFOPS_N_GPU_LAYERS",
+              help="Layers llama.cpp offloads to the GPU (-1: all); needs a GPU build of "
+              "llama-cpp-python, a CPU build ignores it.")
 @click.option("--max-connections", type=click.IntRange(1), default=Limits.max_connections,
               show_default=True, envvar="GGUFOPS_MAX_CONNECTIONS",
               help="Connections served at once; one more is answered 503.")
@@ -96,11 +101,11 @@ admin_token_option = click.option(
               "default: /admin on --port.")
 @log_level_option
 def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
-          threads: int | None, ctx: int, max_connections: int, header_timeout: float,
-          idle_timeout: float, max_body: int, reuse_prompt_cache: bool, admin_host: str,
-          admin_port: int | None, log_level: str) -> None:
+          threads: int | None, ctx: int, n_gpu_layers: int, max_connections: int,
+          header_timeout: float, idle_timeout: float, max_body: int, reuse_prompt_cache: bool,
+          admin_host: str, admin_port: int | None, log_level: str) -> None:
     """Serve GGUF models over an OpenAI-compatible HTTP API with zero-downtime swaps."""
-    from ggufops import server
+    from ggufops.serve import app as server
 
     _logging(log_level)
     token = server.read_token(admin_token_file) if admin_token_file else None
@@ -108,6 +113,7 @@ def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
                     header_timeout=header_timeout, idle_timeout=idle_timeout)
     config = server.ServeConfig(store=store, host=host, port=port, admin_token=token,
                                 n_threads=threads, n_ctx=ctx, limits=limits,
+                                n_gpu_layers=n_gpu_layers,
                                 reuse_prefix=reuse_prompt_cache, admin_host=admin_host,
                                 admin_port=admin_port)
     app = server.App(config)
@@ -196,11 +202,11 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ggufops import agent as agent_api
-    from ggufops import agentstatus
-    from ggufops.server import read_token
-    from ggufops.trust import TrustPolicy
-    from ggufops.webhook import read_secret
+    from ggufops.agent import loop as agent_api
+    from ggufops.agent import status as agentstatus
+    from ggufops.agent.trust import TrustPolicy
+    from ggufops.agent.webhook import read_secret
+    from ggufops.serve.app import read_token
 
     missing = [f"--{k.replace('_url', '').replace('_', '-')}" for k in
                ("repo_url", "env", "store", "server_url") if not options[k]]
@@ -233,14 +239,14 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
 @agent.command("status")
 @click.option("--state-dir", type=_DIR, default=None, envvar="GGUFOPS_STATE_DIR",
               help="The agent's state directory (default as for `ggufops agent`).")
-@click.option("--url", metavar="URL", default=None,
+@click.option("--url", metavar="URL", default=None, envvar="GGUFOPS_AGENT_URL",
               help="Ask a running agent instead, e.g. http://127.0.0.1:9180.")
 @click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Recent apply attempts to show.")
+              envvar="GGUFOPS_STATUS_LIMIT", help="Recent apply attempts to show.")
 @json_option
 def agent_status(state_dir: Path | None, url: str | None, limit: int, as_json: bool) -> None:
     """Show the agent's phase, commits, models and recent applies (from its apply log)."""
-    from ggufops import agentstatus
+    from ggufops.agent import status as agentstatus
 
     if url:
         report = agentstatus.fetch_status(url)
@@ -266,8 +272,7 @@ def publish_head(ctx: click.Context, *, env: str, branch: str, commit: str | Non
     """Write the branch's commit to S3 (fleet/<env>/HEAD) for agents run with --watch s3://.
 
     Run it in CI after every merge to the branch (docs/scale.md)."""
-    from ggufops import git, headpointer
-    from ggufops.cli.options import repo_path
+    from ggufops.gitops import headpointer
 
     root = repo_path(ctx)
     sha = git.rev_parse(root, commit or branch)

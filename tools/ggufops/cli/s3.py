@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from ggufops import s3config, s3server
+from ggufops.artifacts import s3config, s3server
 from ggufops.cli.options import json_option, print_json, repo_path
 from ggufops.error_handler import Exit
-from ggufops.errors import NotARegistry
-from ggufops.registry import find_root
+from ggufops.errors import NotARegistry, UsageError
+from ggufops.registry.registry import find_root
 
 state_dir_option = click.option(
     "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -83,3 +83,19 @@ def env(ctx: click.Context, state_dir: Path | None, as_json: bool) -> None:
 
 
 COMMANDS: list[click.Command] = [s3]
+
+
+@s3.command("remote")
+@click.option("--endpoint-url", default=None, envvar="S3_ENDPOINT_URL",
+              help="S3 endpoint of the models remote (env S3_ENDPOINT_URL).")
+@click.option("--url", default=None, envvar="S3_URL",
+              help="s3://BUCKET[/PREFIX] of the models remote (env S3_URL).")
+@click.pass_context
+def remote(ctx: click.Context, endpoint_url: str | None, url: str | None) -> None:
+    """Point this clone's DVC remote `models` at an S3 server: writes .dvc/config.local like
+    `dvc remote modify --local`, without installing DVC (the core install is enough)."""
+    if not endpoint_url:
+        raise UsageError("no S3 endpoint: pass --endpoint-url URL or set S3_ENDPOINT_URL")
+    values = {"endpointurl": endpoint_url, **({"url": url} if url else {})}
+    path = s3config.update_local_config(_root(ctx), s3config.DEFAULT_REMOTE, values)
+    click.echo(f"remote {s3config.DEFAULT_REMOTE!r}: {', '.join(sorted(values))} set in {path}")

@@ -1,0 +1,42 @@
+"""`ggufops demo`: the whole story runs green and leaves nothing running."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ggufops.demo.story import run_demo
+
+
+def _ours(workdir: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(workdir) in cmdline:
+            found.append(proc)
+    return found
+
+
+@pytest.mark.slow
+def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    out = io.StringIO()
+    steps = run_demo(workdir, out=out)
+    text = out.getvalue()
+    assert [s.ok for s in steps] == [True] * 11, text
+    results = {s.title.split(":")[0]: s.result for s in steps}
+    rollback = next(r for t, r in results.items() if t.startswith("roll production back"))
+    assert rollback.startswith("serving 2.0.0 again")  # timings are bench_rollback's business
+    blocked = next(s for s in steps if "degraded" in s.title)
+    assert "gate failed on perplexity" in blocked.result
+    assert "❌" in (workdir / "gate-staging-2.2.0.md").read_text()
+    assert "✅" in (workdir / "gate-production-2.1.0.md").read_text()
+    rows = [line.split() for line in text.splitlines() if "llama3-instruct" in line]
+    kinds = [row[1] for row in rows if len(row) > 2 and row[0][:4].isdigit() and "T" in row[0]]
+    assert kinds == ["deploy", "deploy", "rollback", "canary"], text
+    canary = next(s for s in steps if s.title.startswith("canary"))
+    assert canary.result.startswith("primary 2.0.0 + canary 2.1.0 (25%)")
+    assert _ours(workdir) == []  # serve, agent and weed are all stopped

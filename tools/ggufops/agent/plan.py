@@ -1,0 +1,188 @@
+"""What a commit asks an inference host to run: the agent's plan, read from git.
+
+The registry at a commit is exported from the agent's bare mirror (registry/,
+environments/ and .dvc/config only, with two git processes), validated like CI validates
+it, and turned into one Target per model: the version, its artifact (sha256, size, DVC md5)
+and the inference config with the environment's overrides, and the canary (`canary:
+{version, weight}`) as a Target of its own with a weight. An invalid state is refused.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ggufops import git
+from ggufops.errors import InvalidDesiredState
+from ggufops.registry import validate
+from ggufops.registry.registry import (
+    ENVIRONMENTS_DIR,
+    REGISTRY_DIR,
+    Registry,
+    display_id,
+    environment_models,
+)
+
+DEFAULT_KEEP = 3
+EXPORTED_PATHS = (REGISTRY_DIR, ENVIRONMENTS_DIR, ".dvc/config")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One model version the environment asks for, as the agent needs it.
+
+    A primary may carry its `canary`: a Target whose `weight` (0-100) is set."""
+
+    name: str
+    version: str
+    sha256: str
+    dvc_md5: str
+    size: int
+    display_id: str
+    inference: dict[str, Any]
+    weight: int | None = None  # set on a canary
+    canary: Target | None = field(default=None)
+
+    def load_body(self) -> dict[str, Any]:
+        """The body of POST /admin/models for this model (primary or canary)."""
+        body: dict[str, Any] = {"name": self.name, "version": self.version, "sha256": self.sha256,
+                "display_id": self.display_id, "inference": self.inference}
+        if self.weight is not None:
+            body.update(role="canary", weight=self.weight)
+        return body
+
+    def load_request(self) -> dict[str, Any]:
+        """What the apply log records: the load body, and the canary's."""
+        body = self.load_body()
+        if self.canary is not None:
+            body["canary"] = self.canary.load_body()
+        return body
+
+    def artifacts(self) -> list[Target]:
+        """The primary and its canary: what must be in the store."""
+        return [self] if self.canary is None else [self, self.canary]
+
+    def summary(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"version": self.version, "sha256": self.sha256,
+                                  "display_id": self.display_id}
+        if self.weight is not None:
+            result["weight"] = self.weight
+        if self.canary is not None:
+            result["canary"] = self.canary.summary()
+        return result
+
+    def served_by(self, entry: dict[str, Any] | None) -> bool:
+        """Does this /v1/models entry serve the version, and exactly the canary asked for?"""
+        return entry is not None and self.primary_served_by(entry) \
+            and self.canary_served_by(entry)
+
+    def primary_served_by(self, entry: dict[str, Any]) -> bool:
+        return entry.get("version") == self.version and entry.get("sha256") == self.sha256
+
+    def canary_served_by(self, entry: dict[str, Any]) -> bool:
+        have = entry.get("canary")
+        if self.canary is None:
+            return have is None
+        c = self.canary
+        return isinstance(have, dict) and (have.get("version"), have.get("sha256"),
+                                           have.get("weight")) == (c.version, c.sha256, c.weight)
+
+    @classmethod
+    def from_request(cls, name: str, want: dict[str, Any]) -> Target:
+        """A target from a load request recorded in the apply log."""
+        canary = want.get("canary")
+        weight = want.get("weight")
+        return cls(name, str(want.get("version")), str(want.get("sha256")), "", 0,
+                   str(want.get("display_id") or f"{name}-v{want.get('version')}"),
+                   dict(want.get("inference") or {}),
+                   weight=weight if isinstance(weight, int) else None,
+                   canary=cls.from_request(name, canary) if isinstance(canary, dict) else None)
+
+
+@dataclass(frozen=True)
+class Plan:
+    commit: str
+    tree: Path
+    targets: dict[str, Target]
+    keep: int
+
+    def summary(self) -> dict[str, Any]:
+        return {name: t.summary() for name, t in sorted(self.targets.items())}
+
+    def requests(self) -> dict[str, dict[str, Any]]:
+        return {name: t.load_request() for name, t in sorted(self.targets.items())}
+
+    def artifacts(self) -> list[Target]:
+        """Every primary and canary, one per sha256."""
+        unique: dict[str, Target] = {}
+        for t in self.targets.values():
+            for a in t.artifacts():
+                unique.setdefault(a.sha256, a)
+        return list(unique.values())
+
+
+def export_tree(mirror: Path, commit: str, trees_dir: Path) -> Path:
+    """registry/, environments/ and .dvc/config at `commit`, as files under trees_dir/<commit>."""
+    dest = trees_dir / commit
+    if dest.is_dir():
+        return dest
+    files = git.read_tree_files(mirror, commit, EXPORTED_PATHS)
+    tmp = trees_dir / f".tmp-{commit}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel, content in files.items():
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts:
+            raise InvalidDesiredState(f"commit {commit[:12]} holds an unsafe path {rel!r}")
+        path = tmp.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    tmp.mkdir(parents=True, exist_ok=True)
+    tmp.replace(dest)
+    return dest
+
+
+def prune_trees(trees_dir: Path, keep: set[str]) -> None:
+    for path in trees_dir.iterdir() if trees_dir.is_dir() else ():
+        if path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def plan_from_tree(tree: Path, commit: str, env: str, keep: int | None) -> Plan:
+    """Validate the exported tree and read the environment's models; refuse invalid states."""
+    problems = validate.validate_repo(tree)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InvalidDesiredState(f"commit {commit[:12]} is invalid: {problems[0]}{more}; "
+                                  "not applied: push a fixed commit")
+    registry = Registry(tree)
+    if not registry.environment_file(env).is_file():
+        raise InvalidDesiredState(f"commit {commit[:12]} has no {ENVIRONMENTS_DIR}/{env}.yaml; "
+                                  "check --env or add the environment")
+    models = environment_models(registry.environment(env))
+    targets = {name: _target(registry, name, entry) for name, entry in models.items()}
+    return Plan(commit, tree, targets, keep or _policy_keep(registry))
+
+
+def _target(registry: Registry, name: str, entry: dict[str, Any]) -> Target:
+    spec = entry.get("canary")
+    canary = None
+    if isinstance(spec, dict):
+        canary = _version_target(registry, name, str(spec["version"]), entry,
+                                 weight=int(spec["weight"]))
+    return _version_target(registry, name, str(entry["version"]), entry, canary=canary)
+
+
+def _version_target(registry: Registry, name: str, version: str, entry: dict[str, Any],
+                    *, canary: Target | None = None, weight: int | None = None) -> Target:
+    doc = registry.load_version(name, version)
+    art = doc["artifact"]
+    inference = {**doc.get("inference", {}), **(entry.get("overrides") or {})}
+    return Target(name, str(doc["version"]), art["sha256"], art["dvc_md5"], int(art["size"]),
+                  display_id(doc), inference, weight, canary)
+
+
+def _policy_keep(registry: Registry) -> int:
+    value = (registry.policy().get("retention") or {}).get("agent_keep_last")
+    return max(2, int(value)) if isinstance(value, int) else DEFAULT_KEEP

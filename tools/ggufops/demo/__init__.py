@@ -1,0 +1,1 @@
+"""`ggufops demo`: the whole story, end to end, on embedded defaults."""

@@ -1,0 +1,1 @@
+"""Git operations: environment files, deploy, rollback, history and the GitHub client."""

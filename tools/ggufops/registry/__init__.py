@@ -1,0 +1,1 @@
+"""The registry: model versions, environments and policy files, their schemas and validation."""

@@ -1,0 +1,1 @@
+"""`ggufops serve`: the OpenAI-compatible server, its model table and metrics."""

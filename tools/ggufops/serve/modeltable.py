@@ -1,0 +1,439 @@
+"""Models in memory for `ggufops serve`: the table requests use, and the loader that swaps.
+
+A swap: the loader re-hashes `<store>/sha256/<sha256>.gguf` (never an unverified file),
+loads it and smoke-tests it beside the serving model, holding no lock a request needs;
+then one short critical section replaces the table entry. Each request holds a reference
+(`ModelTable.use`) to the model it started on, so requests in flight finish there; the old
+model is freed when its last request ends. A llama.cpp context is not thread-safe: each
+model has a lock and its requests queue on it.
+
+Canaries: besides its primary, a model name may have one canary (role "canary") with a
+weight 0-100, loaded the same way. A request naming the model goes to the canary when its
+bucket (sha256 of the request's `user`, else random; 0-99) is below the weight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ggufops import semver
+from ggufops.artifacts.ggufheader import read_header
+from ggufops.artifacts.store import ArtifactStore
+from ggufops.errors import (
+    ArtifactNotInStore,
+    ChatTemplateError,
+    ChecksumMismatch,
+    GgufopsError,
+    LlamaError,
+    ModelLoadFailed,
+)
+from ggufops.hashing import SHA256_HEX, file_sha256
+from ggufops.httpjson import HttpError, rfc3339
+from ggufops.llama import chattemplate, llm
+from ggufops.registry.registry import MODEL_NAME
+from ggufops.serve.metrics import Metrics
+
+log = logging.getLogger("ggufops.serve")
+
+HASH_CHUNK = 8 * 1024 * 1024
+DEFAULT_MAX_TOKENS = 128
+ROLES = ("primary", "canary")
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What POST /admin/models asks for."""
+
+    name: str
+    version: str
+    sha256: str
+    display_id: str
+    inference: dict[str, Any] = field(default_factory=dict)
+    role: str = "primary"
+    weight: int = field(default=0, compare=False)  # a canary's share; changes need no reload
+
+    @property
+    def key(self) -> str:
+        """Where loads and load errors are tracked: the name, or `name/canary`."""
+        return self.name if self.role == "primary" else f"{self.name}/canary"
+
+    @classmethod
+    def parse(cls, data: Any) -> LoadRequest:
+        if not isinstance(data, dict):
+            raise HttpError(400, "the body must be a JSON object {name, version, sha256}")
+        name, version, sha = (data.get(k) for k in ("name", "version", "sha256"))
+        if not isinstance(name, str) or not MODEL_NAME.match(name):
+            raise HttpError(400, f"name: {name!r} is not a model name (^[a-z0-9][a-z0-9._-]*$)")
+        if not isinstance(version, str) or not semver.is_semver(version):
+            raise HttpError(400, f"version: {version!r} is not a semantic version X.Y.Z")
+        if not isinstance(sha, str) or not SHA256_HEX.match(sha):
+            raise HttpError(400, f"sha256: {sha!r} is not 64 lower-case hex digits")
+        display = data.get("display_id") or f"{name}-v{version}"
+        inference = data.get("inference") or {}
+        if not isinstance(display, str) or not isinstance(inference, dict):
+            raise HttpError(400, "display_id must be a string and inference an object")
+        if inference.get("prompt_template") is not None:
+            try:
+                chattemplate.check(inference["prompt_template"],
+                                   where="inference.prompt_template")
+            except ChatTemplateError as e:
+                raise HttpError(400, str(e), param="inference") from None
+        role, weight = _role_and_weight(data)
+        return cls(name, version, sha, display, inference, role, weight)
+
+
+def _role_and_weight(data: dict[str, Any]) -> tuple[str, int]:
+    role = data.get("role") or "primary"
+    if role not in ROLES:
+        raise HttpError(400, f"role: {role!r} is not \"primary\" or \"canary\"")
+    weight = data.get("weight")
+    if role == "primary":
+        return role, 0
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+        raise HttpError(400, f"weight: a canary needs an integer weight 0-100, got {weight!r}")
+    return role, weight
+
+
+def bucket(user: str | None) -> int:
+    """0-99: the same for every request of `user`, random without one."""
+    if user is None:
+        return random.randrange(100)  # traffic splitting, not security
+    return int.from_bytes(hashlib.sha256(user.encode()).digest()[:8], "big") % 100
+
+
+# --- models in memory ---------------------------------------------------------------------
+
+
+class LoadedModel:
+    """One llama.cpp model in memory: its lock, and how many requests hold it."""
+
+    def __init__(self, request: LoadRequest, model: llm.Model, path: Path,
+                 load_seconds: float) -> None:
+        self.request = request
+        self.model = model
+        self.path = path
+        self.load_seconds = load_seconds
+        self.loaded_at = time.time()
+        self.lock = threading.Lock()  # one llama.cpp call at a time on this context
+        self.refs = 0  # requests holding this model; guarded by the table's lock
+        self.retired = False  # no longer in the table; freed when refs reaches 0
+        self.served = 0
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        return self.request.name, self.request.version
+
+    def matches(self, model_id: str) -> bool:
+        r = self.request
+        return model_id in (r.name, r.display_id, f"{r.name}@{r.version}")
+
+    def info(self) -> dict[str, Any]:
+        r = self.request
+        return {
+            "id": r.name, "object": "model", "created": int(self.loaded_at),
+            "owned_by": "ggufops", "name": r.name, "version": r.version,
+            "display_id": r.display_id, "sha256": r.sha256,
+            "loaded_at": rfc3339(self.loaded_at), "load_seconds": round(self.load_seconds, 4),
+            "n_ctx": self.model.n_ctx, "chat_template": self.model.chat_template,
+        }  # fmt: skip
+
+    def canary_info(self, weight: int) -> dict[str, Any]:
+        """What the primary's /v1/models entry says about this canary."""
+        r = self.request
+        return {"version": r.version, "sha256": r.sha256, "display_id": r.display_id,
+                "weight": weight, "loaded_at": rfc3339(self.loaded_at)}
+
+    def defaults(self) -> dict[str, Any]:
+        """Generation defaults from the version's validated inference config."""
+        inf = self.request.inference
+        values = {"temperature": inf.get("temperature"), "top_p": inf.get("top_p"),
+                  "max_tokens": inf.get("max_tokens") or DEFAULT_MAX_TOKENS}
+        return {k: v for k, v in values.items() if v is not None}
+
+    def close(self) -> None:
+        with self.lock:
+            self.model.close()
+
+
+class ModelTable:
+    """name -> the active LoadedModel (and its canary, with a weight); one short lock guards
+    the table and the refcounts."""
+
+    def __init__(self, on_free: Callable[[LoadedModel], None]) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[str, LoadedModel] = {}
+        self._canary: dict[str, LoadedModel] = {}
+        self._draining: list[LoadedModel] = []
+        self._on_free = on_free
+
+    def get(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            return self._active.get(name)
+
+    def active(self) -> list[LoadedModel]:
+        with self._lock:
+            return sorted(self._active.values(), key=lambda m: m.request.name)
+
+    def canary(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            return self._canary.get(name)
+
+    def canaries(self) -> dict[str, tuple[LoadedModel, int]]:
+        """name -> (canary, weight)."""
+        with self._lock:
+            return {n: (c, c.request.weight) for n, c in self._canary.items()}
+
+    def set_weight(self, name: str, weight: int) -> LoadedModel | None:
+        """Change the weight of the canary of `name` (no reload); the canary, if any."""
+        with self._lock:
+            current = self._canary.get(name)
+            if current is not None:
+                current.request = dataclasses.replace(current.request, weight=weight)
+            return current
+
+    def draining(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._draining)
+
+    def _resolve(self, model_id: str | None, user: str | None) -> LoadedModel:
+        primary = self._primary(model_id)
+        canary = self._canary.get(primary.request.name)
+        if canary is None or model_id not in (None, primary.request.name):
+            return primary  # a display id or name@version names one model exactly
+        return canary if bucket(user) < canary.request.weight else primary
+
+    def _primary(self, model_id: str | None) -> LoadedModel:
+        if not self._active:
+            raise HttpError(503, "no model is loaded yet; the sync agent loads one "
+                            "(POST /admin/models)", "service_unavailable")
+        if model_id is None:
+            if len(self._active) == 1:
+                return next(iter(self._active.values()))
+            raise HttpError(400, f"several models are served ({', '.join(sorted(self._active))});"
+                            " name one in \"model\"")
+        for loaded in self._active.values():
+            if loaded.matches(model_id):
+                return loaded
+        for canary in self._canary.values():
+            if canary.matches(model_id) and model_id != canary.request.name:
+                return canary
+        raise HttpError(404, f"model {model_id!r} is not served; GET /v1/models lists "
+                        f"what is: {', '.join(sorted(self._active))}", "not_found_error")
+
+    @contextlib.contextmanager
+    def use(self, model_id: str | None, user: str | None = None) -> Iterator[LoadedModel]:
+        """Hold the model `model_id` names (name, display id or name@version) for a request;
+        a name goes to its canary for a share of the users (`weight`)."""
+        with self._lock:
+            loaded = self._resolve(model_id, user)
+            loaded.refs += 1
+        try:
+            yield loaded
+        finally:
+            self._release(loaded)
+
+    def _release(self, loaded: LoadedModel) -> None:
+        with self._lock:
+            loaded.refs -= 1
+            free = loaded.retired and loaded.refs == 0
+            if free:
+                self._draining.remove(loaded)
+        if free:
+            self._on_free(loaded)
+
+    def install(self, new: LoadedModel) -> LoadedModel | None:
+        """Make `new` the active model (or canary) of its name; retire (and maybe free) the
+        old one. A canary needs a primary: HttpError 409 without one."""
+        name = new.request.name
+        with self._lock:
+            slots = self._active if new.request.role == "primary" else self._canary
+            if slots is self._canary and name not in self._active:
+                raise HttpError(409, f"{name} has no primary model; load it before a canary",
+                                "conflict_error")
+            old = slots.get(name)
+            slots[name] = new
+        if old is not None:
+            self._retire(old)
+        return old
+
+    def remove(self, name: str) -> LoadedModel | None:
+        """Unload the model `name` and its canary (at once: no canary outlives its primary);
+        the primary, if any."""
+        with self._lock:
+            old = self._active.pop(name, None)
+            canary = self._canary.pop(name, None)
+        for retired in (canary, old):
+            if retired is not None:
+                self._retire(retired)
+        return old
+
+    def remove_canary(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            old = self._canary.pop(name, None)
+        if old is not None:
+            self._retire(old)
+        return old
+
+    def _retire(self, old: LoadedModel) -> None:
+        with self._lock:
+            old.retired = True
+            free = old.refs == 0
+            if not free:
+                self._draining.append(old)
+        if free:
+            self._on_free(old)
+
+    def close_all(self) -> None:
+        with self._lock:
+            names = list(self._active)
+        for name in names:
+            self.remove(name)
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def store_path(store: Path, sha256: str) -> Path:
+    """Where the content-addressed store keeps the file with this sha256."""
+
+    return ArtifactStore(store).path_for(sha256)
+
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _unchanged(path: Path, before: tuple[int, int, int, int]) -> bool:
+    try:
+        return _identity(path) == before
+    except OSError:
+        return False
+
+
+class Loader:
+    """Verifies, loads, smoke-tests and installs models; one load per model name at a time."""
+
+    def __init__(self, store: Path, table: ModelTable, metrics: Metrics, *, n_ctx: int,
+                 n_threads: int | None, smoke_tokens: int, n_gpu_layers: int = 0) -> None:
+        self.store = store
+        self.n_gpu_layers = n_gpu_layers
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.smoke_tokens = smoke_tokens
+        self.table = table
+        self.metrics = metrics
+        self._guard = threading.Lock()
+        self._name_locks: dict[str, threading.Lock] = {}
+        self.loading: dict[str, dict[str, Any]] = {}
+        self.last_errors: dict[str, dict[str, Any]] = {}
+
+    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(loads in progress, last load error) by model name."""
+        with self._guard:
+            return dict(self.loading), dict(self.last_errors)
+
+    def _lock_for(self, name: str) -> threading.Lock:
+        with self._guard:
+            return self._name_locks.setdefault(name, threading.Lock())
+
+    def load(self, request: LoadRequest) -> tuple[LoadedModel, bool]:
+        """(the active model or canary, whether it changed); what serves now serves on if
+        this raises. A canary already loaded only gets the new weight."""
+        with self._lock_for(request.name):
+            current = self._current(request)
+            if current is not None and current.request == request:
+                if request.role == "canary":
+                    self.table.set_weight(request.name, request.weight)
+                return current, False
+            new = self._load_tracked(request)
+            try:
+                old = self.table.install(new)
+            except HttpError:
+                new.close()
+                raise
+            self.metrics.inc("ggufops_model_loads_total", (request.name, "success"))
+            log.info("serving %s%s (sha256 %s…) after %.3f s%s", request.display_id,
+                     f" as canary, weight {request.weight}" if request.role == "canary" else "",
+                     request.sha256[:12], new.load_seconds,
+                     f"; {old.request.display_id} drains" if old else "")
+            return new, True
+
+    def _current(self, request: LoadRequest) -> LoadedModel | None:
+        if request.role == "primary":
+            return self.table.get(request.name)
+        if self.table.get(request.name) is None:
+            raise HttpError(409, f"{request.name} has no primary model; load it before a "
+                            "canary", "conflict_error")
+        return self.table.canary(request.name)
+
+    def _load_tracked(self, request: LoadRequest) -> LoadedModel:
+        with self._guard:
+            self.loading[request.key] = {"version": request.version, "sha256": request.sha256,
+                                          "since": rfc3339(time.time())}
+        try:
+            loaded = self._prepare(request)
+        except GgufopsError as e:
+            self.metrics.inc("ggufops_model_loads_total", (request.name, "failure"))
+            with self._guard:
+                self.last_errors[request.key] = {"version": request.version, "error": str(e),
+                                                  "at": rfc3339(time.time())}
+            log.warning("load of %s refused: %s", request.display_id, e)
+            raise
+        finally:
+            with self._guard:
+                self.loading.pop(request.key, None)
+        with self._guard:
+            self.last_errors.pop(request.key, None)
+        return loaded
+
+    def _prepare(self, request: LoadRequest) -> LoadedModel:
+        path = store_path(self.store, request.sha256)
+        start = time.perf_counter()
+        before = self._verify(path, request)
+        try:
+            model = llm.serve_load(path, n_ctx=self._context_size(path),
+                                   n_threads=self.n_threads, n_gpu_layers=self.n_gpu_layers,
+                                   chat_template=request.inference.get("prompt_template"))
+        except LlamaError as e:
+            raise ModelLoadFailed(f"{request.display_id}: {e}") from None
+        try:
+            llm.require_smoke(request.display_id,
+                              llm.serve_smoke_test(model, self.smoke_tokens))
+            if not _unchanged(path, before):
+                raise ModelLoadFailed(f"{path} changed while it was loaded; not serving it")
+        except BaseException:
+            model.close()
+            raise
+        return LoadedModel(request, model, path, time.perf_counter() - start)
+
+    @staticmethod
+    def _verify(path: Path, request: LoadRequest) -> tuple[int, int, int, int]:
+        try:
+            before = _identity(path)
+        except FileNotFoundError:
+            raise ArtifactNotInStore(
+                f"{request.display_id}: {path} is not in the store; pull it first "
+                "(the sync agent does, or `ggufops pull`)") from None
+        digest = file_sha256(path)
+        if digest != request.sha256:
+            raise ChecksumMismatch(
+                f"{request.display_id}: {path} has sha256 {digest}, not {request.sha256}; "
+                "refusing to load it: delete the file and pull it again")
+        return before
+
+    def _context_size(self, path: Path) -> int:
+
+        trained = read_header(path).context_length
+        return trained if self.n_ctx <= 0 else min(self.n_ctx, trained)
