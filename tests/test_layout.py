@@ -41,6 +41,10 @@ LAZY = {
     ("ggufops.cli.fleet", "ggufops.fleet.view"): "S3 and git code only when `fleet` runs",
     ("ggufops.cli.gitops", "ggufops.fleet.ops"): "S3 code only for `history --hosts`",
     ("ggufops.cli.gitops", "ggufops.fleet.status"): "label parsing only for `rollback --selector`",
+    ("ggufops.cli.runtime", "ggufops.agent.trust"): "`serve` must not load the agent",
+    ("ggufops.cli.runtime", "ggufops.agent.webhook"): "`serve` must not load the agent",
+    ("ggufops.cli.runtime", "ggufops.gitops.headpointer"):
+        "S3 code only for `publish-head`, not for `serve` or `agent`",
 }
 
 

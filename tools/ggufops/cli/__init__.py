@@ -37,6 +37,7 @@ COMMANDS = {
     "pr-comment": "gitops:pr_comment",
     "serve": "runtime:serve",
     "agent": "runtime:agent",
+    "publish-head": "runtime:publish_head",
     "demo": "demo:demo",
     "fleet": "fleet:fleet",
     "deprecate": "lifecycle:deprecate",

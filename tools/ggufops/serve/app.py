@@ -17,7 +17,8 @@ Routes
   DELETE /admin/models/{name}               unload a model (and its canary)
   DELETE /admin/models/{name}/canary        unload its canary (/shadow: its shadow)
   GET    /admin/shadow?model=NAME           shadow traffic: agreement, latency, errors, drops
-  (every /admin route needs `Authorization: Bearer <token>`)
+  (every /admin route needs `Authorization: Bearer <token>`; with --admin-port they answer
+  only on their own listener, --admin-host (127.0.0.1) : --admin-port, and 404 on --port)
 
 Swaps without failed requests are modeltable.py's job, the OpenAI request and response
 shapes protocol.py's, the connection limits httpjson.py's; this module holds the routes,
@@ -88,6 +89,8 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     reuse_prefix: bool = False  # keep the previous request's prompt cache (not repeatable)
     standby: str = "auto"  # keep the replaced primary loaded when it fits (standby.py); "off"
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None  # set: /admin only on admin_host:admin_port (docs/kubernetes.md)
 
 
 def read_token(path: Path) -> str:
@@ -326,6 +329,7 @@ class App:
         self.started_at = time.time()
         self.standby_checks: dict[str, dict[str, Any]] = {}
         self.table.keep_standby = self._keep_standby
+        self.admin_url: str | None = None  # the admin listener's, once serving (--admin-port)
 
     def _keep_standby(self, old: LoadedModel) -> bool:
         """The memory-fit check for a replaced primary (standby.py); remembered for
@@ -473,6 +477,14 @@ class App:
 
 class ServeHandler(JsonHandler):
     app: App
+    admin_routes = True  # False on the public listener when the admin API has its own
+
+    def _admin(self) -> None:
+        """Authorize an /admin request: only on the admin listener, only with the token."""
+        if not self.admin_routes:
+            raise HttpError(404, "the admin API is not served on this port; it listens on "
+                            "--admin-host:--admin-port", "not_found_error")
+        self.app.authorize(self.headers.get("Authorization"))
 
     def do_GET(self) -> None:
         self._guarded(self._get)
@@ -508,7 +520,7 @@ class ServeHandler(JsonHandler):
         elif path == "/metrics":
             self.send_bytes(200, app.render_metrics().encode(), METRICS_CONTENT_TYPE)
         elif path == "/admin/models":
-            app.authorize(self.headers.get("Authorization"))
+            self._admin()
             self.send_json(200, app.admin_state())
         elif path == "/admin/shadow":
             app.authorize(self.headers.get("Authorization"))
@@ -525,7 +537,7 @@ class ServeHandler(JsonHandler):
         if path in protocol.ENDPOINTS:
             self.app.generator.handle(self, protocol.ENDPOINTS[path], read_json_body(self))
         elif path == "/admin/models":
-            self.app.authorize(self.headers.get("Authorization"))  # before reading the body
+            self._admin()  # before reading the body
             status, reply = self.app.admin_load(read_json_body(self))
             self.send_json(status, reply)
         elif path == "/admin/groups":
@@ -539,35 +551,49 @@ class ServeHandler(JsonHandler):
     def _delete(self, path: str) -> None:
         if not path.startswith("/admin/models/"):
             raise HttpError(404, f"no route DELETE {path}", "not_found_error")
-        self.app.authorize(self.headers.get("Authorization"))
+        self._admin()
         read_json_body(self)
         self.send_json(200, self.app.admin_unload(path[len("/admin/models/"):]))
 
 
-def make_server(app: App) -> QuietServer:
-    handler = type("BoundServeHandler", (ServeHandler,), {"app": app,
-                                                          "limits": app.config.limits})
+def make_server(app: App, *, admin: bool = False) -> QuietServer:
+    """The public listener, or (`admin`) the admin API's own one when --admin-port is set."""
+    config = app.config
+    host, port = (config.admin_host, config.admin_port) if admin else (config.host, config.port)
+    handler = type("BoundServeHandler", (ServeHandler,), {
+        "app": app, "limits": config.limits,
+        "admin_routes": admin or config.admin_port is None})
     try:
-        return QuietServer((app.config.host, app.config.port), handler)
+        return QuietServer((host, port or 0), handler)
     except OSError as e:
-        raise ServeError(f"cannot listen on {app.config.host}:{app.config.port}: "
-                         f"{e.strerror}; pick another --port") from None
+        option = "--admin-port" if admin else "--port"
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}; pick another "
+                         f"{option}") from None
+
+
+def _start(server: QuietServer, name: str) -> str:
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, name=name,
+                     daemon=True).start()
+    host, port = server.server_address[:2]
+    return f"http://{host!s}:{port}"
 
 
 def serve_until(app: App, stop: threading.Event,
                 ready: Callable[[str], None] | None = None) -> None:
-    """Serve until `stop` is set, then stop accepting, and free every model."""
-    server = make_server(app)
-    host, port = server.server_address[:2]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
-                              name="serve", daemon=True)
-    thread.start()
+    """Serve until `stop` is set, then stop accepting, and free every model. With
+    --admin-port, the admin listener's URL is `app.admin_url` when `ready` is called."""
+    servers = [make_server(app)]
+    if app.config.admin_port is not None:
+        servers.append(make_server(app, admin=True))
+    urls = [_start(s, name) for s, name in zip(servers, ("serve", "serve-admin"), strict=False)]
+    app.admin_url = urls[1] if len(urls) > 1 else None
     try:
         if ready is not None:
-            ready(f"http://{host!s}:{port}")
+            ready(urls[0])
         stop.wait()
     finally:
-        server.shutdown()
-        server.server_close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
         app.close()
 
