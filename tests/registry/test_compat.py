@@ -179,3 +179,14 @@ def test_segment_versions_run_only_where_the_selector_matches() -> None:
     entry = {"version": "2.0.0", "segments": [{"selector": {"zone": "eu"}, "version": "1.0.0"}]}
     assert [v for v, _ in compat.runs_on(entry, {"zone": "eu"})] == ["2.0.0", "1.0.0"]
     assert [v for v, _ in compat.runs_on(entry, {"zone": "us"})] == ["2.0.0"]
+
+
+def test_a_merged_prompt_config_is_immutable_against_the_base(support_repo: Path) -> None:
+    sha = git_commit(support_repo, "prompt support 1.0.0")
+    path = write_prompt(support_repo, "support", "1.0.0", max_tokens=99)
+    write_prompt(support_repo, "support", "1.1.0", max_tokens=99)  # a new version is fine
+    (problem,) = validate_repo(support_repo, base="HEAD")
+    assert (problem.file, problem.code) == ("prompts/support/1.0.0.yaml", "immutable")
+    assert f"edited a released file (added in commit {sha[:7]}" in problem.message
+    path.unlink()
+    assert "deleted a released file" in only(validate_repo(support_repo, base="HEAD")).message

@@ -151,6 +151,12 @@ def check_repo(checker: Checker, state: State, host_runtimes: HostRuntimes | Non
             _check_hosts(scope, host_runtimes(env), warnings)
 
 
+def is_prompt_config(relpath: str) -> bool:
+    """Whether a repository path is a prompt config (immutable once merged, like versions)."""
+    parts = relpath.split("/")
+    return len(parts) == 3 and parts[0] == PROMPTS_DIR and parts[2].endswith(".yaml")
+
+
 def _prompt_validator(root: Path) -> schemas.Validator:
     """The registry's prompt-config schema; a registry made before it existed uses ours."""
     path = root / SCHEMA

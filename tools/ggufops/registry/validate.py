@@ -345,7 +345,7 @@ def _check_against_base(checker: Checker, state: State, base: str) -> None:
     root = state.root
     base_sha = git.rev_parse(root, base)
     changed = [(s, p) for s, p in git.changed_files(root, base_sha)
-               if p.startswith(f"{REGISTRY_DIR}/")]
+               if p.startswith((f"{REGISTRY_DIR}/", f"{compat.PROMPTS_DIR}/"))]
     immutable = [(s, p) for s, p in changed if s in ("M", "D", "T") and _is_immutable(p)]
     introduced = git.commits_adding(root, base_sha, [p for _, p in immutable])
     for status, path in immutable:
@@ -361,6 +361,8 @@ def _is_immutable(path: str) -> bool:
     if path.endswith(".gguf.dvc"):
         return True
     if path.startswith(f"{REGISTRY_DIR}/evals/"):
+        return True
+    if compat.is_prompt_config(path):
         return True
     return split_version_relpath(path) is not None
 
