@@ -37,8 +37,10 @@ def check_loads(path: Path) -> LoadCheck:
     runtime = installed_version()
     if runtime is None:
         return LoadCheck(None, False, "llama-cpp-python is not installed (the [llama] extra)")
-    from ggufops.llama import llm  # numpy and llama.cpp load only when a file is checked
-
+    try:
+        from ggufops.llama import llm  # numpy and llama.cpp load only when a file is checked
+    except ImportError as e:  # a broken or partial [llama] install: no check, say why
+        return LoadCheck(None, False, f"llama-cpp-python cannot be imported ({e})")
     try:
         with llm.load(path, n_ctx=LOAD_CONTEXT, n_threads=1):
             return LoadCheck(runtime, True, None)
