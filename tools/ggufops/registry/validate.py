@@ -20,7 +20,7 @@ from typing import Any
 from ggufops import git, yamlio
 from ggufops.errors import YamlError
 from ggufops.hashing import file_sha256
-from ggufops.registry import lifecyclecheck, overrides, releasegroups, schemas, warmset
+from ggufops.registry import compat, lifecyclecheck, overrides, releasegroups, schemas, warmset
 from ggufops.registry.dvcpointer import pointer_from_yaml, scan_pointer
 from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
@@ -115,7 +115,8 @@ def _no_gc() -> Iterator[None]:
 
 def validate_repo(root: Path, base: str | None = None,
                   find_missing: MissingObjects | None = None,
-                  warnings: list[Problem] | None = None) -> list[Problem]:
+                  warnings: list[Problem] | None = None,
+                  host_runtimes: compat.HostRuntimes | None = None) -> list[Problem]:
     """All problems in the registry at `root` (and against `base`, when given).
 
     With `find_missing` (the artifacts room's `dvc.missing_objects`), also every version an
@@ -123,6 +124,8 @@ def validate_repo(root: Path, base: str | None = None,
     the retention policy keeps warm; the registry room does not import S3 code itself.
     `warnings` (when given) receives what passes but deserves a look (a deprecated
     version entering an environment under `lifecycle.deprecated: warn`).
+    With `host_runtimes` (the fleet room's reader), also every version an environment runs
+    that needs a newer llama-cpp-python than one of its hosts reports (compat.py).
     """
     checker = Checker(root)
     validators = schemas.load_validators(root)
@@ -131,6 +134,10 @@ def validate_repo(root: Path, base: str | None = None,
     _check_references(checker, state)
     lifecyclecheck.check_repo(checker, state, git.rev_parse(root, base) if base else None,
                               warnings if warnings is not None else [])
+    compat_warnings = Checker(root)
+    compat.check_repo(checker, state, host_runtimes, compat_warnings)
+    if warnings is not None:
+        warnings.extend(compat_warnings.problems)
     if base is not None:
         _check_against_base(checker, state, base)
     if find_missing is not None:
@@ -338,7 +345,7 @@ def _check_against_base(checker: Checker, state: State, base: str) -> None:
     root = state.root
     base_sha = git.rev_parse(root, base)
     changed = [(s, p) for s, p in git.changed_files(root, base_sha)
-               if p.startswith(f"{REGISTRY_DIR}/")]
+               if p.startswith((f"{REGISTRY_DIR}/", f"{compat.PROMPTS_DIR}/"))]
     immutable = [(s, p) for s, p in changed if s in ("M", "D", "T") and _is_immutable(p)]
     introduced = git.commits_adding(root, base_sha, [p for _, p in immutable])
     for status, path in immutable:
@@ -354,6 +361,8 @@ def _is_immutable(path: str) -> bool:
     if path.endswith(".gguf.dvc"):
         return True
     if path.startswith(f"{REGISTRY_DIR}/evals/"):
+        return True
+    if compat.is_prompt_config(path):
         return True
     return split_version_relpath(path) is not None
 
