@@ -24,6 +24,7 @@ from ggufops.registry.registry import (
     display_id,
     environment_models,
 )
+from ggufops.serve.loadrequest import CANARY, LoadRequest
 
 DEFAULT_KEEP = 3
 EXPORTED_PATHS = (REGISTRY_DIR, ENVIRONMENTS_DIR, ".dvc/config")
@@ -47,11 +48,15 @@ class Target:
 
     def load_body(self) -> dict[str, Any]:
         """The body of POST /admin/models for this model (primary or canary)."""
-        body: dict[str, Any] = {"name": self.name, "version": self.version, "sha256": self.sha256,
-                "display_id": self.display_id, "inference": self.inference}
-        if self.weight is not None:
-            body.update(role="canary", weight=self.weight)
-        return body
+        return self.request().to_json()
+
+    def request(self) -> LoadRequest:
+        """The server's load request for this model: a canary when `weight` is set."""
+        if self.weight is None:
+            return LoadRequest(self.name, self.version, self.sha256, self.display_id,
+                               self.inference)
+        return LoadRequest(self.name, self.version, self.sha256, self.display_id,
+                           self.inference, role=CANARY, weight=self.weight)
 
     def load_request(self) -> dict[str, Any]:
         """What the apply log records: the load body, and the canary's."""
