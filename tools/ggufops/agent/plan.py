@@ -17,13 +17,15 @@ from typing import Any
 from ggufops import git
 from ggufops.errors import InvalidDesiredState
 from ggufops.registry import validate
+from ggufops.registry.envread import read_environment
+from ggufops.registry.records import EnvEntry
 from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
     REGISTRY_DIR,
     Registry,
     display_id,
-    environment_models,
 )
+from ggufops.registry.schemas import load_validators
 from ggufops.serve.loadrequest import CANARY, LoadRequest
 
 DEFAULT_KEEP = 3
@@ -165,25 +167,25 @@ def plan_from_tree(tree: Path, commit: str, env: str, keep: int | None) -> Plan:
     if not registry.environment_file(env).is_file():
         raise InvalidDesiredState(f"commit {commit[:12]} has no {ENVIRONMENTS_DIR}/{env}.yaml; "
                                   "check --env or add the environment")
-    models = environment_models(registry.environment(env))
+    validator = load_validators(tree)["environment"]
+    models = read_environment(registry.environment_file(env), validator).models
     targets = {name: _target(registry, name, entry) for name, entry in models.items()}
     return Plan(commit, tree, targets, keep or _policy_keep(registry))
 
 
-def _target(registry: Registry, name: str, entry: dict[str, Any]) -> Target:
-    spec = entry.get("canary")
+def _target(registry: Registry, name: str, entry: EnvEntry) -> Target:
+    spec = entry.canary
     canary = None
-    if isinstance(spec, dict):
-        canary = _version_target(registry, name, str(spec["version"]), entry,
-                                 weight=int(spec["weight"]))
-    return _version_target(registry, name, str(entry["version"]), entry, canary=canary)
+    if spec is not None:
+        canary = _version_target(registry, name, spec.version, entry, weight=spec.weight)
+    return _version_target(registry, name, entry.version, entry, canary=canary)
 
 
-def _version_target(registry: Registry, name: str, version: str, entry: dict[str, Any],
+def _version_target(registry: Registry, name: str, version: str, entry: EnvEntry,
                     *, canary: Target | None = None, weight: int | None = None) -> Target:
     doc = registry.load_version(name, version)
     art = doc["artifact"]
-    inference = {**doc.get("inference", {}), **(entry.get("overrides") or {})}
+    inference = {**doc.get("inference", {}), **entry.overrides}
     return Target(name, str(doc["version"]), art["sha256"], art["dvc_md5"], int(art["size"]),
                   display_id(doc), inference, weight, canary)
 

@@ -14,8 +14,8 @@ from ggufops.errors import (
     NotARegistry,
     UnknownEnvironment,
     UnknownVersion,
-    YamlError,
 )
+from ggufops.registry.records import Environment, environment_from_data
 
 REGISTRY_DIR = "registry"
 ENVIRONMENTS_DIR = "environments"
@@ -66,32 +66,6 @@ def split_version_relpath(relpath: str) -> VersionRef | None:
     if not parts[2].endswith(".yaml"):
         return None
     return VersionRef(parts[1], parts[2][: -len(".yaml")])
-
-
-def environment_models(data: Any) -> dict[str, dict[str, Any]]:
-    """model name -> entry of a parsed environment file; lenient: malformed parts are skipped.
-
-    For reading history, where a file at an old commit may not be valid; `validate`
-    reports what is wrong with the current files.
-    """
-    models = data.get("models") if isinstance(data, dict) else None
-    if not isinstance(models, dict):
-        return {}
-    return {str(m): e for m, e in models.items() if isinstance(e, dict)}
-
-
-def canary_version(entry: Any) -> Any:
-    """The version of an environment entry's canary, as written; None without a canary."""
-    canary = entry.get("canary") if isinstance(entry, dict) else None
-    return canary.get("version") if isinstance(canary, dict) else None
-
-
-def environment_models_in(raw: bytes | str, where: str) -> dict[str, dict[str, Any]]:
-    """environment_models() of an environment file's bytes; {} if it is not YAML."""
-    try:
-        return environment_models(yamlio.parse(raw, Path(where)).data)
-    except YamlError:
-        return {}
 
 
 def find_root(start: Path) -> Path:
@@ -153,18 +127,17 @@ class Registry:
     def load_ref(self, ref: VersionRef) -> dict[str, Any]:
         return self.load_version(ref.name, ref.version)
 
-    def environment(self, env: str) -> dict[str, Any]:
+    def environment(self, env: str) -> Environment:
+        """The environment file, read leniently (validate reports what is wrong with it)."""
         path = self.environment_file(env)
         if not path.is_file():
             known = ", ".join(self.environments()) or "none"
             raise UnknownEnvironment(f"no environment {env!r} ({path} missing); known: {known}")
-        data = yamlio.load(path) or {}
-        return data if isinstance(data, dict) else {}
+        return environment_from_data(env, yamlio.load(path))
 
     def deployed(self, env: str) -> dict[str, str]:
         """model name -> version running in `env`."""
-        models = environment_models(self.environment(env))
-        return {name: str(entry["version"]) for name, entry in models.items()}
+        return self.environment(env).versions()
 
     def policy(self) -> dict[str, Any]:
         if self._policy is None:
