@@ -10,4 +10,5 @@ pytest_plugins = [
     "testing.runtime",
     "testing.realmodels",
     "testing.githttp",
+    "testing.fleet",
 ]

@@ -31,6 +31,7 @@ class FakeGitHub:
     repo: str = REPO
     pulls: list[dict[str, Any]] = field(default_factory=list)
     comments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    statuses: list[dict[str, Any]] = field(default_factory=list)  # commit statuses, in order
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,6 +56,12 @@ class FakeGitHub:
             found = [p for p in self.pulls if f"{self.repo.split('/')[0]}:{p['head']['ref']}"
                      == owner_head and p["state"] == query.get("state", "open")]
             return 200, found
+        match = re.fullmatch(r"statuses/([0-9a-f]{40})", rest)
+        if match and method == "POST":
+            if body.get("state") not in ("error", "failure", "pending", "success"):
+                return 422, {"message": "Validation Failed"}
+            self.statuses.append({"sha": match.group(1), **body})
+            return 201, {"id": len(self.statuses), **body}
         match = re.fullmatch(r"issues/(\d+)/comments", rest)
         if match and method == "GET":
             issue = int(match.group(1))

@@ -19,8 +19,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "tools" / "ggufops"
 FOUNDATION = "foundation"
 # Lowest first: a room may import only itself, the foundation and rooms to its left.
-CHAIN = [FOUNDATION, "registry", "llama", "artifacts", "gates", "gitops", "serve", "agent",
-         "demo", "cli"]
+CHAIN = [FOUNDATION, "registry", "llama", "artifacts", "gates", "gitops", "fleet", "serve",
+         "agent", "demo", "cli"]
 ENTRY_POINT = "ggufops.__main__"  # `python -m ggufops`: part of the CLI
 
 # (importing module, imported module) -> why the import waits until a function runs
@@ -36,6 +36,11 @@ LAZY = {
         "`agent` must not load llama.cpp/numpy; only `serve` does",
     ("ggufops.cli.runtime", "ggufops.agent.loop"): "`serve` must not load the agent",
     ("ggufops.cli.runtime", "ggufops.agent.status"): "`serve` must not load the agent",
+    ("ggufops.cli.runtime", "ggufops.fleet.status"): "`serve` must not load the agent",
+    ("ggufops.cli.fleet", "ggufops.fleet.ops"): "S3 and git code only when `fleet` runs",
+    ("ggufops.cli.fleet", "ggufops.fleet.view"): "S3 and git code only when `fleet` runs",
+    ("ggufops.cli.gitops", "ggufops.fleet.ops"): "S3 code only for `history --hosts`",
+    ("ggufops.cli.gitops", "ggufops.fleet.status"): "label parsing only for `rollback --selector`",
 }
 
 

@@ -259,7 +259,8 @@ def test_sqlite_written_by_an_older_version_gets_the_new_columns(
         canary_story: Scratch, tmp_path: Path) -> None:
     db = tmp_path / "old.sqlite"
     old_schema = history._SCHEMA.replace(",\n    canary_version TEXT,\n"
-                                         "    canary_weight INTEGER", "")
+                                         "    canary_weight INTEGER", "").replace(
+                                             ",\n    config_change TEXT", "")
     assert "canary" not in old_schema
     with sqlite3.connect(db) as conn:
         conn.executescript(old_schema)
@@ -268,5 +269,5 @@ def test_sqlite_written_by_an_older_version_gets_the_new_columns(
     with sqlite3.connect(db) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(deployments)")]
         weights = [r[0] for r in conn.execute("SELECT canary_weight FROM deployments")]
-    assert columns[-3:] == ["subject", "canary_version", "canary_weight"]
+    assert columns[-4:] == ["subject", "canary_version", "canary_weight", "config_change"]
     assert weights == [None, 10, 50, 10, None]

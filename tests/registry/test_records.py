@@ -85,5 +85,6 @@ def test_the_lenient_reader_skips_what_it_cannot_read() -> None:
 def test_the_registry_reads_its_environment_as_a_record(tmp_path: Path) -> None:
     write(tmp_path, GOOD)
     registry = Registry(tmp_path)
-    assert registry.environment("prod").models["llama3-instruct"].canary == Canary("2.1.0", 10)
+    entry = registry.environment_record("prod").models["llama3-instruct"]
+    assert entry.canary == Canary("2.1.0", 10)
     assert registry.deployed("prod") == {"llama3-instruct": "2.0.0", "phi-mini": "1.0.0"}

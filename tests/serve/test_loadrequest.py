@@ -56,7 +56,7 @@ def test_defaults_fill_a_minimal_body() -> None:
     (body(inference=[1]), "display_id must be a string and inference an object"),
     (body(display_id=7), "display_id must be a string and inference an object"),
     (body(inference={"prompt_template": "llama3"}), "did you mean llama-3?"),
-    (body(role="shadow"), "role: 'shadow' is not \"primary\" or \"canary\""),
+    (body(role="mirror"), "role: 'mirror' is not \"primary\", \"canary\" or \"shadow\""),
     (body(role="canary"), "weight: a canary needs an integer weight 0-100, got None"),
     (body(role="canary", weight=True), "got True"),
     (body(role="canary", weight=101), "got 101"),

@@ -451,7 +451,8 @@ def test_a_canary_at_weight_100_answers_every_request(running: Running,
                                                                      PRIMARY)
     assert entry["sha256"] == sha(runtime_models["baseline"])
     canary = entry["canary"]
-    assert set(canary) == {"version", "sha256", "display_id", "weight", "loaded_at"}
+    assert set(canary) == {"version", "sha256", "display_id", "weight", "loaded_at",
+                           "config_sha256"}
     assert (canary["version"], canary["display_id"], canary["weight"]) == ("2.1.0", CANARY, 100)
     assert canary["sha256"] == sha(runtime_models["improved"])
     assert answered_by(running, model=PRIMARY) == PRIMARY  # a display id names one model

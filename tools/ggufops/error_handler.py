@@ -1,6 +1,7 @@
 """The one place that turns exceptions into messages and exit codes.
 
-0 ok, 1 check failed / expected error, 2 usage, 3 unexpected.
+0 ok, 1 check failed / expected error, 2 usage, 3 unexpected; `fleet status`: 4 drift, 5 stale
+(errors.FleetNotConverged, errors.FleetStale).
 """
 
 from __future__ import annotations

@@ -258,3 +258,41 @@ class ChatTemplateError(GgufopsError):
 
 class MissingExtra(GgufopsError):
     """A command needs a library from an optional extra that is not installed."""
+
+
+# --- fleet: status published to S3, drift, waves -------------------------------------------
+
+
+class S3ObjectError(GgufopsError):
+    """A small S3 object (a fleet status) could not be written, read or listed."""
+
+
+class FleetNotConverged(CheckFailed):
+    """`fleet status`: a host serves other than the environment file says (exit 4)."""
+
+    exit_code = 4
+
+
+class FleetStale(CheckFailed):
+    """`fleet status`: no drift seen, but a host has not reported recently (exit 5)."""
+
+    exit_code = 5
+
+
+# --- lifecycle, tiers, compatibility (issue 14) ---------------------------------------------
+
+
+class LifecycleError(GgufopsError):
+    """A lifecycle file is malformed, or a status change is not allowed from where it is."""
+
+
+class VersionArchived(LifecycleError):
+    """The version is archived: it may not be deployed or rolled back to until restored."""
+
+
+class VersionDeprecated(LifecycleError):
+    """The version is deprecated and the policy blocks deploying it (lifecycle.deprecated)."""
+
+
+class TierError(GgufopsError):
+    """A retention tier is not configured, or a copy between tiers did not verify."""

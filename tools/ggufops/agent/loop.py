@@ -38,7 +38,9 @@ git URL (ggufops.redact).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import random
 import shutil
 import threading
 import time
@@ -47,12 +49,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ggufops import git
+from ggufops import git, yamlio
 from ggufops.agent import applylog
 from ggufops.agent.download import Download
 from ggufops.agent.plan import Plan, Target, export_tree, plan_from_tree, prune_trees
 from ggufops.agent.retention import evictable, remember_desired
 from ggufops.agent.status import DEFAULT_STATUS_PORT, PHASES, Status, agent_metrics, serve_status
+from ggufops.artifacts import s3config
+from ggufops.artifacts.s3config import S3Settings
 from ggufops.artifacts.store import ArtifactStore
 from ggufops.errors import (
     AgentError,
@@ -67,6 +71,9 @@ from ggufops.errors import (
     Superseded,
     UsageError,
 )
+from ggufops.fleet import rollout
+from ggufops.fleet import status as fleetstatus
+from ggufops.fleet import view as fleetview
 from ggufops.httpjson import Reply, error_message, request_json, rfc3339
 from ggufops.redact import redact, redact_data
 
@@ -98,6 +105,11 @@ class AgentConfig:
     git_timeout: float = 20.0
     download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
     mismatch_retry: float = DEFAULT_MISMATCH_RETRY
+    host_name: str | None = None  # fleet status: fleet/<env>/<host>.json (default: hostname)
+    labels: tuple[tuple[str, str], ...] = ()  # e.g. (("zone", "eu"), ("wave", "1"))
+    heartbeat: float = fleetstatus.DEFAULT_HEARTBEAT
+    fleet_status: bool = True  # publish the fleet status to S3
+    jitter: float = 0.1  # each wait is interval * (1 ± jitter): a fleet does not poll in step
 
     def check(self) -> None:
         if self.repo_url.startswith("-"):
@@ -108,6 +120,10 @@ class AgentConfig:
             raise UsageError("--download-timeout and --mismatch-retry must be positive seconds")
         if self.keep is not None and self.keep < 2:
             raise UsageError("--keep must be at least 2 (the serving and the previous version)")
+        if self.heartbeat <= 0:
+            raise UsageError("--heartbeat must be positive seconds")
+        if not 0 <= self.jitter < 1:
+            raise UsageError("--jitter must be a fraction from 0 to below 1, e.g. 0.1")
 
     @property
     def server(self) -> str:
@@ -157,6 +173,18 @@ class ServerClient:
             raise kind(f"server refused to load {target.display_id} (HTTP {reply.status}): "
                        f"{error_message(reply)}")
 
+    def load_group(self, group: str, targets: list[Target]) -> None:
+        """Switch a release group all at once (POST /admin/groups), or raise."""
+        bodies = [b for t in targets for b in ([t.load_body()] + (
+            [t.canary.load_body()] if t.canary is not None else []))]
+        reply = self._call("POST", "/admin/groups", {"group": group, "models": bodies},
+                           timeout=self.timeout)
+        if reply.status >= 400:
+            kind = ChecksumMismatch if reply.status == 422 and "sha256" in error_message(
+                reply) else ServerRefused
+            raise kind(f"server refused to switch group {group} (HTTP {reply.status}): "
+                       f"{error_message(reply)}; every model of the group keeps its version")
+
     def unload(self, name: str) -> None:
         reply = self._call("DELETE", f"/admin/models/{name}")
         if reply.status >= 400 and reply.status != 404:
@@ -203,6 +231,25 @@ class Agent:
         self._newer: Plan | None = None  # the newest commit's plan, read while applying
         self._newer_heads: set[str] = set()  # the remote heads it answers for
         self._desired_history: list[list[str]] = []
+        self.fleet = self._fleet_publisher() if config.fleet_status else None
+
+    def _fleet_publisher(self) -> fleetstatus.Publisher:
+        c = self.config
+        host = fleetstatus.check_host_name(c.host_name or fleetstatus.default_host_name())
+        publisher_config = fleetstatus.PublisherConfig(host, c.env, dict(c.labels), c.heartbeat)
+        return fleetstatus.Publisher(publisher_config, self.snapshot, self.fleet_settings)
+
+    def fleet_settings(self) -> S3Settings | None:
+        """Where the fleet status goes: the S3 remote of the newest commit read (with
+        --s3-endpoint); None before any commit was read."""
+        try:
+            trees = self._recent_trees()
+            settings = s3config.resolve(trees[-1]) if trees else None
+        except (OSError, GgufopsError):
+            return None  # e.g. the tree was pruned meanwhile: the next look finds another
+        if settings is not None and self.config.s3_endpoint:
+            settings = dataclasses.replace(settings, endpoint_url=self.config.s3_endpoint)
+        return settings
 
     # lifecycle
 
@@ -228,7 +275,8 @@ class Agent:
         return forced
 
     def _sleep(self, stop: threading.Event) -> None:
-        delay = self.config.interval
+        jitter = self.config.jitter
+        delay = self.config.interval * random.uniform(1 - jitter, 1 + jitter)
         with self._lock:
             retry_at = self.status.next_retry_at
         now = time.time()
@@ -331,7 +379,8 @@ class Agent:
             return
         log.info("the server does not serve the applied models; reloading them from the store")
         try:
-            self._load_targets(self._applied_targets)
+            self._load_targets(self._applied_targets,
+                               groups=self._applied.groups if self._applied else None)
         except GgufopsError as e:
             self._degrade(str(e), retry=True)
 
@@ -404,8 +453,54 @@ class Agent:
         return True
 
     def _steps(self) -> list[tuple[str, Callable[[Plan], Plan]]]:
-        return [("downloading", self._download), ("loading", self._load),
-                ("verifying", self._verify)]
+        return [("downloading", self._download), ("waiting", self._wait_for_wave),
+                ("loading", self._load), ("verifying", self._verify)]
+
+    # rollout waves
+
+    def _wait_for_wave(self, plan: Plan) -> Plan:
+        """In a later rollout wave: wait (artifacts already stored) until every host of the
+        earlier waves reports this commit applied and healthy; a rollback does not wait."""
+        waves = rollout.waves_of(_env_doc(plan.tree, self.config.env))
+        labels = dict(self.config.labels)
+        if self.fleet is None or rollout.wave_index(waves, labels) == 0 or \
+                plan.requests() == self._applied_targets or self._is_rollback(plan.commit):
+            return plan  # first wave, nothing new for this host (a reload), or a rollback
+        waiting: list[str] | None = None
+        while True:
+            wave_gate = rollout.gate(waves, labels, plan.commit, self._fleet_reports(),
+                                     self.fleet.config.host)
+            if wave_gate.ready:
+                return plan
+            if wave_gate.waiting_for != waiting:
+                waiting = wave_gate.waiting_for
+                log.info("rollout wave %d: waiting for %s to apply %s", rollout.wave_index(
+                    waves, labels) + 1, ", ".join(waiting), plan.commit[:12])
+            self._wake.wait(self.config.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                raise _Stopping
+            plan = self._follow_head(plan)  # a newer commit supersedes the wait
+
+    def _fleet_reports(self) -> list[fleetstatus.HostReport]:
+        settings = self.fleet_settings()
+        if settings is None:
+            return []
+        try:
+            return [seen.report for seen in fleetview.read_reports(settings, self.config.env)]
+        except GgufopsError as e:
+            log.warning("cannot read the fleet status for the rollout waves: %s", e)
+            return []
+
+    def _is_rollback(self, commit: str) -> bool:
+        """Is `commit`, or a commit since the applied one, a rollback?"""
+        applied = self.status.applied_commit
+        span = f"{applied}..{commit}" if applied else f"{commit}~1..{commit}"
+        try:
+            messages = git.out(["log", "--format=%B", span], self.mirror)
+        except GitError:
+            messages = git.out(["log", "-1", "--format=%B", commit], self.mirror)
+        return rollout.is_rollback(messages)
 
     def _fetch(self, commit: str, attempt: int) -> str:
         """Fetch the branch into the mirror; the commit fetched (`commit` or newer)."""
@@ -433,7 +528,8 @@ class Agent:
         """The plan of a fetched commit; InvalidDesiredState if it cannot be applied."""
         tree = export_tree(self.mirror, commit, self.trees)
         try:
-            return plan_from_tree(tree, commit, self.config.env, self.config.keep)
+            return plan_from_tree(tree, commit, self.config.env, self.config.keep,
+                                  dict(self.config.labels))
         except InvalidDesiredState:
             raise
         except GgufopsError as e:
@@ -563,17 +659,22 @@ class Agent:
         def still_desired() -> None:
             self._follow_head(plan, adopt=False)
 
-        self._load_targets(plan.requests(), before_each=still_desired)
+        self._load_targets(plan.requests(), before_each=still_desired, groups=plan.groups)
         return plan
 
     def _load_targets(self, targets: dict[str, dict[str, Any]],
-                      before_each: Callable[[], None] | None = None) -> None:
+                      before_each: Callable[[], None] | None = None,
+                      groups: dict[str, list[str]] | None = None) -> None:
         serving = self.server.serving()
+        if groups and self._load_groups(targets, serving, groups, before_each):
+            serving = self.server.serving()
         for name, want in sorted(targets.items()):
             target = Target.from_request(name, want)
             entry = serving.get(name) or {}
             if not target.primary_served_by(entry):
                 self._load_one(target, before_each)
+            if not target.shadow_served_by(entry):
+                self._apply_shadow(target, before_each)
             if target.canary_served_by(entry):
                 continue
             if target.canary is None:
@@ -582,10 +683,46 @@ class Agent:
             else:
                 self._load_one(target.canary, before_each)
 
+    def _load_groups(self, targets: dict[str, dict[str, Any]],
+                     serving: dict[str, dict[str, Any]], groups: dict[str, list[str]],
+                     before: Callable[[], None] | None) -> bool:
+        """Switch every release group that changes in one server call each; True if any."""
+        switched = False
+        for group, members in sorted(groups.items()):
+            wanted = [Target.from_request(m, targets[m]) for m in sorted(members)
+                      if m in targets]
+            if all(t.served_by(serving.get(t.name)) for t in wanted):
+                continue
+            if before is not None:
+                before()
+            log.info("asking the server to switch group %s: %s", group,
+                     ", ".join(t.display_id for t in wanted))
+            try:
+                self.server.load_group(group, wanted)
+            except ChecksumMismatch as e:
+                for t in wanted:
+                    if t.sha256 in str(e):
+                        self._evict(t.sha256)
+                raise
+            switched = True
+        return switched
+
+    def _apply_shadow(self, target: Target, before: Callable[[], None] | None) -> None:
+        """Load the shadow the environment asks for, or unload the one it dropped."""
+        if target.shadow is not None:
+            self._load_one(target.shadow, before)
+            return
+        log.info("asking the server to unload the shadow of %s", target.name)
+        reply = self.server._call("DELETE", f"/admin/models/{target.name}/shadow")
+        if reply.status >= 400 and reply.status != 404:
+            raise ServerRefused(f"server refused to unload the shadow of {target.name}: "
+                                f"{error_message(reply)}")
+
     def _load_one(self, target: Target, before: Callable[[], None] | None) -> None:
         if before is not None:
             before()
-        canary = f" as canary (weight {target.weight})" if target.weight is not None else ""
+        canary = f" as {target.role} (weight {target.weight})" \
+            if target.weight is not None else ""
         log.info("asking the server to load %s%s", target.display_id, canary)
         try:
             self.server.load(target)
@@ -734,6 +871,8 @@ class Agent:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             data = self.status.as_dict()
+        if self.fleet is not None:
+            data["fleet"] = self.fleet.snapshot_state()
         return dict(redact_data(data))
 
     def _publish(self) -> None:
@@ -763,6 +902,13 @@ class Agent:
 
     def close(self) -> None:
         self.log.close()
+
+
+def _env_doc(tree: Path, env: str) -> Any:
+    try:
+        return yamlio.load(tree / "environments" / f"{env}.yaml")
+    except GgufopsError:
+        return None
 
 
 def _still_needed(download: Download, newer: Plan) -> bool:
@@ -796,6 +942,7 @@ def run_agent(config: AgentConfig, stop: threading.Event,
         agent.wake()
 
     threading.Thread(target=wake_on_stop, name="agent-stop", daemon=True).start()
+    publishing = fleetstatus.start(agent.fleet, stop) if agent.fleet is not None else None
     try:
         if ready is not None:
             host, port = server.server_address[:2] if server else ("", 0)
@@ -805,6 +952,9 @@ def run_agent(config: AgentConfig, stop: threading.Event,
         if server is not None:
             server.shutdown()
             server.server_close()
+        if agent.fleet is not None and publishing is not None:
+            publishing.join(timeout=15)  # no older PUT may land after the last one
+            agent.fleet.publish_if_due(phase="stopped", force=True)  # stopped on purpose
         agent.close()
 
 

@@ -10,23 +10,22 @@ and the inference config with the environment's overrides, and the canary (`cana
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ggufops import git
 from ggufops.errors import InvalidDesiredState
-from ggufops.registry import validate
-from ggufops.registry.envread import read_environment
-from ggufops.registry.records import EnvEntry
+from ggufops.fleet import rollout
+from ggufops.registry import overrides, releasegroups, validate
 from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
     REGISTRY_DIR,
     Registry,
     display_id,
+    environment_models,
 )
-from ggufops.registry.schemas import load_validators
-from ggufops.serve.loadrequest import CANARY, LoadRequest
+from ggufops.serve.loadrequest import LoadRequest
 
 DEFAULT_KEEP = 3
 EXPORTED_PATHS = (REGISTRY_DIR, ENVIRONMENTS_DIR, ".dvc/config")
@@ -45,31 +44,35 @@ class Target:
     size: int
     display_id: str
     inference: dict[str, Any]
-    weight: int | None = None  # set on a canary
+    weight: int | None = None  # set on a canary (and a shadow: its percent)
     canary: Target | None = field(default=None)
+    shadow: Target | None = field(default=None)  # `shadow: {version, percent}`
+    role: str = "canary"  # what a Target with a weight is: canary or shadow
 
     def load_body(self) -> dict[str, Any]:
-        """The body of POST /admin/models for this model (primary or canary)."""
+        """The body of POST /admin/models for this model (primary, canary or shadow)."""
         return self.request().to_json()
 
     def request(self) -> LoadRequest:
-        """The server's load request for this model: a canary when `weight` is set."""
+        """The server's load request for this model: its role's when `weight` is set."""
         if self.weight is None:
             return LoadRequest(self.name, self.version, self.sha256, self.display_id,
                                self.inference)
         return LoadRequest(self.name, self.version, self.sha256, self.display_id,
-                           self.inference, role=CANARY, weight=self.weight)
+                           self.inference, role=self.role, weight=self.weight)
 
     def load_request(self) -> dict[str, Any]:
         """What the apply log records: the load body, and the canary's."""
         body = self.load_body()
         if self.canary is not None:
             body["canary"] = self.canary.load_body()
+        if self.shadow is not None:
+            body["shadow"] = self.shadow.load_body()
         return body
 
     def artifacts(self) -> list[Target]:
         """The primary and its canary: what must be in the store."""
-        return [self] if self.canary is None else [self, self.canary]
+        return [self] + [t for t in (self.canary, self.shadow) if t is not None]
 
     def summary(self) -> dict[str, Any]:
         result: dict[str, Any] = {"version": self.version, "sha256": self.sha256,
@@ -78,15 +81,31 @@ class Target:
             result["weight"] = self.weight
         if self.canary is not None:
             result["canary"] = self.canary.summary()
+        if self.shadow is not None:
+            result["shadow"] = self.shadow.summary()
         return result
 
     def served_by(self, entry: dict[str, Any] | None) -> bool:
         """Does this /v1/models entry serve the version, and exactly the canary asked for?"""
         return entry is not None and self.primary_served_by(entry) \
-            and self.canary_served_by(entry)
+            and self.canary_served_by(entry) and self.shadow_served_by(entry)
+
+    def shadow_served_by(self, entry: dict[str, Any]) -> bool:
+        have, want = entry.get("shadow"), self.shadow
+        if want is None:
+            return have is None
+        return isinstance(have, dict) and (have.get("version"), have.get("sha256"),
+                                           have.get("weight")) == (
+            want.version, want.sha256, want.weight) and want.config_served_by(have)
 
     def primary_served_by(self, entry: dict[str, Any]) -> bool:
-        return entry.get("version") == self.version and entry.get("sha256") == self.sha256
+        return entry.get("version") == self.version and entry.get("sha256") == self.sha256 \
+            and self.config_served_by(entry)
+
+    def config_served_by(self, entry: dict[str, Any]) -> bool:
+        """Does the server run this inference config? (a server that does not say: yes)"""
+        have = entry.get("config_sha256")
+        return have is None or have == overrides.config_digest(self.inference)
 
     def canary_served_by(self, entry: dict[str, Any]) -> bool:
         have = entry.get("canary")
@@ -94,18 +113,21 @@ class Target:
             return have is None
         c = self.canary
         return isinstance(have, dict) and (have.get("version"), have.get("sha256"),
-                                           have.get("weight")) == (c.version, c.sha256, c.weight)
+                                           have.get("weight")) == (c.version, c.sha256, c.weight) \
+            and c.config_served_by(have)
 
     @classmethod
     def from_request(cls, name: str, want: dict[str, Any]) -> Target:
         """A target from a load request recorded in the apply log."""
-        canary = want.get("canary")
+        canary, shadow = want.get("canary"), want.get("shadow")
         weight = want.get("weight")
         return cls(name, str(want.get("version")), str(want.get("sha256")), "", 0,
                    str(want.get("display_id") or f"{name}-v{want.get('version')}"),
                    dict(want.get("inference") or {}),
                    weight=weight if isinstance(weight, int) else None,
-                   canary=cls.from_request(name, canary) if isinstance(canary, dict) else None)
+                   canary=cls.from_request(name, canary) if isinstance(canary, dict) else None,
+                   shadow=cls.from_request(name, shadow) if isinstance(shadow, dict) else None,
+                   role=str(want.get("role") or "canary"))
 
 
 @dataclass(frozen=True)
@@ -114,6 +136,7 @@ class Plan:
     tree: Path
     targets: dict[str, Target]
     keep: int
+    groups: dict[str, list[str]] = field(default_factory=dict)  # release groups
 
     def summary(self) -> dict[str, Any]:
         return {name: t.summary() for name, t in sorted(self.targets.items())}
@@ -156,7 +179,8 @@ def prune_trees(trees_dir: Path, keep: set[str]) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def plan_from_tree(tree: Path, commit: str, env: str, keep: int | None) -> Plan:
+def plan_from_tree(tree: Path, commit: str, env: str, keep: int | None,
+                   labels: dict[str, str] | None = None) -> Plan:
     """Validate the exported tree and read the environment's models; refuse invalid states."""
     problems = validate.validate_repo(tree)
     if problems:
@@ -167,25 +191,35 @@ def plan_from_tree(tree: Path, commit: str, env: str, keep: int | None) -> Plan:
     if not registry.environment_file(env).is_file():
         raise InvalidDesiredState(f"commit {commit[:12]} has no {ENVIRONMENTS_DIR}/{env}.yaml; "
                                   "check --env or add the environment")
-    validator = load_validators(tree)["environment"]
-    models = read_environment(registry.environment_file(env), validator).models
-    targets = {name: _target(registry, name, entry) for name, entry in models.items()}
-    return Plan(commit, tree, targets, keep or _policy_keep(registry))
+    models = environment_models(registry.environment(env))
+    targets = {name: _target(registry, name, entry, labels or {})
+               for name, entry in models.items()}
+    groups = releasegroups.of(registry.environment(env))
+    return Plan(commit, tree, targets, keep or _policy_keep(registry), groups)
 
 
-def _target(registry: Registry, name: str, entry: EnvEntry) -> Target:
-    spec = entry.canary
+def _target(registry: Registry, name: str, entry: dict[str, Any],
+            labels: dict[str, str]) -> Target:
+    spec = entry.get("canary")
     canary = None
-    if spec is not None:
-        canary = _version_target(registry, name, spec.version, entry, weight=spec.weight)
-    return _version_target(registry, name, entry.version, entry, canary=canary)
+    if isinstance(spec, dict):
+        canary = _version_target(registry, name, str(spec["version"]), entry,
+                                 weight=int(spec["weight"]))
+    version = rollout.version_for(entry, labels)  # a segment's version for this host
+    primary = _version_target(registry, name, version, entry, canary=canary)
+    spec = entry.get("shadow")
+    if not isinstance(spec, dict):
+        return primary
+    shadow = _version_target(registry, name, str(spec["version"]), entry,
+                             weight=int(spec["percent"]))
+    return replace(primary, shadow=replace(shadow, role="shadow"))
 
 
-def _version_target(registry: Registry, name: str, version: str, entry: EnvEntry,
+def _version_target(registry: Registry, name: str, version: str, entry: dict[str, Any],
                     *, canary: Target | None = None, weight: int | None = None) -> Target:
     doc = registry.load_version(name, version)
     art = doc["artifact"]
-    inference = {**doc.get("inference", {}), **entry.overrides}
+    inference = {**doc.get("inference", {}), **(entry.get("overrides") or {})}
     return Target(name, str(doc["version"]), art["sha256"], art["dvc_md5"], int(art["size"]),
                   display_id(doc), inference, weight, canary)
 

@@ -40,7 +40,8 @@ from ggufops.redact import redact, redact_data
 from ggufops.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ggufops.serve.metrics import Metrics
 
-PHASES = ("idle", "syncing", "downloading", "loading", "verifying", "healthy", "degraded")
+PHASES = ("idle", "syncing", "downloading", "waiting", "loading", "verifying", "healthy",
+          "degraded")  # waiting: for the earlier rollout waves (rollout.py)
 DEFAULT_STATUS_PORT = 9180
 
 

@@ -32,11 +32,16 @@ COMMANDS = {
     "gate": "gates:gate_cmd",
     "deploy": "gitops:deploy",
     "rollback": "gitops:rollback",
+    "config": "config:config",
     "history": "gitops:history",
     "pr-comment": "gitops:pr_comment",
     "serve": "runtime:serve",
     "agent": "runtime:agent",
     "demo": "demo:demo",
+    "fleet": "fleet:fleet",
+    "deprecate": "lifecycle:deprecate",
+    "archive": "lifecycle:archive",
+    "restore": "lifecycle:restore",
 }
 
 

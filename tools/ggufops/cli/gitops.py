@@ -18,7 +18,7 @@ from ggufops.cli.options import (
 )
 from ggufops.errors import UsageError
 from ggufops.gitops import deploy as deploy_api
-from ggufops.gitops import github
+from ggufops.gitops import github, grouprollback, lifecyclehistory
 from ggufops.gitops import history as history_api
 from ggufops.gitops import rollback as rollback_api
 from ggufops.registry.registry import VersionRef
@@ -77,6 +77,11 @@ def deploy(ctx: click.Context, *, ref: VersionRef, env: str, push: bool, pr: boo
 @env_option
 @click.option("--model", default=None, metavar="NAME",
               help="Model to roll back (default: the one changed last in ENV).")
+@click.option("--models", "models", default=None, metavar="A,B",
+              help="Roll several models back together, in one commit.")
+@click.option("--group", "group", default=None, metavar="NAME",
+              help="Roll back every model of the release group NAME (groups: in the env file), "
+              "in one commit.")
 @click.option("--to", "to", default=None, metavar="X.Y.Z",
               help="Version to restore (default: the one before the last deploy). It must "
               "have run in ENV before, or be allowed there by the promotion policy.")
@@ -85,6 +90,9 @@ def deploy(ctx: click.Context, *, ref: VersionRef, env: str, push: bool, pr: boo
 @click.option("--push", "push", is_flag=True, help="Break-glass: push the commit straight to "
               "the default branch; retries on a concurrent push.")
 @click.option("--pr", "pr", is_flag=True, help="Push a rollback branch and open a pull request.")
+@click.option("--selector", default=None, metavar="K=V,...", help="Partial rollback: only "
+              "hosts whose agent --labels match (e.g. zone=eu) run the restored version; "
+              "written as a segment of the model in the environment file.")
 @click.option("--skip-artifact-check", is_flag=True, help="DANGEROUS: do not check that the "
               "target's artifact is in the S3 remote (offline use only): a rollback to a "
               "deleted artifact leaves hosts unable to load the model.")
@@ -92,9 +100,10 @@ def deploy(ctx: click.Context, *, ref: VersionRef, env: str, push: bool, pr: boo
 @dry_run_option
 @json_option
 @click.pass_context
-def rollback(ctx: click.Context, *, env: str, model: str | None, to: str | None,
+def rollback(ctx: click.Context, *, env: str, model: str | None, models: str | None,
+             group: str | None, to: str | None,
              reason: str | None, push: bool, pr: bool, skip_artifact_check: bool, remote: str,
-             default_branch: str, dry_run: bool, as_json: bool) -> None:
+             default_branch: str, dry_run: bool, as_json: bool, selector: str | None) -> None:
     """Roll ENV back: revert the last deploy of a model (or restore --to X.Y.Z).
 
     When that last change started or ramped a canary, the canary goes (or gets its
@@ -107,8 +116,12 @@ def rollback(ctx: click.Context, *, env: str, model: str | None, to: str | None,
     request = rollback_api.RollbackRequest(env=env, model=model, to=to, reason=reason,
                                            mode=mode, remote=remote,
                                            default_branch=default_branch,
-                                           skip_artifact_check=skip_artifact_check)
+                                           skip_artifact_check=skip_artifact_check,
+                                           selector=_selector(selector))
     root = registry_from(ctx).root
+    if models is not None or group is not None:
+        _rollback_group(root, request, models, group, dry_run=dry_run, as_json=as_json)
+        return
     if dry_run:
         plan = rollback_api.plan_rollback(root, request)
         _show(as_json, {**plan.as_dict(), "dry_run": True}, rollback_api.describe(plan))
@@ -132,18 +145,26 @@ def rollback(ctx: click.Context, *, env: str, model: str | None, to: str | None,
 @click.option("--sqlite", "sqlite_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Also write table `deployments` into this SQLite file "
               "(rows of other environments in it are kept).")
+@click.option("--hosts", is_flag=True, help="Instead: when each host applied each commit "
+              "(from the fleet status its agent publishes to S3).")
 @json_option
 @click.pass_context
 def history(ctx: click.Context, *, env: str, model: str | None, ref: str | None,
-            sqlite_path: Path | None, as_json: bool) -> None:
+            sqlite_path: Path | None, hosts: bool, as_json: bool) -> None:
     """Every deploy, canary and rollback of ENV: when, who, commit, PR, from -> to, rolled
-    back?"""
+    back? Status changes of its models (deprecate, archive, restore) are rows of kind
+    lifecycle."""
     from ggufops import git
 
     root = registry_from(ctx).root
+    if hosts:
+        _host_history(root, env, as_json)
+        return
     start = ref or next((r for r in ("main", "origin/main") if git.resolve(root, r)), "HEAD")
     git.rev_parse(root, start)
-    deployments = history_api.read_history(root, env, start, model=model)
+    deployments = lifecyclehistory.merge(root, env, start,
+                                         history_api.read_history(root, env, start, model=model),
+                                         model)
     if sqlite_path is not None:
         history_api.write_sqlite(sqlite_path, env, deployments)
     if as_json:
@@ -152,6 +173,22 @@ def history(ctx: click.Context, *, env: str, model: str | None, ref: str | None,
     click.echo(history_api.format_table(deployments))
     if sqlite_path is not None:
         click.echo(f"wrote {len(deployments)} row(s) for {env} to {sqlite_path}")
+
+
+def _selector(text: str | None) -> dict[str, str] | None:
+    from ggufops.fleet.status import parse_labels
+
+    return parse_labels(text) or None if text else None
+
+
+def _host_history(root: Path, env: str, as_json: bool) -> None:
+    from ggufops.fleet import ops as fleetops
+
+    rows = fleetops.host_history(root, env)
+    if as_json:
+        print_json([r.as_dict() for r in rows])
+    else:
+        click.echo(fleetops.format_host_history(rows))
 
 
 @click.command("pr-comment")
@@ -184,6 +221,24 @@ def pr_comment(*, file: Path, marker: str, number: int | None, as_json: bool) ->
         return
     verb = "created" if comment.created else "updated"
     click.echo(f"{verb} comment {comment.id} on {repo}#{number}: {comment.url}")
+
+
+def _rollback_group(root: Path, request: rollback_api.RollbackRequest, models: str | None,
+                    group: str | None, *, dry_run: bool, as_json: bool) -> None:
+    if request.model is not None or request.to is not None:
+        raise UsageError("--models/--group roll back to each model's previous version: drop "
+                         "--model and --to")
+    names = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
+    chosen, group = grouprollback.models_of(root, request, names, group)
+    if dry_run:
+        plan = grouprollback.plan_group_rollback(root, request, chosen, group)
+        _show(as_json, {**plan.as_dict(), "dry_run": True}, rollback_api.describe(plan))
+        return
+    outcome = grouprollback.group_rollback(root, request, chosen, group)
+    text = rollback_api.describe(outcome.plan)
+    if outcome.landing is not None:
+        text += "\n" + _landing_text(outcome.landing, request.remote)
+    _show(as_json, {**outcome.as_dict(), "dry_run": False}, text)
 
 
 def _landing_text(landing: deploy_api.Landing, remote: str) -> str:

@@ -23,13 +23,18 @@ from ggufops.registry.registry import VersionRef
 def validate(ctx: click.Context, base: str | None, check_artifacts: bool, as_json: bool) -> None:
     """Check every registry file: schemas, references, immutability, promotion order."""
     registry = registry_from(ctx)
+    warnings: list[validate_api.Problem] = []
     find_missing = _missing_objects() if check_artifacts else None
-    problems = validate_api.validate_repo(registry.root, base=base, find_missing=find_missing)
+    problems = validate_api.validate_repo(registry.root, base=base, find_missing=find_missing,
+                                          warnings=warnings)
     if as_json:
-        print_json({"valid": not problems, "problems": [p.as_dict() for p in problems]})
+        print_json({"valid": not problems, "problems": [p.as_dict() for p in problems],
+                    "warnings": [w.as_dict() for w in warnings]})
     else:
         for problem in problems:
             click.echo(str(problem))
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
     if problems:
         raise CheckFailed("" if as_json else f"{len(problems)} problem(s) found")
     if not as_json:

@@ -163,6 +163,22 @@ def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
 @click.option("--backoff-max", type=click.FloatRange(min=0.1), default=60.0,
               show_default=True, envvar="GGUFOPS_BACKOFF_MAX",
               help="Longest wait between retries after a failure.")
+@click.option("--host-name", default=None, envvar="GGUFOPS_HOST_NAME",
+              help="This host's name in the fleet status, fleet/<env>/<host>.json in S3 "
+              "(default: the hostname).")
+@click.option("--labels", default=None, metavar="K=V,...", envvar="GGUFOPS_LABELS",
+              help="Labels of this host, e.g. zone=eu,wave=1 (rollout waves, partial "
+              "rollbacks, `fleet status`).")
+@click.option("--heartbeat", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              envvar="GGUFOPS_HEARTBEAT",
+              help="Seconds between fleet status publications when nothing changes.")
+@click.option("--jitter", type=click.FloatRange(0, 0.99), default=0.1, show_default=True,
+              envvar="GGUFOPS_JITTER",
+              help="Each wait between checks is --interval times 1 ± this fraction, so a "
+              "fleet's agents do not hit the git host in step.")
+@click.option("--fleet-status/--no-fleet-status", default=True, show_default=True,
+              envvar="GGUFOPS_FLEET_STATUS",
+              help="Publish this host's status to S3 for `ggufops fleet status`.")
 @log_level_option
 @click.pass_context
 def agent(ctx: click.Context, /, **options: Any) -> None:
@@ -174,6 +190,7 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
         return
     from ggufops.agent import loop as agent_api
     from ggufops.agent import status as agentstatus
+    from ggufops.fleet import status as fleetstatus
     from ggufops.serve.app import read_token
 
     missing = [f"--{k.replace('_url', '').replace('_', '-')}" for k in
@@ -193,6 +210,9 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
         s3_endpoint=options["s3_endpoint"], prune=options["prune"],
         timeout=options["timeout"], backoff_max=options["backoff_max"],
         download_timeout=options["download_timeout"], mismatch_retry=options["mismatch_retry"],
+        host_name=options["host_name"], heartbeat=options["heartbeat"],
+        labels=tuple(fleetstatus.parse_labels(options["labels"]).items()),
+        fleet_status=options["fleet_status"], jitter=options["jitter"],
     )  # fmt: skip
     with _stop_on_signals() as stop:
         agent_api.run_agent(config, stop, ready=lambda url: _announce(

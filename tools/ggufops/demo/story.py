@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ggufops.artifacts import s3server
+from ggufops.demo import fleet as demofleet
 from ggufops.errors import DemoFailed
 from ggufops.httpjson import error_message, request_json
 from ggufops.llama import toy
@@ -244,7 +245,9 @@ def _story(demo: Demo, s3: s3server.S3Server) -> None:
     _rollback(demo)
     _blocked(demo)
     _canary(demo)
+    _archived(demo)
     _history(demo)
+    _fleet(demo)
 
 
 def _start_s3(demo: Demo, s3: s3server.S3Server) -> None:
@@ -324,7 +327,8 @@ def _start_host(demo: Demo) -> None:
                    "--server", demo.server_url, "--admin-token-file", str(token_file),
                    "--s3-endpoint", demo.env["AWS_ENDPOINT_URL_S3"],
                    "--interval", "1", "--status-port", str(agent_port),
-                   "--state-dir", str(demo.workdir / "host" / "agent"))
+                   "--state-dir", str(demo.workdir / "host" / "agent"),
+                   "--host-name", "host-1", "--heartbeat", "5")
         _wait_http(f"{demo.server_url}/healthz", 60, demo)
         _wait_http(f"{demo.agent_url}/status", 60, demo)
         step.result = f"server {demo.server_url}, agent {demo.agent_url} (polls every 1 s)"
@@ -443,10 +447,29 @@ def _canary(demo: Demo) -> None:
                        f"{answered.get(f'{MODEL}-v2.1.0-f32', 0)} of 40 users on the canary")
 
 
+def _archived(demo: Demo) -> None:
+    with demo.step(f"deprecate and archive {MODEL}@2.2.0: a deploy of it is refused") as step:
+        demo.ggufops("deprecate", f"{MODEL}@2.2.0", "--reason", "perplexity regression",
+                     "--direct", "--push")
+        demo.ggufops("archive", f"{MODEL}@2.2.0", "--direct", "--push")
+        refused = demo.ggufops("deploy", f"{MODEL}@2.2.0", "--env", "staging", check=False,
+                               quiet=True)
+        if refused.returncode != 1 or "is archived" not in refused.stderr:
+            raise DemoFailed(f"deploying an archived version was not refused: {refused.stderr}")
+        demo.say(f"    {refused.stderr.strip().splitlines()[-1]}")
+        step.result = f"2.2.0 archived (registry/{MODEL}/lifecycle.yaml); its deploy refused"
+
+
 def _history(demo: Demo) -> None:
     with demo.step("deployment history of production, from git") as step:
         proc = demo.ggufops("history", "--env", "production")
         step.result = f"{max(len(proc.stdout.splitlines()) - 1, 0)} events"
+
+
+def _fleet(demo: Demo) -> None:
+    with demo.step("a second host held back: `fleet status` shows drift, then it converges") \
+            as step:
+        step.result = demofleet.held_back_host(demo, free_port, _ggufops_exe())
 
 
 def _print_table(demo: Demo) -> None:

@@ -142,7 +142,7 @@ def plan_gates(registry: Registry, base: str | None = None, env: str | None = No
     envs = [env] if env else registry.environments()
     jobs: list[GateJob] = []
     for name in envs:
-        now = registry.environment(name).models
+        now = registry.environment_record(name).models
         jobs.extend(_jobs_for(name, now, before.get(name, {})))
     head_policy = registry.policy()
     policy, source = gatepolicy.judging_policy(registry.root, sha, head_policy)

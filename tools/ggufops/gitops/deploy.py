@@ -35,6 +35,7 @@ from ggufops.errors import (
     UsageError,
 )
 from ggufops.gitops import envfile, github, history
+from ggufops.registry import lifecycle
 from ggufops.registry.registry import (
     Registry,
     VersionRef,
@@ -247,11 +248,12 @@ def plan_deploy(root: Path, ref: VersionRef, env: str, *, remote: str = "origin"
         change = _canary_change(text, ref, path=path, env=env, entry=entry, weight=canary,
                                 where=where)
     promotion_check(root, env, ref, base, canary=canary is not None)
+    lifecycle_warnings = lifecycle.deploy_guard(root, base.commit, ref, env)
     branch = default_branch if direct else f"deploy/{env}/{ref.name}-{ref.version}" + (
         f"-canary-{canary}" if canary is not None else "")
     if not direct:
         require_branch_free(root, branch)
-    warnings = []
+    warnings = list(lifecycle_warnings)
     if base.ahead and not direct:
         warnings.append(f"local {default_branch} has {base.ahead} commit(s) not on {remote}; "
                         "the deploy branch carries them too")

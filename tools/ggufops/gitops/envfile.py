@@ -110,6 +110,29 @@ def set_version(text: str, model: str, version: str, where: str) -> str:
     return _checked_edit(text, where, edit, model)
 
 
+def set_overrides(text: str, model: str, values: dict[str, Any], where: str) -> str:
+    """`text` with `model`'s `overrides:` set to `values` (removed when empty); keys kept in
+    place where they stay, new ones appended."""
+    def edit(doc: CommentedMap) -> None:
+        entry = _entry_map(_models_map(doc, where), model, where)
+        block = entry.get("overrides")
+        if not values:
+            if "overrides" in entry:
+                _delete_key(entry, "overrides")
+            return
+        if not isinstance(block, CommentedMap):
+            block = CommentedMap()
+            if entry.fa.flow_style():
+                block.fa.set_flow_style()
+            entry["overrides"] = block
+        for key in [k for k in block if k not in values]:
+            del block[key]
+        for key, value in values.items():
+            block[key] = value
+
+    return _checked_edit(text, where, edit, model)
+
+
 def restore_entry(text: str, model: str, old_entry: Any, where: str) -> str:
     """`text` with `model`'s entry replaced by `old_entry` (a ruamel node or plain dict)."""
     def edit(doc: CommentedMap) -> None:

@@ -156,6 +156,14 @@ class Client:
                              {"body": text})
         return Comment(int(data["id"]), str(data.get("html_url", "")), True)
 
+    def create_status(self, sha: str, *, state: str, context: str, description: str,
+                      target_url: str | None = None) -> None:
+        """A commit status on `sha` (state: error, failure, pending or success)."""
+        body = {"state": state, "context": context, "description": description[:140]}
+        if target_url:
+            body["target_url"] = target_url
+        self._call("POST", f"/repos/{self.repo}/statuses/{sha}", body)
+
     def _comments(self, number: int) -> list[dict[str, Any]]:
         comments: list[dict[str, Any]] = []
         for page in range(1, 100):

@@ -35,7 +35,7 @@ from typing import Any
 
 from ggufops import git, yamlio
 from ggufops.errors import EnvironmentFileError, YamlError
-from ggufops.gitops import envfile
+from ggufops.gitops import configchange, envfile
 from ggufops.registry.registry import environment_relpath, version_relpath
 
 ENVIRONMENT = "Environment"
@@ -46,11 +46,13 @@ ROLLBACK_OF = "Rollback-Of"
 REASON = "Reason"
 CANARY_VERSION = "Canary-Version"
 CANARY_WEIGHT = "Canary-Weight"
+CONFIG_CHANGE = "Config-Change"  # a change of the entry's inference overrides alone
 NO_VERSION = "none"  # From-Version of a model's first deploy
 
 DEPLOY = "deploy"
 CANARY = "canary"  # a canary started, ramped (primary version unchanged)
 ROLLBACK = "rollback"
+CONFIG = "config"  # only inference overrides changed (applied without a model load)
 EDIT = "edit"  # a change without ggufops trailers (hand edit, merge resolution, ...)
 
 _FIELDS = ("%H", "%P", "%an", "%aI", "%cI", "%s", "%(trailers:unfold,only)", "%b")
@@ -68,7 +70,8 @@ Canary = tuple[str, int]  # (version, weight in percent); weight 0: the canary w
 def format_message(kind: str, env: str, model: str, from_version: str | None,
                    to_version: str, *, rollback_of: str | None = None,
                    reason: str | None = None, body: str = "",
-                   canary: Canary | None = None, change: str | None = None) -> str:
+                   canary: Canary | None = None, change: str | None = None,
+                   config: str | None = None) -> str:
     """The commit message of a deploy or rollback: subject, optional body, trailers.
 
     `change` replaces the subject's `FROM -> TO` (canary changes say what they do).
@@ -84,6 +87,8 @@ def format_message(kind: str, env: str, model: str, from_version: str | None,
                  (FROM_VERSION, from_version or NO_VERSION), (TO_VERSION, to_version)]
     if canary is not None:
         trailers += [(CANARY_VERSION, canary[0]), (CANARY_WEIGHT, str(canary[1]))]
+    if config:
+        trailers.append((CONFIG_CHANGE, config))
     parts = [subject, body.strip(), "\n".join(f"{k}: {v}" for k, v in trailers)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -110,6 +115,8 @@ class Deployment:
     metrics: dict[str, Any] | None = None
     canary_version: str | None = None  # the canary this change set (or removed)
     canary_weight: int | None = None  # its weight after the change; 0: removed
+    status: str | None = None  # kind lifecycle: deprecated, archived or restored
+    config_change: str | None = None  # overrides changed: `max_tokens 16 -> 8`
 
     @property
     def rolled_back(self) -> bool:
@@ -225,8 +232,9 @@ def _from_trailers(commit: _Commit, walk: _Walk, env: str) -> Deployment | None:
         return None
     rollback_of = t.get(ROLLBACK_OF.lower())
     canary = _canary_trailers(t)
+    config = t.get(CONFIG_CHANGE.lower())
     kind = ROLLBACK if rollback_of or commit.subject.startswith(f"{ROLLBACK}(") else \
-        CANARY if canary is not None else DEPLOY
+        CANARY if canary is not None else CONFIG if config else DEPLOY
     from_version = t.get(FROM_VERSION.lower())
     event = _event(commit, walk, env, kind, model=t[MODEL.lower()],
                    from_version=None if from_version in (None, NO_VERSION, "") else from_version,
@@ -234,6 +242,7 @@ def _from_trailers(commit: _Commit, walk: _Walk, env: str) -> Deployment | None:
                    reason=t.get(REASON.lower()))
     if canary is not None:
         event.canary_version, event.canary_weight = canary
+    event.config_change = config or None
     return event
 
 
@@ -262,8 +271,8 @@ def _pr_number(subject: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-_State = tuple[str | None, Canary | None]  # a model's (primary version, canary)
-_NOTHING: _State = (None, None)
+_State = tuple[str | None, Canary | None, str]  # a model's (version, canary, overrides JSON)
+_NOTHING: _State = (None, None, "{}")
 
 
 def _from_contents(root: Path, commits: list[_Commit], walk: _Walk, env: str,
@@ -276,17 +285,23 @@ def _from_contents(root: Path, commits: list[_Commit], walk: _Walk, env: str,
         after, before = _states(contents[2 * i], path, parsed), \
             _states(contents[2 * i + 1], path, parsed)
         reverted = _REVERTS.search(commit.body)
-        kind = ROLLBACK if reverted else EDIT
+        kind = ROLLBACK if reverted or commit.subject.startswith(f"{ROLLBACK}(") else EDIT
         for model in sorted(set(before) | set(after)):
             old, new = before.get(model, _NOTHING), after.get(model, _NOTHING)
             if old == new:
                 continue
+            undone = re.search(rf"This reverts commit ([0-9a-f]{{7,40}}) \({re.escape(model)}\)",
+                               commit.body) or reverted
             event = _event(commit, walk, env, kind, model=model, from_version=old[0],
-                           to_version=new[0],
-                           rollback_of=reverted.group(1) if reverted else None, reason=None)
+                           to_version=new[0], rollback_of=undone.group(1) if undone else None,
+                           reason=commit.trailers.get(REASON.lower()))
             if old[1] != new[1]:
                 event.canary_version = (new[1] or old[1] or ("", 0))[0]
                 event.canary_weight = new[1][1] if new[1] else 0
+            if old[2] != new[2]:
+                event.config_change = configchange.describe_json(old[2], new[2])
+                if old[:2] == new[:2] and not reverted:
+                    event.kind = CONFIG
             yield event
 
 
@@ -297,7 +312,7 @@ def _states(content: bytes | None, path: str, cache: dict[bytes, dict[str, _Stat
     if content not in cache:
         try:
             cache[content] = {m: (str(e["version"]) if "version" in e else None,
-                                  envfile.canary(e))
+                                  envfile.canary(e), configchange.overrides_json(e))
                               for m, e in envfile.read_models(content, path).items()}
         except EnvironmentFileError:
             cache[content] = {}
@@ -371,7 +386,11 @@ def format_table(deployments: list[Deployment]) -> str:
 
 def change_text(d: Deployment) -> str:
     """FROM -> TO in words: `2.0.0 -> 2.0.0 + canary 2.1.0 (10%)`."""
+    if d.status is not None:
+        return f"{d.to_version} {d.status}"
     text = f"{d.from_version or '(new)'} -> {d.to_version or '(removed)'}"
+    if d.config_change:
+        text += f" [{d.config_change}]"
     if d.canary_version is None:
         return text
     if d.canary_weight:
@@ -413,15 +432,18 @@ CREATE TABLE IF NOT EXISTS deployments (
     reason TEXT,
     subject TEXT NOT NULL,
     canary_version TEXT,
-    canary_weight INTEGER
+    canary_weight INTEGER,
+    config_change TEXT
 );
 CREATE INDEX IF NOT EXISTS deployments_env_model ON deployments (env, model_name, deployed_at);
 """
 
 _COLUMNS = ("env", "model_name", "version", "deployed_at", "rolled_back", "metrics", "kind",
             "from_version", "commit_sha", "author", "authored_at", "pr", "rollback_of",
-            "rolled_back_by", "reason", "subject", "canary_version", "canary_weight")
-_ADDED_COLUMNS = {"canary_version": "TEXT", "canary_weight": "INTEGER"}  # newer than the table
+            "rolled_back_by", "reason", "subject", "canary_version", "canary_weight",
+            "config_change")
+_ADDED_COLUMNS = {"canary_version": "TEXT", "canary_weight": "INTEGER",
+                  "config_change": "TEXT"}  # newer than the table
 
 
 def write_sqlite(path: Path, env: str, deployments: list[Deployment]) -> int:
@@ -455,7 +477,8 @@ def _row(d: Deployment) -> tuple[Any, ...]:
     return (d.env, d.model, d.to_version, d.deployed_at, int(d.rolled_back),
             json.dumps(d.metrics, sort_keys=True) if d.metrics is not None else None, d.kind,
             d.from_version, d.commit, d.author, d.authored_at, d.pr, d.rollback_of,
-            d.rolled_back_by, d.reason, d.subject, d.canary_version, d.canary_weight)
+            d.rolled_back_by, d.reason, d.subject, d.canary_version, d.canary_weight,
+            d.config_change)
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:

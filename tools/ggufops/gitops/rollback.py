@@ -36,8 +36,9 @@ from ggufops.errors import (
     PromotionRefused,
     UsageError,
 )
-from ggufops.gitops import deploy, envfile, history
+from ggufops.gitops import configcommit, deploy, envfile, history, segments
 from ggufops.gitops.history import Deployment
+from ggufops.registry import lifecycle
 from ggufops.registry.registry import VersionRef, environment_relpath
 
 LOCAL = "local"  # commit on the local default branch
@@ -46,6 +47,7 @@ PR = "pr"  # push a rollback branch and open a pull request
 REVERT = "revert"
 RESTORE_ENTRY = "restore-entry"
 SKIPPED = "skipped"  # artifact check turned off (--skip-artifact-check)
+SEGMENT = "segment"  # a partial rollback: only hosts matching a selector
 NOT_NEEDED = "not needed"  # the rollback points at no artifact (a canary removed)
 MAX_ATTEMPTS = 5
 
@@ -60,6 +62,7 @@ class RollbackRequest:
     remote: str = "origin"
     default_branch: str = "main"
     skip_artifact_check: bool = False
+    selector: dict[str, str] | None = None  # partial: only hosts with these labels
 
 
 @dataclass(kw_only=True)
@@ -70,11 +73,12 @@ class RollbackPlan(deploy.ChangePlan):
     strategy: str
     reason: str | None
     artifact_check: str
+    config_change: str | None = None  # set when the rollback undoes a config-only change
 
     def details(self) -> dict[str, Any]:
         return {"rollback_of": self.rollback_of, "rollback_of_subject": self.rollback_of_subject,
                 "strategy": self.strategy, "reason": self.reason,
-                "artifact_check": self.artifact_check}
+                "artifact_check": self.artifact_check, "config_change": self.config_change}
 
 
 
@@ -109,26 +113,35 @@ def plan_rollback(root: Path, request: RollbackRequest) -> RollbackPlan:
         raise NothingToRollBack(f"{request.env} does not run {model} ({path} on {base.ref}); "
                                 "nothing to roll back")
     undo = _change_to_undo(events, model, current)
-    if request.to is None and undo is not None and _is_canary_change(undo):
+    if request.to is None and undo is not None and _is_canary_change(undo) \
+            and not request.selector:
         return _plan_canary_rollback(root, request, base, text, undo)
+    if request.to is None and undo is not None and configcommit.is_config_change(undo):
+        return _plan_config_rollback(root, request, base, text, undo)
     target = request.to or _previous_version(undo, request.env, model, current)
     if target == current:
         raise AlreadyDeployed(f"{request.env} already runs {model}@{target} ({path} on "
                               f"{base.ref} {base.commit[:10]}); nothing to roll back")
     ref = VersionRef(model, target)
     doc = deploy.version_doc_at(root, base, ref)
+    # an archived version is never a rollback target
+    lifecycle_warnings = lifecycle.rollback_guard(root, base.commit, ref, request.env)
     if request.to is not None:
         _check_target_allowed(root, request.env, ref, events, base)
     artifact_check = _check_artifact(root, ref, doc, request)
     new_text, strategy = _new_text(root, text, path, ref, undo)
+    if request.selector:  # a partial rollback: a segment, the entry's version stays
+        new_text, strategy = segments.set_segment(text, model, request.selector, target,
+                                                  path), SEGMENT
     branch = (f"rollback/{request.env}/{model}-{target}" if request.mode == PR
               else request.default_branch)
     _check_branch_free(root, request, branch)
     message = history.format_message(
         history.ROLLBACK, request.env, model, current, target,
         rollback_of=undo.commit if undo else None, reason=request.reason,
-        body=_body(undo, strategy, model, target, request.env) + _skipped_note(artifact_check))
-    warnings = _skipped_warning(ref, artifact_check)
+        body=_body(undo, strategy, model, target, request.env, selector=request.selector)
+        + _skipped_note(artifact_check))
+    warnings = lifecycle_warnings + _skipped_warning(ref, artifact_check)
     return RollbackPlan(
         env=request.env, model=model, from_version=current, to_version=target,
         rollback_of=undo.commit if undo else None,
@@ -170,6 +183,7 @@ def _plan_canary_rollback(root: Path, request: RollbackRequest, base: deploy.Bas
     artifact_check = NOT_NEEDED
     if after is not None:
         ref = VersionRef(model, after[0])
+        lifecycle.rollback_guard(root, base.commit, ref, env)  # nor to an archived canary
         artifact_check = _check_artifact(root, ref, deploy.version_doc_at(root, base, ref),
                                          request)
     change = (f"canary {before[0]} removed" if after is None
@@ -207,6 +221,29 @@ def _canary_text(root: Path, text: str, path: str, model: str,
     if previous is None:
         return envfile.remove_canary(text, model, path), RESTORE_ENTRY
     return envfile.set_canary(text, model, previous[0], previous[1], path), RESTORE_ENTRY
+
+
+def _plan_config_rollback(root: Path, request: RollbackRequest, base: deploy.Base, text: str,
+                          undo: Deployment) -> RollbackPlan:
+    """Undo `undo`'s change of the overrides (no artifact involved: no S3 check)."""
+    env, model, path = request.env, undo.model, environment_relpath(request.env)
+    new_text, strategy, change = configcommit.rollback_change(root, text, path, model, undo)
+    primary = str(envfile.read_models(text, path)[model]["version"])
+    body = (f"This reverts commit {undo.commit}." if strategy == REVERT
+            else f"Restores {model}'s overrides in {env}, undoing commit {undo.commit}.")
+    message = history.format_message(
+        history.ROLLBACK, env, model, primary, primary, rollback_of=undo.commit,
+        reason=request.reason, body=body, change=f"config {change}", config=change)
+    branch = (f"rollback/{env}/{model}-config-{undo.commit[:8]}" if request.mode == PR
+              else request.default_branch)
+    _check_branch_free(root, request, branch)
+    return RollbackPlan(
+        env=env, model=model, from_version=primary, to_version=primary,
+        rollback_of=undo.commit, rollback_of_subject=undo.subject, strategy=strategy,
+        reason=request.reason, mode=request.mode, branch=branch,
+        default_branch=request.default_branch, remote=request.remote, base_ref=base.ref,
+        base_commit=base.commit, file=path, diff=envfile.unified_diff(text, new_text, path),
+        message=message, artifact_check=NOT_NEEDED, new_text=new_text, config_change=change)
 
 
 def _check_branch_free(root: Path, request: RollbackRequest, branch: str) -> None:
@@ -293,7 +330,11 @@ def _revert_file(root: Path, text: str, path: str, commit: str) -> str | None:
     return merged.decode() if merged is not None else None
 
 
-def _body(undo: Deployment | None, strategy: str, model: str, target: str, env: str) -> str:
+def _body(undo: Deployment | None, strategy: str, model: str, target: str, env: str, *,
+          selector: dict[str, str] | None = None) -> str:
+    if selector:
+        return (f"Restores {model} {target} in {env} only on the hosts labelled "
+                f"{segments.selector_text(selector)} (a segment); the others keep their version.")
     if undo is None:
         return f"Restores {model} {target} in {env}."
     if strategy == REVERT:
@@ -332,13 +373,13 @@ def rollback(root: Path, request: RollbackRequest, *,
             if plan.mode != PUSH or attempt == max_attempts:
                 raise
         # Someone pushed in between: rebase = plan again on the new tip, same target.
-        retry = replace(request, model=plan.model,
-                        to=None if plan.canary is not None else plan.to_version)
+        undo_again = plan.canary is not None or plan.config_change is not None
+        retry = replace(request, model=plan.model, to=None if undo_again else plan.to_version)
         try:
             again = plan_rollback(root, retry)
         except AlreadyDeployed:
             again = None
-        if again is None or (plan.canary is not None and again.rollback_of != plan.rollback_of):
+        if again is None or (undo_again and again.rollback_of != plan.rollback_of):
             return RollbackOutcome(plan, None, attempt + 1, [_already_note(request, plan)])
         plan = again
     raise AssertionError("unreachable")

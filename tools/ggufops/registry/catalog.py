@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ggufops import semver, yamlio
+from ggufops.registry import lifecycleview
 from ggufops.registry.registry import (
     Registry,
     VersionRef,
@@ -24,6 +25,8 @@ class Row:
     sha256: str
     environments: list[str] = field(default_factory=list)
     status: str = "registered"
+    stage: str = ""  # lifecycle stage (ggufops.lifecycle): development ... archived
+    lifecycle: list[dict[str, Any]] = field(default_factory=list)  # its recorded changes
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -32,7 +35,7 @@ class Row:
 def _deployments(registry: Registry) -> dict[tuple[str, str], list[str]]:
     where: dict[tuple[str, str], list[str]] = {}
     for env in registry.environments():
-        for model, entry in registry.environment(env).models.items():
+        for model, entry in registry.environment_record(env).models.items():
             where.setdefault((model, entry.version), []).append(env)
             canary = entry.canary_version
             if canary:
@@ -62,7 +65,15 @@ def list_versions(registry: Registry) -> list[Row]:
     rows.sort(key=lambda r: (r.name, semver.parse(r.version)), reverse=True)
     rows.sort(key=lambda r: r.name)
     _set_status(rows)
+    _set_stages(registry, rows)
     return rows
+
+
+def _set_stages(registry: Registry, rows: list[Row]) -> None:
+    found = lifecycleview.stages(registry, [VersionRef(r.name, r.version) for r in rows])
+    for row in rows:
+        stage = found[VersionRef(row.name, row.version)]
+        row.stage, row.lifecycle = stage.stage, [e.as_dict() for e in stage.history]
 
 
 def _set_status(rows: list[Row]) -> None:
@@ -84,8 +95,8 @@ def _set_status(rows: list[Row]) -> None:
 def format_table(rows: list[Row]) -> str:
     if not rows:
         return "no versions registered yet (see `ggufops register --help`)"
-    header = ("DISPLAY ID", "STATUS", "ENVIRONMENTS", "PARENT", "SHA256")
-    body = [(r.display_id, r.status, ", ".join(r.environments) or "-",
+    header = ("DISPLAY ID", "STATUS", "STAGE", "ENVIRONMENTS", "PARENT", "SHA256")
+    body = [(r.display_id, r.status, r.stage or "-", ", ".join(r.environments) or "-",
              r.parent_version or "-", r.sha256[:12]) for r in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=False)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
@@ -95,10 +106,17 @@ def format_table(rows: list[Row]) -> str:
 def describe(registry: Registry, ref: VersionRef) -> dict[str, Any]:
     doc = registry.load_ref(ref)
     where = _deployments(registry).get((ref.name, ref.version), [])
-    return {"display_id": display_id(doc), "environments": where, "version": doc}
+    stage = lifecycleview.stages(registry, [ref])[ref]
+    return {"display_id": display_id(doc), "environments": where, **stage.as_dict(),
+            "version": doc}
 
 
 def format_description(info: dict[str, Any]) -> str:
 
     where = ", ".join(info["environments"]) or "no environment"
-    return f"{info['display_id']} (runs in: {where})\n" + yamlio.dump(info["version"]).rstrip()
+    lines = [f"{info['display_id']} (runs in: {where})"]
+    if "stage" in info:
+        lines.append(f"stage: {info['stage']}")
+        lines += [f"  {e['at']}  {e['status']:<10}  by {e['by']}"
+                  + (f"  ({e['reason']})" if e.get("reason") else "") for e in info["lifecycle"]]
+    return "\n".join(lines) + "\n" + yamlio.dump(info["version"]).rstrip()

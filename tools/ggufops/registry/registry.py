@@ -14,6 +14,7 @@ from ggufops.errors import (
     NotARegistry,
     UnknownEnvironment,
     UnknownVersion,
+    YamlError,
 )
 from ggufops.registry.records import Environment, environment_from_data
 
@@ -23,6 +24,8 @@ SCHEMA_DIR = "registry/schema"
 EVALS_DIR = "registry/evals"
 POLICY_FILE = "registry/policy.yaml"
 RESERVED_DIRS = frozenset({"schema", "evals"})
+# registry/<model>/lifecycle.yaml: the model's status changes (ggufops.lifecycle), not a version
+NOT_VERSION_FILES = frozenset({"lifecycle.yaml"})
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
@@ -63,9 +66,35 @@ def split_version_relpath(relpath: str) -> VersionRef | None:
     parts = relpath.split("/")
     if len(parts) != 3 or parts[0] != REGISTRY_DIR or parts[1] in RESERVED_DIRS:
         return None
-    if not parts[2].endswith(".yaml"):
+    if not parts[2].endswith(".yaml") or parts[2] in NOT_VERSION_FILES:
         return None
     return VersionRef(parts[1], parts[2][: -len(".yaml")])
+
+
+def environment_models(data: Any) -> dict[str, dict[str, Any]]:
+    """model name -> entry of a parsed environment file; lenient: malformed parts are skipped.
+
+    For reading history, where a file at an old commit may not be valid; `validate`
+    reports what is wrong with the current files.
+    """
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict):
+        return {}
+    return {str(m): e for m, e in models.items() if isinstance(e, dict)}
+
+
+def canary_version(entry: Any) -> Any:
+    """The version of an environment entry's canary, as written; None without a canary."""
+    canary = entry.get("canary") if isinstance(entry, dict) else None
+    return canary.get("version") if isinstance(canary, dict) else None
+
+
+def environment_models_in(raw: bytes | str, where: str) -> dict[str, dict[str, Any]]:
+    """environment_models() of an environment file's bytes; {} if it is not YAML."""
+    try:
+        return environment_models(yamlio.parse(raw, Path(where)).data)
+    except YamlError:
+        return {}
 
 
 def find_root(start: Path) -> Path:
@@ -78,6 +107,11 @@ def find_root(start: Path) -> Path:
         f"no ggufops registry at or above {start} (no {POLICY_FILE}); "
         "run inside a registry clone or pass --repo DIR"
     )
+
+
+def environment_data(path: Path) -> dict[str, Any]:
+    data = yamlio.load(path) or {}
+    return data if isinstance(data, dict) else {}
 
 
 class Registry:
@@ -105,7 +139,8 @@ class Registry:
         for model_dir in sorted(base.iterdir()) if base.is_dir() else ():
             if model_dir.name in RESERVED_DIRS or not model_dir.is_dir():
                 continue
-            yield from sorted(model_dir.glob("*.yaml"))
+            yield from sorted(p for p in model_dir.glob("*.yaml")
+                              if p.name not in NOT_VERSION_FILES)
 
     def iter_environment_files(self) -> Iterator[Path]:
         base = self.root / ENVIRONMENTS_DIR
@@ -127,17 +162,24 @@ class Registry:
     def load_ref(self, ref: VersionRef) -> dict[str, Any]:
         return self.load_version(ref.name, ref.version)
 
-    def environment(self, env: str) -> Environment:
+    def environment(self, env: str) -> dict[str, Any]:
+        """The environment file as plain data (see `environment_record` for the typed one)."""
+        return environment_data(self._existing_environment(env))
+
+    def environment_record(self, env: str) -> Environment:
         """The environment file, read leniently (validate reports what is wrong with it)."""
+        return environment_from_data(env, yamlio.load(self._existing_environment(env)))
+
+    def _existing_environment(self, env: str) -> Path:
         path = self.environment_file(env)
         if not path.is_file():
             known = ", ".join(self.environments()) or "none"
             raise UnknownEnvironment(f"no environment {env!r} ({path} missing); known: {known}")
-        return environment_from_data(env, yamlio.load(path))
+        return path
 
     def deployed(self, env: str) -> dict[str, str]:
         """model name -> version running in `env`."""
-        return self.environment(env).versions()
+        return self.environment_record(env).versions()
 
     def policy(self) -> dict[str, Any]:
         if self._policy is None:

@@ -20,7 +20,7 @@ from typing import Any
 from ggufops import git, yamlio
 from ggufops.errors import YamlError
 from ggufops.hashing import file_sha256
-from ggufops.registry import schemas
+from ggufops.registry import lifecyclecheck, overrides, releasegroups, schemas, warmset
 from ggufops.registry.dvcpointer import pointer_from_yaml, scan_pointer
 from ggufops.registry.records import NO_ENTRY, EnvEntry, environment_from_data, environment_in
 from ggufops.registry.registry import (
@@ -113,18 +113,23 @@ def _no_gc() -> Iterator[None]:
 
 
 def validate_repo(root: Path, base: str | None = None,
-                  find_missing: MissingObjects | None = None) -> list[Problem]:
+                  find_missing: MissingObjects | None = None,
+                  warnings: list[Problem] | None = None) -> list[Problem]:
     """All problems in the registry at `root` (and against `base`, when given).
 
     With `find_missing` (the artifacts room's `dvc.missing_objects`), also every version an
-    environment runs whose object is missing from the S3 remote; the registry room does not
-    import S3 code itself.
+    environment runs whose object is missing from the S3 remote, and every rollback target
+    the retention policy keeps warm; the registry room does not import S3 code itself.
+    `warnings` (when given) receives what passes but deserves a look (a deprecated
+    version entering an environment under `lifecycle.deprecated: warn`).
     """
     checker = Checker(root)
     validators = schemas.load_validators(root)
     with _no_gc():  # parsing allocates only acyclic data; collecting it mid-way is waste
         state = _load(checker, Registry(root), validators)
     _check_references(checker, state)
+    lifecyclecheck.check_repo(checker, state, git.rev_parse(root, base) if base else None,
+                              warnings if warnings is not None else [])
     if base is not None:
         _check_against_base(checker, state, base)
     if find_missing is not None:
@@ -243,12 +248,37 @@ def _check_references(checker: Checker, state: State) -> None:
                     checker.add(doc, where, f"{env} runs {model}@{version}, which is not "
                                 f"registered (no {REGISTRY_DIR}/{model}/{version}.yaml); "
                                 "register it or pick a registered version", "reference")
+            for i, segment in enumerate(entry.get("segments") or []):  # partial rollbacks
+                version = segment["version"]
+                if VersionRef(model, version) not in state.versions:
+                    checker.add(doc, ["models", model, "segments", i, "version"],
+                                f"{env} runs {model}@{version} on {segment['selector']}, which "
+                                f"is not registered (no {REGISTRY_DIR}/{model}/{version}.yaml)"
+                                "; register it or pick a registered version", "reference")
+    _check_overrides(checker, state)
     if state.policy is not None:
         for env in state.policy.data["promotion"]["order"]:
             if not (state.root / ENVIRONMENTS_DIR / f"{env}.yaml").is_file():
                 checker.add(state.policy, ["promotion", "order"], f"promotion.order names "
                             f"{env!r} but {ENVIRONMENTS_DIR}/{env}.yaml does not exist; create "
                             "it or remove the name", "reference")
+
+
+def _check_overrides(checker: Checker, state: State) -> None:
+    """Overrides that do not fit their versions (max_tokens past the context, ...)."""
+    versions = {(ref.name, ref.version): doc.data for ref, doc in state.versions.items()}
+    for env, doc in state.environments.items():
+        for problem in overrides.problems(env, doc.data.get("models") or {}, versions):
+            checker.add(doc, list(problem.where), problem.message, "overrides")
+        for model, entry in (doc.data.get("models") or {}).items():
+            shadow = entry.get("shadow") if isinstance(entry, dict) else None
+            if isinstance(shadow, dict) and (model, shadow["version"]) not in versions:
+                checker.add(doc, ["models", model, "shadow", "version"], f"{env} shadows "
+                            f"{model}@{shadow['version']}, which is not registered; register "
+                            "it or pick a registered version", "reference")
+        for problem in releasegroups.problems(env, doc.data):
+            checker.add(doc, [int(k) if k.isdigit() else k for k in problem.where],
+                        problem.message, "groups")
 
 
 def _check_eval(checker: Checker, state: State, doc: yamlio.Document) -> None:
@@ -397,6 +427,7 @@ def _check_artifacts(checker: Checker, state: State, find_missing: MissingObject
         checker.add(state.versions[ref], ["artifact"], f"artifact of {ref} is missing from the "
                     f"remote (object {key}); push it with `dvc push` or pick another version",
                     "artifact")
+    warmset.check_rollback_targets(checker, state, find_missing)
 
 
 # --- used by deploy and rollback (gitops) ---------------------------------------------------

@@ -10,8 +10,11 @@ Routes
   GET    /admin/models                      state: active, draining, loading, last errors
   POST   /admin/models                      load {name, version, sha256, display_id?, inference?,
                                            role? ("primary" | "canary"), weight? (canary 0-100)}
+  POST   /admin/groups                      {group, models: [load body, ...]}: switch a release
+                                           group all at once, or nothing (groupswap.py)
   DELETE /admin/models/{name}               unload a model (and its canary)
-  DELETE /admin/models/{name}/canary        unload its canary
+  DELETE /admin/models/{name}/canary        unload its canary (/shadow: its shadow)
+  GET    /admin/shadow?model=NAME           shadow traffic: agreement, latency, errors, drops
   (every /admin route needs `Authorization: Bearer <token>`)
 
 Swaps without failed requests are modeltable.py's job, the OpenAI request and response
@@ -31,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
 
 from ggufops.errors import (
     ArtifactNotInStore,
@@ -44,8 +48,8 @@ from ggufops.errors import (
     SmokeTestFailed,
 )
 from ggufops.httpjson import HttpError, JsonHandler, Limits, QuietServer, read_json_body
-from ggufops.llama import chattemplate, llm
-from ggufops.serve import protocol
+from ggufops.llama import llm
+from ggufops.serve import configswap, groupswap, protocol, shadow
 from ggufops.serve.loadrequest import LoadRequest
 from ggufops.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ggufops.serve.metrics import Metrics
@@ -110,9 +114,10 @@ class Writer(Protocol):
     def send_event(self, data: str) -> None: ...
 
 
-def generation_params(request: protocol.OpenAIRequest, loaded: LoadedModel) -> dict[str, Any]:
+def generation_params(request: protocol.OpenAIRequest, loaded: LoadedModel,
+                      config: LoadRequest | None = None) -> dict[str, Any]:
     """llama-cpp-python keyword arguments: the request's settings over the version's."""
-    params = {**loaded.defaults(), **request.sampling}
+    params = {**loaded.defaults(config), **request.sampling}
     if not 0 < params["max_tokens"] <= loaded.model.n_ctx:
         raise HttpError(400, f"max_tokens: must be 1..{loaded.model.n_ctx} (the context size)",
                         param="max_tokens")
@@ -122,8 +127,8 @@ def generation_params(request: protocol.OpenAIRequest, loaded: LoadedModel) -> d
     return params
 
 
-def _require_chat(loaded: LoadedModel) -> None:
-    if not chattemplate.has_chat(loaded.model.chat_template):
+def _require_chat(loaded: LoadedModel, config: LoadRequest) -> None:
+    if not configswap.has_chat(loaded, config):
         raise HttpError(400, f"{loaded.request.display_id} has no chat template (its version "
                         "says prompt_template: none), so it cannot answer chat requests; use "
                         "/v1/completions, or register the file with --chat-format NAME",
@@ -151,6 +156,7 @@ class Generator:
         self.table = table
         self.metrics = metrics
         self.reuse_prefix = reuse_prefix
+        self.shadow = shadow.ShadowMirror(table, metrics)
 
     def handle(self, out: Writer, endpoint: str, body: Any) -> None:
         exchange = _Exchange(endpoint)
@@ -188,16 +194,19 @@ class Generator:
 
     def _run(self, out: Writer, request: protocol.OpenAIRequest, loaded: LoadedModel,
              exchange: _Exchange) -> None:
+        config = configswap.pinned(loaded)  # one config for the whole request
         if request.is_chat:
-            _require_chat(loaded)
-        params = generation_params(request, loaded)
+            _require_chat(loaded, config)
+        params = generation_params(request, loaded, config)
         trace = llm.Trace(top_n=request.top_logprobs)
         queued = time.perf_counter()
         with loaded.lock:
             self.metrics.observe("ggufops_queue_wait_seconds", loaded.labels,
                                  time.perf_counter() - queued)
+            configswap.use_template(loaded, config)
             if request.is_chat:
-                result = llm.chat(loaded.model, request.messages, params,
+                messages = configswap.with_system_prompt(request.messages, config.inference)
+                result = llm.chat(loaded.model, messages, params,
                                   stream=request.stream, trace=trace,
                                   reuse_prefix=self.reuse_prefix)
             else:
@@ -211,6 +220,8 @@ class Generator:
                 self._count_tokens(loaded, trace)
                 self._finish(exchange, 200)
                 out.send_json(200, reply)
+                self.shadow.offer(request, params, loaded, reply,
+                                  time.perf_counter() - exchange.start)
             else:
                 stream = protocol.ChunkStream(request, loaded.request.display_id, trace, text_of)
                 self._stream(out, loaded, stream.chunks(result), trace, exchange)
@@ -263,6 +274,9 @@ def server_metrics() -> Metrics:
     m.gauge("ggufops_canary_weight", "Percent of a model's requests sent to its canary.",
             ("model", "version", "display_id", "sha256"))
     m.gauge("ggufops_models_draining", "Replaced models still finishing requests.")
+    shadow.register_metrics(m)
+    m.counter(configswap.CONFIG_CHANGES, "Inference config changes applied without a "
+              "reload.", ("model", "version"))
     return m
 
 
@@ -294,6 +308,9 @@ class App:
         canary = self.table.canaries().get(loaded.request.name)
         if canary is not None:
             info["canary"] = canary[0].canary_info(canary[1])
+        mirror = self.table.shadow(loaded.request.name)
+        if mirror is not None:
+            info["shadow"] = mirror.canary_info(mirror.request.weight)
         return info
 
     def model(self, model_id: str) -> dict[str, Any]:
@@ -359,14 +376,23 @@ class App:
             info["weight"] = request.weight
         return (201 if changed else 200), {"loaded": changed, "model": info}
 
+    def admin_group(self, body: Any) -> dict[str, Any]:
+        """POST /admin/groups: a release group switched all at once, or not at all."""
+        group, requests = groupswap.parse(body)
+        try:
+            models = groupswap.swap(self.loader, group, requests)
+        except GgufopsError as e:
+            raise http_error_for(e) from None
+        return {"group": group, "models": models}
+
     def admin_unload(self, path: str) -> dict[str, Any]:
         """DELETE /admin/models/{name} (with its canary) or /admin/models/{name}/canary."""
         name, _, rest = path.partition("/")
-        if rest not in ("", "canary"):
+        if rest not in ("", "canary", "shadow"):
             raise HttpError(404, f"no route DELETE /admin/models/{path}", "not_found_error")
-        old = self.table.remove_canary(name) if rest else self.table.remove(name)
+        old = self.table.remove_canary(name, rest) if rest else self.table.remove(name)
         if old is None:
-            what = "has no canary" if rest else "is not served"
+            what = f"has no {rest}" if rest else "is not served"
             raise HttpError(404, f"model {name!r} {what}", "not_found_error")
         return {"unloaded": old.info()}
 
@@ -416,6 +442,10 @@ class ServeHandler(JsonHandler):
         elif path == "/admin/models":
             app.authorize(self.headers.get("Authorization"))
             self.send_json(200, app.admin_state())
+        elif path == "/admin/shadow":
+            app.authorize(self.headers.get("Authorization"))
+            model = parse_qs(urlsplit(self.path).query).get("model", [""])[0]
+            self.send_json(200, app.generator.shadow.report(model))
         else:
             raise HttpError(404, f"no route GET {path}", "not_found_error")
 
@@ -426,6 +456,9 @@ class ServeHandler(JsonHandler):
             self.app.authorize(self.headers.get("Authorization"))  # before reading the body
             status, reply = self.app.admin_load(read_json_body(self))
             self.send_json(status, reply)
+        elif path == "/admin/groups":
+            self.app.authorize(self.headers.get("Authorization"))
+            self.send_json(200, self.app.admin_group(read_json_body(self)))
         else:
             raise HttpError(404, f"no route POST {path}", "not_found_error")
 

@@ -20,7 +20,8 @@ from ggufops.registry.registry import MODEL_NAME
 
 PRIMARY = "primary"
 CANARY = "canary"
-ROLES = (PRIMARY, CANARY)
+SHADOW = "shadow"  # serve/shadow.py: mirrored traffic, never answers a client
+ROLES = (PRIMARY, CANARY, SHADOW)
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,8 @@ class LoadRequest:
 
     @property
     def key(self) -> str:
-        """Where loads and load errors are tracked: the name, or `name/canary`."""
-        return self.name if self.role == PRIMARY else f"{self.name}/canary"
+        """Where loads and load errors are tracked: the name, or `name/<role>`."""
+        return self.name if self.role == PRIMARY else f"{self.name}/{self.role}"
 
     def to_json(self) -> dict[str, Any]:
         """The JSON body; a primary carries no role or weight (the server's defaults)."""
@@ -86,7 +87,7 @@ def _check_template(inference: dict[str, Any]) -> None:
 def _role_and_weight(data: dict[str, Any]) -> tuple[str, int]:
     role = data.get("role") or PRIMARY
     if role not in ROLES:
-        raise HttpError(400, f"role: {role!r} is not \"primary\" or \"canary\"")
+        raise HttpError(400, f"role: {role!r} is not \"primary\", \"canary\" or \"shadow\"")
     weight = data.get("weight")
     if role == PRIMARY:
         return role, 0

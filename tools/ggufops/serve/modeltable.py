@@ -37,6 +37,8 @@ from ggufops.errors import (
 from ggufops.hashing import file_sha256
 from ggufops.httpjson import HttpError, rfc3339
 from ggufops.llama import llm
+from ggufops.registry import overrides
+from ggufops.serve import configswap
 from ggufops.serve.loadrequest import LoadRequest
 from ggufops.serve.metrics import Metrics
 
@@ -86,18 +88,22 @@ class LoadedModel:
             "owned_by": "ggufops", "name": r.name, "version": r.version,
             "display_id": r.display_id, "sha256": r.sha256,
             "loaded_at": rfc3339(self.loaded_at), "load_seconds": round(self.load_seconds, 4),
-            "n_ctx": self.model.n_ctx, "chat_template": self.model.chat_template,
+            "n_ctx": self.model.n_ctx,
+            "chat_template": configswap.template_for(self.model, r.inference),
+            "config_sha256": overrides.config_digest(r.inference),
         }  # fmt: skip
 
     def canary_info(self, weight: int) -> dict[str, Any]:
         """What the primary's /v1/models entry says about this canary."""
         r = self.request
         return {"version": r.version, "sha256": r.sha256, "display_id": r.display_id,
-                "weight": weight, "loaded_at": rfc3339(self.loaded_at)}
+                "weight": weight, "loaded_at": rfc3339(self.loaded_at),
+                "config_sha256": overrides.config_digest(r.inference)}
 
-    def defaults(self) -> dict[str, Any]:
-        """Generation defaults from the version's validated inference config."""
-        inf = self.request.inference
+    def defaults(self, config: LoadRequest | None = None) -> dict[str, Any]:
+        """Generation defaults from the version's validated inference config (of `config`,
+        the request's pinned one, when given)."""
+        inf = (config or self.request).inference
         values = {"temperature": inf.get("temperature"), "top_p": inf.get("top_p"),
                   "max_tokens": inf.get("max_tokens") or DEFAULT_MAX_TOKENS}
         return {k: v for k, v in values.items() if v is not None}
@@ -115,6 +121,7 @@ class ModelTable:
         self._lock = threading.Lock()
         self._active: dict[str, LoadedModel] = {}
         self._canary: dict[str, LoadedModel] = {}
+        self._shadow: dict[str, LoadedModel] = {}
         self._draining: list[LoadedModel] = []
         self._on_free = on_free
 
@@ -135,13 +142,44 @@ class ModelTable:
         with self._lock:
             return {n: (c, c.request.weight) for n, c in self._canary.items()}
 
-    def set_weight(self, name: str, weight: int) -> LoadedModel | None:
-        """Change the weight of the canary of `name` (no reload); the canary, if any."""
+    def shadow(self, name: str) -> LoadedModel | None:
         with self._lock:
-            current = self._canary.get(name)
+            return self._shadow.get(name)
+
+    def shadows(self) -> dict[str, LoadedModel]:
+        with self._lock:
+            return dict(self._shadow)
+
+    @contextlib.contextmanager
+    def use_shadow(self, name: str) -> Iterator[LoadedModel]:
+        """Hold the shadow of `name` for a mirrored request (HttpError 404 without one)."""
+        with self._lock:
+            loaded = self._shadow.get(name)
+            if loaded is None:
+                raise HttpError(404, f"{name} has no shadow", "not_found_error")
+            loaded.refs += 1
+        try:
+            yield loaded
+        finally:
+            self._release(loaded)
+
+    def in_slot(self, role: str, name: str) -> LoadedModel | None:
+        with self._lock:
+            return self._slots(role).get(name)
+
+    def set_weight(self, name: str, weight: int, role: str = "canary") -> LoadedModel | None:
+        """Change the weight of the canary (or shadow) of `name` (no reload); it, if any."""
+        with self._lock:
+            current = self._slots(role).get(name)
             if current is not None:
                 current.request = dataclasses.replace(current.request, weight=weight)
             return current
+
+    def reconfigure(self, loaded: LoadedModel, request: LoadRequest) -> None:
+        """Give `loaded` a new config (same file and role): one assignment, under the lock
+        `use` reads it with."""
+        with self._lock:
+            loaded.request = request
 
     def draining(self) -> list[LoadedModel]:
         with self._lock:
@@ -198,8 +236,8 @@ class ModelTable:
         old one. A canary needs a primary: HttpError 409 without one."""
         name = new.request.name
         with self._lock:
-            slots = self._active if new.request.role == "primary" else self._canary
-            if slots is self._canary and name not in self._active:
+            slots = self._slots(new.request.role)
+            if slots is not self._active and name not in self._active:
                 raise HttpError(409, f"{name} has no primary model; load it before a canary",
                                 "conflict_error")
             old = slots.get(name)
@@ -208,20 +246,45 @@ class ModelTable:
             self._retire(old)
         return old
 
+    def install_all(self, news: list[LoadedModel],
+                    configs: list[tuple[LoadedModel, LoadRequest]]) -> list[LoadedModel]:
+        """Install `news` (primaries before canaries) and apply `configs`, in one critical
+        section: a release group switches at once. The models replaced are retired."""
+        ordered = sorted(news, key=lambda m: m.request.role != "primary")
+        with self._lock:
+            for new in ordered:
+                name = new.request.name
+                if new.request.role != "primary" and name not in self._active:
+                    raise HttpError(409, f"{name} has no primary model; load it before a "
+                                    "canary", "conflict_error")
+            old = [self._slots(n.request.role).get(n.request.name) for n in ordered]
+            for new in ordered:
+                self._slots(new.request.role)[new.request.name] = new
+            for loaded, request in configs:
+                loaded.request = request
+        retired = [o for o in old if o is not None]
+        for o in retired:
+            self._retire(o)
+        return retired
+
+    def _slots(self, role: str) -> dict[str, LoadedModel]:
+        return {"primary": self._active, "canary": self._canary, "shadow": self._shadow}[role]
+
     def remove(self, name: str) -> LoadedModel | None:
         """Unload the model `name` and its canary (at once: no canary outlives its primary);
         the primary, if any."""
         with self._lock:
             old = self._active.pop(name, None)
             canary = self._canary.pop(name, None)
-        for retired in (canary, old):
+            shadow = self._shadow.pop(name, None)
+        for retired in (shadow, canary, old):
             if retired is not None:
                 self._retire(retired)
         return old
 
-    def remove_canary(self, name: str) -> LoadedModel | None:
+    def remove_canary(self, name: str, role: str = "canary") -> LoadedModel | None:
         with self._lock:
-            old = self._canary.pop(name, None)
+            old = self._slots(role).pop(name, None)
         if old is not None:
             self._retire(old)
         return old
@@ -286,6 +349,22 @@ class Loader:
         with self._guard:
             return dict(self.loading), dict(self.last_errors)
 
+    @contextlib.contextmanager
+    def group_locks(self, names: list[str]) -> Iterator[None]:
+        """Hold the load locks of every model in `names` (in name order: no deadlock)."""
+        with contextlib.ExitStack() as stack:
+            for name in sorted(set(names)):
+                stack.enter_context(self._lock_for(name))
+            yield
+
+    def current_for(self, request: LoadRequest) -> LoadedModel | None:
+        """What serves in `request`'s slot now (None if nothing)."""
+        return self.table.in_slot(request.role, request.name)
+
+    def prepare_tracked(self, request: LoadRequest) -> LoadedModel:
+        """Verify, load and smoke-test `request` without installing it (groupswap.py)."""
+        return self._load_tracked(request)
+
     def _lock_for(self, name: str) -> threading.Lock:
         with self._guard:
             return self._name_locks.setdefault(name, threading.Lock())
@@ -296,9 +375,11 @@ class Loader:
         with self._lock_for(request.name):
             current = self._current(request)
             if current is not None and current.request == request:
-                if request.role == "canary":
-                    self.table.set_weight(request.name, request.weight)
+                if request.role != "primary":
+                    self.table.set_weight(request.name, request.weight, request.role)
                 return current, False
+            if current is not None and configswap.same_model(current.request, request):
+                return configswap.reconfigure(self.table, current, request, self.metrics), False
             new = self._load_tracked(request)
             try:
                 old = self.table.install(new)
@@ -317,8 +398,8 @@ class Loader:
             return self.table.get(request.name)
         if self.table.get(request.name) is None:
             raise HttpError(409, f"{request.name} has no primary model; load it before a "
-                            "canary", "conflict_error")
-        return self.table.canary(request.name)
+                            f"{request.role}", "conflict_error")
+        return self.table.in_slot(request.role, request.name)
 
     def _load_tracked(self, request: LoadRequest) -> LoadedModel:
         with self._guard:

@@ -1,0 +1,218 @@
+"""Shadow traffic in `ggufops serve`: a share of requests mirrored to a shadow version.
+
+The env entry's `shadow: {version, percent}` makes the agent load that version as the
+model's shadow (role "shadow", weight = percent). After the primary (or canary) has
+answered a non-streamed request, the request goes to the shadow with probability
+percent/100: it is put on a bounded queue without waiting (when the queue is full it is
+dropped and counted), and ONE background thread runs it on the shadow model. The client
+never sees the shadow's answer and its request never waits for it. For every mirrored
+request the mirror records whether the two answers are equal (exact match), their token
+overlap (the share of the longer answer's whitespace tokens the other one has, as a
+multiset), the shadow's latency next to the primary's, and errors. GET /admin/shadow?model=
+NAME and /metrics show them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ggufops.errors import GgufopsError
+from ggufops.httpjson import HttpError
+from ggufops.llama import llm
+from ggufops.serve import configswap, protocol
+
+if TYPE_CHECKING:
+    from ggufops.serve.metrics import Metrics
+    from ggufops.serve.modeltable import LoadedModel, ModelTable
+
+log = logging.getLogger("ggufops.serve")
+
+QUEUE_SIZE = 8
+LATENCY_SAMPLES = 2048  # kept per model for the admin endpoint's percentiles
+
+
+def answer_text(reply: dict[str, Any]) -> str:
+    """The text of a completion or chat completion reply."""
+    choice = (reply.get("choices") or [{}])[0]
+    message = choice.get("message")
+    if isinstance(message, dict):
+        return str(message.get("content") or "")
+    return str(choice.get("text") or "")
+
+
+def token_overlap(a: str, b: str) -> float:
+    """Share of the longer answer's whitespace tokens that the other has (1.0: same bag)."""
+    left, right = Counter(a.split()), Counter(b.split())
+    longest = max(sum(left.values()), sum(right.values()))
+    if longest == 0:
+        return 1.0
+    return sum((left & right).values()) / longest
+
+
+@dataclass
+class ShadowStats:
+    """What the mirror measured for one model's shadow version."""
+
+    version: str
+    mirrored: int = 0
+    errors: int = 0
+    exact: int = 0
+    overlap_sum: float = 0.0
+    shadow_latency: list[float] = field(default_factory=list)
+    primary_latency: list[float] = field(default_factory=list)
+
+    def record(self, primary: float, shadow: float, exact: bool, overlap: float) -> None:
+        self.mirrored += 1
+        self.exact += exact
+        self.overlap_sum += overlap
+        for samples, value in ((self.primary_latency, primary), (self.shadow_latency, shadow)):
+            samples.append(value)
+            del samples[:-LATENCY_SAMPLES]
+
+    def as_dict(self) -> dict[str, Any]:
+        done = self.mirrored
+        return {"version": self.version, "mirrored": done, "errors": self.errors,
+                "exact_match_rate": round(self.exact / done, 4) if done else None,
+                "token_overlap_mean": round(self.overlap_sum / done, 4) if done else None,
+                "shadow_latency_p50_s": _pct(self.shadow_latency, 50),
+                "shadow_latency_p95_s": _pct(self.shadow_latency, 95),
+                "primary_latency_p50_s": _pct(self.primary_latency, 50),
+                "primary_latency_p95_s": _pct(self.primary_latency, 95)}
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(llm.percentile(values, q), 4) if values else None
+
+
+@dataclass(frozen=True)
+class _Job:
+    name: str
+    request: protocol.OpenAIRequest
+    params: dict[str, Any]
+    primary_text: str
+    primary_latency: float
+
+
+class ShadowMirror:
+    """The bounded queue and the one thread that runs mirrored requests on shadows."""
+
+    def __init__(self, table: ModelTable, metrics: Metrics, *,
+                 queue_size: int = QUEUE_SIZE) -> None:
+        self.table = table
+        self.metrics = metrics
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=queue_size)
+        self._lock = threading.Lock()
+        self._stats: dict[str, ShadowStats] = {}
+        self._dropped: dict[str, int] = {}
+        self._thread = threading.Thread(target=self._work, name="shadow", daemon=True)
+        self._thread.start()
+
+    def offer(self, request: protocol.OpenAIRequest, params: dict[str, Any],
+              loaded: LoadedModel, reply: dict[str, Any], latency: float) -> None:
+        """Mirror this answered request to the model's shadow, maybe; never blocks."""
+        shadow = self.table.shadow(loaded.request.name)
+        if shadow is None or random.randrange(100) >= shadow.request.weight \
+                or "grammar" in params:  # a grammar object is not shared between models
+            return
+        job = _Job(loaded.request.name, request, params, answer_text(reply), latency)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            with self._lock:
+                self._dropped[job.name] = self._dropped.get(job.name, 0) + 1
+            self.metrics.inc("ggufops_shadow_dropped_total", (job.name,))
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                self._run(job)
+            except Exception:  # a bug must not stop the mirror
+                log.exception("shadow request for %s failed", job.name)
+
+    def _run(self, job: _Job) -> None:
+        try:
+            with self.table.use_shadow(job.name) as shadow:
+                start = time.perf_counter()
+                text = self._generate(shadow, job)
+                elapsed = time.perf_counter() - start
+        except HttpError:
+            return  # the shadow went away meanwhile
+        except GgufopsError as e:
+            self._error(job.name, str(e))
+            return
+        self._record(job, shadow, text, elapsed)
+
+    @staticmethod
+    def _generate(shadow: LoadedModel, job: _Job) -> str:
+        request, config = job.request, configswap.pinned(shadow)
+        params = {**shadow.defaults(config), **job.params}
+        with shadow.lock:
+            configswap.use_template(shadow, config)
+            if request.is_chat:
+                messages = configswap.with_system_prompt(request.messages, config.inference)
+                result = llm.chat(shadow.model, messages, params, stream=False)
+            else:
+                result = llm.complete(shadow.model, request.prompt or "", params, stream=False)
+        return answer_text(result) if isinstance(result, dict) else ""
+
+    def _error(self, name: str, message: str) -> None:
+        shadow = self.table.shadow(name)
+        version = shadow.request.version if shadow else "?"
+        with self._lock:
+            self._stats_for(name, version).errors += 1
+        self.metrics.inc("ggufops_shadow_requests_total", (name, version, "error"))
+        log.info("shadow of %s failed: %s", name, message)
+
+    def _record(self, job: _Job, shadow: LoadedModel, text: str, elapsed: float) -> None:
+        exact = text == job.primary_text
+        overlap = token_overlap(text, job.primary_text)
+        labels = shadow.labels
+        with self._lock:
+            self._stats_for(job.name, shadow.request.version).record(
+                job.primary_latency, elapsed, exact, overlap)
+        self.metrics.inc("ggufops_shadow_requests_total",
+                         (*labels, "match" if exact else "differ"))
+        self.metrics.observe("ggufops_shadow_token_overlap", labels, overlap)
+        self.metrics.observe("ggufops_shadow_duration_seconds", labels, elapsed)
+
+    def _stats_for(self, name: str, version: str) -> ShadowStats:
+        """The stats of `name`'s shadow version (a new version starts afresh)."""
+        stats = self._stats.get(name)
+        if stats is None or stats.version != version:
+            stats = self._stats[name] = ShadowStats(version)
+        return stats
+
+    def report(self, name: str) -> dict[str, Any]:
+        """GET /admin/shadow?model=NAME."""
+        shadow = self.table.shadow(name)
+        if self.table.get(name) is None:
+            raise HttpError(404, f"model {name!r} is not served", "not_found_error")
+        with self._lock:
+            stats = self._stats.get(name)
+            body = stats.as_dict() if stats is not None else None
+            dropped = self._dropped.get(name, 0)
+        return {"model": name, "shadow": None if shadow is None else {
+            "version": shadow.request.version, "display_id": shadow.request.display_id,
+            "percent": shadow.request.weight}, "dropped": dropped,
+            "queue_size": self._queue.maxsize, "stats": body}
+
+
+def register_metrics(metrics: Metrics) -> None:
+    metrics.counter("ggufops_shadow_requests_total", "Requests mirrored to a shadow version, "
+                    "by outcome: match (the same answer), differ, error.",
+                    ("model", "version", "outcome"))
+    metrics.counter("ggufops_shadow_dropped_total", "Mirrored requests dropped because the "
+                    "shadow queue was full.", ("model",))
+    metrics.histogram("ggufops_shadow_token_overlap", "Token overlap of the shadow's answer "
+                      "with the primary's (1: the same tokens).", ("model", "version"),
+                      buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0))
+    metrics.histogram("ggufops_shadow_duration_seconds", "Time the shadow took per mirrored "
+                      "request.", ("model", "version"))
