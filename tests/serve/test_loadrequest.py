@@ -36,10 +36,11 @@ def test_a_primary_round_trips_without_role_or_weight() -> None:
     assert request.key == "m"
 
 
-def test_a_canary_round_trips_with_its_weight() -> None:
-    request = LoadRequest("m", "1.1.0", SHA, "m-v1.1.0", role="canary", weight=25)
+@pytest.mark.parametrize("role", ["canary", "shadow"])
+def test_a_canary_or_shadow_round_trips_with_its_weight(role: str) -> None:
+    request = LoadRequest("m", "1.1.0", SHA, "m-v1.1.0", role=role, weight=25)
     again = LoadRequest.from_json(request.to_json())
-    assert (again, again.weight, again.key) == (request, 25, "m/canary")
+    assert (again, again.weight, again.key) == (request, 25, f"m/{role}")
 
 
 def test_defaults_fill_a_minimal_body() -> None:
