@@ -296,3 +296,10 @@ class VersionDeprecated(LifecycleError):
 
 class TierError(GgufopsError):
     """A retention tier is not configured, or a copy between tiers did not verify."""
+
+
+# --- progressive delivery: A/B results ---------------------------------------------------
+
+
+class AbError(GgufopsError):
+    """`ggufops ab` could not read a host's request window, or the model is not deployed."""

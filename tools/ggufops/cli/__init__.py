@@ -42,6 +42,7 @@ COMMANDS = {
     "deprecate": "lifecycle:deprecate",
     "archive": "lifecycle:archive",
     "restore": "lifecycle:restore",
+    "ab": "ab:ab",
 }
 
 

@@ -91,10 +91,16 @@ admin_token_option = click.option(
               help="Keep the previous request's evaluated prompt and reuse a shared prefix: "
               "faster for long shared system prompts, but greedy answers then depend on "
               "what ran before (off: every prompt is evaluated from scratch).")
+@click.option("--standby", type=click.Choice(["auto", "off"]), default="auto",
+              show_default=True, envvar="GGUFOPS_STANDBY",
+              help="Keep the replaced primary loaded as a hot standby when it fits in memory "
+              "(file + KV cache at most half of what is available), so a rollback to it is a "
+              "pointer swap; off: free it.")
 @log_level_option
 def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
           threads: int | None, ctx: int, n_gpu_layers: int, max_connections: int,
           header_timeout: float, idle_timeout: float, max_body: int, reuse_prompt_cache: bool,
+          standby: str,
           log_level: str) -> None:
     """Serve GGUF models over an OpenAI-compatible HTTP API with zero-downtime swaps."""
     from ggufops.serve import app as server
@@ -106,7 +112,7 @@ def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
     config = server.ServeConfig(store=store, host=host, port=port, admin_token=token,
                                 n_threads=threads, n_ctx=ctx, limits=limits,
                                 n_gpu_layers=n_gpu_layers,
-                                reuse_prefix=reuse_prompt_cache)
+                                reuse_prefix=reuse_prompt_cache, standby=standby)
     app = server.App(config)
     with _stop_on_signals() as stop:
         server.serve_until(app, stop, ready=lambda url: _announce(

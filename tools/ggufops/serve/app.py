@@ -7,7 +7,9 @@ Routes
   POST   /v1/completions, /v1/chat/completions   OpenAI's API (protocol.py: what is supported
                                            and refused); "stream": true answers as events
   GET    /healthz (process up), /readyz (a model is loaded), /metrics (Prometheus)
-  GET    /admin/models                      state: active, draining, loading, last errors
+  GET    /admin/models                      state: active, standbys, draining, loading, errors
+  GET    /admin/requests?model=N&since=TS   the request window and ratings (requestwindow.py)
+  POST   /v1/feedback                       {"id": completion id, "rating": 1-5}
   POST   /admin/models                      load {name, version, sha256, display_id?, inference?,
                                            role? ("primary" | "canary"), weight? (canary 0-100)}
   POST   /admin/groups                      {group, models: [load body, ...]}: switch a release
@@ -49,7 +51,7 @@ from ggufops.errors import (
 )
 from ggufops.httpjson import HttpError, JsonHandler, Limits, QuietServer, read_json_body
 from ggufops.llama import llm
-from ggufops.serve import configswap, groupswap, protocol, shadow
+from ggufops.serve import configswap, groupswap, protocol, requestwindow, shadow, standby
 from ggufops.serve.loadrequest import LoadRequest
 from ggufops.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ggufops.serve.metrics import Metrics
@@ -86,6 +88,7 @@ class ServeConfig:
     smoke_tokens: int = 4
     limits: Limits = field(default_factory=Limits)
     reuse_prefix: bool = False  # keep the previous request's prompt cache (not repeatable)
+    standby: str = "auto"  # keep the replaced primary loaded when it fits (standby.py); "off"
 
 
 def read_token(path: Path) -> str:
@@ -146,17 +149,22 @@ class _Exchange:
     labels: tuple[str, str] = ("", "")
     in_flight: bool = False
     done: bool = False
+    role: str = "primary"
+    completion_id: str = ""
+    trace: llm.Trace | None = None
 
 
 class Generator:
     """Runs completions on the table's models and records their metrics."""
 
     def __init__(self, table: ModelTable, metrics: Metrics, *,
-                 reuse_prefix: bool = False) -> None:
+                 reuse_prefix: bool = False,
+                 window: requestwindow.RequestWindow | None = None) -> None:
         self.table = table
         self.metrics = metrics
         self.reuse_prefix = reuse_prefix
         self.shadow = shadow.ShadowMirror(table, metrics)
+        self.window = window or requestwindow.RequestWindow()
 
     def handle(self, out: Writer, endpoint: str, body: Any) -> None:
         exchange = _Exchange(endpoint)
@@ -164,6 +172,7 @@ class Generator:
             request = protocol.parse(endpoint, body)
             with self.table.use(request.model, request.user) as loaded:
                 exchange.labels = loaded.labels
+                exchange.role = self.table.role_of(loaded)
                 exchange.in_flight = True
                 self.metrics.inc("ggufops_in_flight_requests", loaded.labels)
                 self._run(out, request, loaded, exchange)
@@ -189,8 +198,19 @@ class Generator:
         self.metrics.inc("ggufops_requests_total", (*labels, endpoint, str(code)))
         if code >= 400:
             self.metrics.inc("ggufops_request_errors_total", (*labels, endpoint))
-        self.metrics.observe("ggufops_request_duration_seconds", (*labels, endpoint),
-                             time.perf_counter() - exchange.start)
+        latency = time.perf_counter() - exchange.start
+        self.metrics.observe("ggufops_request_duration_seconds", (*labels, endpoint), latency)
+        if labels[0]:
+            self._remember(exchange, code, latency)
+
+    def _remember(self, exchange: _Exchange, code: int, latency: float) -> None:
+        trace = exchange.trace
+        self.window.record(requestwindow.RequestRecord(
+            ts=time.time(), model=exchange.labels[0], version=exchange.labels[1],
+            role=exchange.role, latency_s=round(latency, 6), ok=code < 400, status=code,
+            prompt_tokens=trace.prompt_tokens if trace else 0,
+            completion_tokens=trace.completion_tokens if trace else 0,
+            completion_id=exchange.completion_id))
 
     def _run(self, out: Writer, request: protocol.OpenAIRequest, loaded: LoadedModel,
              exchange: _Exchange) -> None:
@@ -198,7 +218,7 @@ class Generator:
         if request.is_chat:
             _require_chat(loaded, config)
         params = generation_params(request, loaded, config)
-        trace = llm.Trace(top_n=request.top_logprobs)
+        trace = exchange.trace = llm.Trace(top_n=request.top_logprobs)
         queued = time.perf_counter()
         with loaded.lock:
             self.metrics.observe("ggufops_queue_wait_seconds", loaded.labels,
@@ -218,17 +238,19 @@ class Generator:
                 reply = protocol.finish_response(request, result, loaded.request.display_id,
                                                  trace, text_of)
                 self._count_tokens(loaded, trace)
+                exchange.completion_id = str(reply.get("id") or "")
                 self._finish(exchange, 200)
                 out.send_json(200, reply)
                 self.shadow.offer(request, params, loaded, reply,
                                   time.perf_counter() - exchange.start)
             else:
                 stream = protocol.ChunkStream(request, loaded.request.display_id, trace, text_of)
-                self._stream(out, loaded, stream.chunks(result), trace, exchange)
+                self._stream(out, loaded, stream, stream.chunks(result), exchange)
             loaded.served += 1
 
-    def _stream(self, out: Writer, loaded: LoadedModel, chunks: Iterator[dict[str, Any]],
-                trace: llm.Trace, exchange: _Exchange) -> None:
+    def _stream(self, out: Writer, loaded: LoadedModel, stream: protocol.ChunkStream,
+                chunks: Iterator[dict[str, Any]], exchange: _Exchange) -> None:
+        trace = stream.trace
         first = next(chunks, None)  # errors before the first chunk are still a JSON reply
         out.start_events()
         try:
@@ -240,6 +262,7 @@ class Generator:
             out.send_event(json.dumps(http_error_for(e).body()))
         finally:
             self._count_tokens(loaded, trace)
+            exchange.completion_id = stream.completion_id
             self._finish(exchange, 200)
             out.send_event("[DONE]")
 
@@ -277,6 +300,14 @@ def server_metrics() -> Metrics:
     shadow.register_metrics(m)
     m.counter(configswap.CONFIG_CHANGES, "Inference config changes applied without a "
               "reload.", ("model", "version"))
+    m.counter("ggufops_standby_promotions_total", "Rollbacks served by promoting the hot "
+              "standby (a pointer swap, no load).", ("model",))
+    m.gauge("ggufops_standby_info", "The hot standby of each model (value 1).",
+            ("model", "version", "display_id", "sha256"))
+    m.counter("ggufops_feedback_ratings_total", "User ratings received (POST /v1/feedback).",
+              ("model", "version"))
+    m.gauge("ggufops_feedback_rating_sum", "Sum of the user ratings (1-5) received (only "
+            "grows; a gauge so its name keeps no _total suffix).", ("model", "version"))
     return m
 
 
@@ -290,8 +321,27 @@ class App:
         self.loader = Loader(config.store, self.table, self.metrics, n_ctx=config.n_ctx,
                              n_threads=config.n_threads, smoke_tokens=config.smoke_tokens,
                              n_gpu_layers=config.n_gpu_layers)
-        self.generator = Generator(self.table, self.metrics, reuse_prefix=config.reuse_prefix)
+        self.window = requestwindow.RequestWindow()
+        self.generator = Generator(self.table, self.metrics, reuse_prefix=config.reuse_prefix,
+                                   window=self.window)
         self.started_at = time.time()
+        self.standby_checks: dict[str, dict[str, Any]] = {}
+        self.table.keep_standby = self._keep_standby
+
+    def _keep_standby(self, old: LoadedModel) -> bool:
+        """The memory-fit check for a replaced primary (standby.py); remembered for
+        /admin/models."""
+        try:
+            size = old.path.stat().st_size
+        except OSError:  # its file left the store: nothing to measure, keep nothing
+            size = -1
+        check = standby.fit_check(self.config.standby, size,
+                                  standby.kv_cache_bytes(old.path, old.model.n_ctx))
+        self.standby_checks[old.request.name] = {"version": old.request.version,
+                                                 **check.as_dict()}
+        log.info("%s: %s as hot standby (%s)", old.request.display_id,
+                 "kept" if check.keep else "not kept", check.reason)
+        return check.keep
 
     def _free(self, loaded: LoadedModel) -> None:
         loaded.close()
@@ -311,6 +361,9 @@ class App:
         mirror = self.table.shadow(loaded.request.name)
         if mirror is not None:
             info["shadow"] = mirror.canary_info(mirror.request.weight)
+        spare = self.table.standby(loaded.request.name)
+        if spare is not None:
+            info["standby"] = spare.standby_info()
         return info
 
     def model(self, model_id: str) -> dict[str, Any]:
@@ -327,6 +380,11 @@ class App:
         self.metrics.clear("ggufops_model_info")
         self.metrics.clear("ggufops_model_load_seconds")
         self.metrics.clear("ggufops_canary_weight")
+        self.metrics.clear("ggufops_standby_info")
+        for spare in self.table.standbys():
+            r = spare.request
+            self.metrics.set("ggufops_standby_info", (r.name, r.version, r.display_id, r.sha256),
+                             1)
         for m in self.table.active():
             r = m.request
             self.metrics.set("ggufops_model_info", (r.name, r.version, r.display_id, r.sha256), 1)
@@ -360,6 +418,9 @@ class App:
                        for m in self.table.active()],
             "canaries": [{**c.info(), "weight": weight, "in_flight": c.refs,
                           "requests_served": c.served} for c, weight in canaries.values()],
+            "standbys": [{**m.info(), "in_flight": m.refs, "requests_served": m.served}
+                         for m in self.table.standbys()],
+            "standby_checks": dict(self.standby_checks),
             "draining": [{**m.info(), "in_flight": m.refs} for m in self.table.draining()],
             "loading": loading,
             "last_errors": errors,
@@ -384,6 +445,14 @@ class App:
         except GgufopsError as e:
             raise http_error_for(e) from None
         return {"group": group, "models": models}
+    def feedback(self, body: Any) -> dict[str, Any]:
+        """POST /v1/feedback: a rating 1-5 for a completion this server gave."""
+        rating = self.window.rate(requestwindow.Feedback.parse(body))
+        labels = (rating.model, rating.version)
+        self.metrics.inc("ggufops_feedback_ratings_total", labels)
+        self.metrics.inc("ggufops_feedback_rating_sum", labels, rating.rating)
+        return {"id": rating.completion_id, "model": rating.model, "version": rating.version,
+                "rating": rating.rating}
 
     def admin_unload(self, path: str) -> dict[str, Any]:
         """DELETE /admin/models/{name} (with its canary) or /admin/models/{name}/canary."""
@@ -446,6 +515,10 @@ class ServeHandler(JsonHandler):
             app.authorize(self.headers.get("Authorization"))
             model = parse_qs(urlsplit(self.path).query).get("model", [""])[0]
             self.send_json(200, app.generator.shadow.report(model))
+        elif path == "/admin/requests":
+            app.authorize(self.headers.get("Authorization"))
+            model, since = requestwindow.parse_query(parse_qs(urlsplit(self.path).query))
+            self.send_json(200, app.window.since(model, since))
         else:
             raise HttpError(404, f"no route GET {path}", "not_found_error")
 
@@ -459,6 +532,8 @@ class ServeHandler(JsonHandler):
         elif path == "/admin/groups":
             self.app.authorize(self.headers.get("Authorization"))
             self.send_json(200, self.app.admin_group(read_json_body(self)))
+        elif path == "/v1/feedback":
+            self.send_json(200, self.app.feedback(read_json_body(self)))
         else:
             raise HttpError(404, f"no route POST {path}", "not_found_error")
 
