@@ -53,9 +53,10 @@ from ggufops.errors import (
 from ggufops.httpjson import HttpError, JsonHandler, Limits, QuietServer, read_json_body
 from ggufops.llama import llm
 from ggufops.serve import configswap, groupswap, protocol, requestwindow, shadow, standby
+from ggufops.serve.loadrequest import LoadRequest
 from ggufops.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ggufops.serve.metrics import Metrics
-from ggufops.serve.modeltable import LoadedModel, Loader, LoadRequest, ModelTable
+from ggufops.serve.modeltable import LoadedModel, Loader, ModelTable
 
 log = logging.getLogger("ggufops.serve")
 
@@ -430,7 +431,7 @@ class App:
         }
 
     def admin_load(self, body: Any) -> tuple[int, dict[str, Any]]:
-        request = LoadRequest.parse(body)
+        request = LoadRequest.from_json(body)
         try:
             loaded, changed = self.loader.load(request)
         except GgufopsError as e:

@@ -26,88 +26,30 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import semver
 from ggufops.artifacts.ggufheader import read_header
 from ggufops.artifacts.store import ArtifactStore
 from ggufops.errors import (
     ArtifactNotInStore,
-    ChatTemplateError,
     ChecksumMismatch,
     GgufopsError,
     LlamaError,
     ModelLoadFailed,
 )
-from ggufops.hashing import SHA256_HEX, file_sha256
+from ggufops.hashing import file_sha256
 from ggufops.httpjson import HttpError, rfc3339
-from ggufops.llama import chattemplate, llm
+from ggufops.llama import llm
 from ggufops.registry import overrides
-from ggufops.registry.registry import MODEL_NAME
 from ggufops.serve import configswap
+from ggufops.serve.loadrequest import LoadRequest
 from ggufops.serve.metrics import Metrics
 
 log = logging.getLogger("ggufops.serve")
 
 HASH_CHUNK = 8 * 1024 * 1024
 DEFAULT_MAX_TOKENS = 128
-ROLES = ("primary", "canary", "shadow")  # shadow: shadow.py, never answers a client
-
-
-@dataclass(frozen=True)
-class LoadRequest:
-    """What POST /admin/models asks for."""
-
-    name: str
-    version: str
-    sha256: str
-    display_id: str
-    inference: dict[str, Any] = field(default_factory=dict)
-    role: str = "primary"
-    weight: int = field(default=0, compare=False)  # a canary's share; changes need no reload
-
-    @property
-    def key(self) -> str:
-        """Where loads and load errors are tracked: the name, or `name/canary`."""
-        return self.name if self.role == "primary" else f"{self.name}/{self.role}"
-
-    @classmethod
-    def parse(cls, data: Any) -> LoadRequest:
-        if not isinstance(data, dict):
-            raise HttpError(400, "the body must be a JSON object {name, version, sha256}")
-        name, version, sha = (data.get(k) for k in ("name", "version", "sha256"))
-        if not isinstance(name, str) or not MODEL_NAME.match(name):
-            raise HttpError(400, f"name: {name!r} is not a model name (^[a-z0-9][a-z0-9._-]*$)")
-        if not isinstance(version, str) or not semver.is_semver(version):
-            raise HttpError(400, f"version: {version!r} is not a semantic version X.Y.Z")
-        if not isinstance(sha, str) or not SHA256_HEX.match(sha):
-            raise HttpError(400, f"sha256: {sha!r} is not 64 lower-case hex digits")
-        display = data.get("display_id") or f"{name}-v{version}"
-        inference = data.get("inference") or {}
-        if not isinstance(display, str) or not isinstance(inference, dict):
-            raise HttpError(400, "display_id must be a string and inference an object")
-        if inference.get("prompt_template") is not None:
-            try:
-                chattemplate.check(inference["prompt_template"],
-                                   where="inference.prompt_template")
-            except ChatTemplateError as e:
-                raise HttpError(400, str(e), param="inference") from None
-        role, weight = _role_and_weight(data)
-        return cls(name, version, sha, display, inference, role, weight)
-
-
-def _role_and_weight(data: dict[str, Any]) -> tuple[str, int]:
-    role = data.get("role") or "primary"
-    if role not in ROLES:
-        raise HttpError(400, f"role: {role!r} is not \"primary\", \"canary\" or \"shadow\"")
-    weight = data.get("weight")
-    if role == "primary":
-        return role, 0
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
-        raise HttpError(400, f"weight: a canary needs an integer weight 0-100, got {weight!r}")
-    return role, weight
 
 
 def _same_model(loaded: LoadRequest, wanted: LoadRequest) -> bool:
