@@ -144,10 +144,9 @@ def test_the_agent_loads_a_shadow_whose_answers_never_reach_clients(
     assert stats["version"] == "2.1.0" and stats["errors"] == 0 and report["dropped"] == 0
     assert 0.0 <= stats["token_overlap_mean"] <= 1.0
     assert stats["shadow_latency_p95_s"] > 0 and stats["primary_latency_p95_s"] > 0
-    series = metrics(server_proc.url)
-    outcomes = sum(v for k, v in series.items() if k.startswith(
-        f'ggufops_shadow_requests_total{{model="{MODEL}",version="2.1.0"'))
-    assert outcomes == 6
+    # labels come in canonical (sorted) order: model, outcome, version; the counter may lag
+    # the report by a moment (it is recorded after the stats), so wait for it
+    wait_for(lambda: _shadow_outcomes(server_proc.url) == 6, what="6 shadow outcomes counted")
     shadow_text = http("POST", f"{server_proc.url}/v1/completions",
                        {**body, "model": f"{MODEL}@2.1.0"})
     assert shadow_text[0] == 404  # a client cannot even ask the shadow by name
@@ -162,3 +161,10 @@ def _report_with(url: str, count: int) -> dict[str, Any] | None:
     report = shadow_report(url)
     stats = report["stats"]
     return report if stats is not None and stats["mirrored"] >= count else None
+
+
+def _shadow_outcomes(url: str) -> float:
+    """ggufops_shadow_requests_total of MODEL's shadow 2.1.0, over every outcome."""
+    return sum(v for k, v in metrics(url).items()
+               if k.startswith(f'ggufops_shadow_requests_total{{model="{MODEL}",')
+               and k.endswith(',version="2.1.0"}'))
