@@ -206,8 +206,9 @@ class Processes:
     tmp: Path
     started: list[Proc] = field(default_factory=list)
 
-    def serve(self, store: Path, token_file: Path | None, port: int = 0) -> Proc:
-        proc = Proc(serve_args(store, token_file, port),
+    def serve(self, store: Path, token_file: Path | None, port: int = 0,
+              extra: list[str] | None = None) -> Proc:
+        proc = Proc([*serve_args(store, token_file, port), *(extra or [])],
                     self.tmp / f"serve-{len(self.started)}.log")
         self.started.append(proc)
         return proc

@@ -38,9 +38,17 @@ LAZY = {
     ("ggufops.cli.runtime", "ggufops.agent.status"): "`serve` must not load the agent",
     ("ggufops.cli.runtime", "ggufops.fleet.status"): "`serve` must not load the agent",
     ("ggufops.cli.fleet", "ggufops.fleet.ops"): "S3 and git code only when `fleet` runs",
+    ("ggufops.cli.registry_cmds", "ggufops.fleet.compat"):
+        "S3 code only for `validate --check-fleet`",
+    ("ggufops.llama.loadcheck", "ggufops.llama.llm"):
+        "register (core install) loads numpy and llama.cpp only when the [llama] extra is there",
     ("ggufops.cli.fleet", "ggufops.fleet.view"): "S3 and git code only when `fleet` runs",
     ("ggufops.cli.gitops", "ggufops.fleet.ops"): "S3 code only for `history --hosts`",
     ("ggufops.cli.gitops", "ggufops.fleet.status"): "label parsing only for `rollback --selector`",
+    ("ggufops.cli.runtime", "ggufops.agent.trust"): "`serve` must not load the agent",
+    ("ggufops.cli.runtime", "ggufops.agent.webhook"): "`serve` must not load the agent",
+    ("ggufops.cli.runtime", "ggufops.gitops.headpointer"):
+        "S3 code only for `publish-head`, not for `serve` or `agent`",
 }
 
 

@@ -1,4 +1,4 @@
-"""canary_version: the one reader of an environment entry's canary version."""
+"""EnvEntry.canary_version: the one reader of an environment entry's canary version."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ggufops.registry.registry import canary_version
+from ggufops.registry.records import EnvEntry, environment_from_data
 
 
 @pytest.mark.parametrize(("entry", "version"), [
@@ -15,7 +15,10 @@ from ggufops.registry.registry import canary_version
     ({"version": "1.0.0", "canary": None}, None),
     ({"version": "1.0.0", "canary": "1.1.0"}, None),  # malformed (old history): no canary
     ({"version": "1.0.0", "canary": {"weight": 10}}, None),
-    ("not an entry", None),
 ])
-def test_canary_version(entry: Any, version: str | None) -> None:
-    assert canary_version(entry) == version
+def test_canary_version(entry: dict[str, Any], version: str | None) -> None:
+    assert EnvEntry.from_doc(entry).canary_version == version
+
+
+def test_an_entry_that_is_not_a_mapping_is_skipped() -> None:
+    assert environment_from_data("prod", {"models": {"m": "not an entry"}}).models == {}

@@ -76,7 +76,8 @@ class Running:
 
 @pytest.fixture
 def running(store: Path) -> Iterator[Running]:
-    config = server.ServeConfig(store=store, port=0, admin_token=TOKEN, n_threads=1)
+    config = server.ServeConfig(store=store, port=0, admin_token=TOKEN, n_threads=1,
+                                standby="off")  # draining; test_standby.py: the standby
     app = server.App(config)
     stop = threading.Event()
     urls: list[str] = []

@@ -146,10 +146,10 @@ def test_the_agent_loads_a_shadow_whose_answers_never_reach_clients(
     assert stats["mirrored"] >= 1
     assert 0.0 <= stats["token_overlap_mean"] <= 1.0
     assert stats["shadow_latency_p95_s"] > 0 and stats["primary_latency_p95_s"] > 0
-    series = metrics(server_proc.url)
-    outcomes = sum(v for k, v in series.items() if k.startswith(
-        "ggufops_shadow_requests_total{") and 'version="2.1.0"' in k)  # labels sorted
-    assert outcomes == stats["mirrored"]  # completed shadow answers only
+    # labels come in canonical (sorted) order: model, outcome, version; only completed
+    # shadow answers are counted (preempted ones are not)
+    wait_for(lambda: _shadow_outcomes(server_proc.url) == stats["mirrored"],
+             what="the completed shadow answers counted")
     shadow_text = http("POST", f"{server_proc.url}/v1/completions",
                        {**body, "model": f"{MODEL}@2.1.0"})
     assert shadow_text[0] == 404  # a client cannot even ask the shadow by name
@@ -165,3 +165,10 @@ def _report_with(url: str, count: int) -> dict[str, Any] | None:
     stats = report["stats"]
     done = (stats["mirrored"] if stats else 0) + report["preempted"]
     return report if stats is not None and done >= count else None
+
+
+def _shadow_outcomes(url: str) -> float:
+    """ggufops_shadow_requests_total of MODEL's shadow 2.1.0, over every outcome."""
+    return sum(v for k, v in metrics(url).items()
+               if k.startswith(f'ggufops_shadow_requests_total{{model="{MODEL}",')
+               and k.endswith(',version="2.1.0"}'))

@@ -296,3 +296,30 @@ class VersionDeprecated(LifecycleError):
 
 class TierError(GgufopsError):
     """A retention tier is not configured, or a copy between tiers did not verify."""
+
+
+# --- progressive delivery: A/B results ---------------------------------------------------
+
+
+class AbError(GgufopsError):
+    """`ggufops ab` could not read a host's request window, or the model is not deployed."""
+
+
+# --- trust (signed commits, webhooks) -------------------------------------------------------
+
+
+class TrustError(GgufopsError):
+    """The --trust file or the webhook secret cannot be used."""
+
+
+class UntrustedCommit(InvalidDesiredState):
+    """A commit the agent refuses to apply: unsigned, signed by a key not in --trust, a
+    bad signature, or history rewritten under the applied commit. `reason` is a short code."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PointerError(GgufopsError):
+    """The head pointer in S3 (fleet/<env>/HEAD) cannot be read or written."""

@@ -360,13 +360,19 @@ def commit_files(cwd: Path, parent: str, files: Mapping[str, bytes], message: st
             run(["update-index", "--add", "--cacheinfo", f"100644,{sha},{path}"], cwd,
                 env=index_env)
         tree = out(["write-tree"], cwd, env=index_env)
-    proc = run(["commit-tree", tree, "-p", parent, "-F", "-"], cwd, check=False,
+    sign = ["-S"] if signing_enabled(cwd) else []  # commit-tree ignores commit.gpgSign
+    proc = run(["commit-tree", tree, "-p", parent, *sign, "-F", "-"], cwd, check=False,
                input_bytes=message.encode())
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace")
         if any(s in err.lower() for s in _MISSING_IDENTITY):
             raise GitError(f"git has no author identity in {cwd}; set it with `git config "
                            "user.name NAME` and `git config user.email EMAIL`")
+        if sign:
+            raise failure(f"signing the commit failed in {cwd} (commit.gpgSign is on): "
+                          f"{cause(proc.stderr, proc.returncode)}; check user.signingKey and "
+                          "gpg.format, or turn signing off with `git config commit.gpgSign "
+                          "false`")
         raise failure(f"git commit-tree failed in {cwd}: {cause(proc.stderr, proc.returncode)}")
     return proc.stdout.decode().strip()
 
@@ -427,3 +433,36 @@ def merge_file(ours: bytes, base: bytes, theirs: bytes) -> bytes | None:
 
 def is_shallow(cwd: Path) -> bool:
     return out(["rev-parse", "--is-shallow-repository"], cwd) == "true"
+
+
+# --- trust: signed commits (gitops signs, the agent verifies) ----------------------------
+
+
+def signing_enabled(cwd: Path) -> bool:
+    """Is the user's git set up to sign commits here (commit.gpgSign)? `git commit` honours
+    it, but `git commit-tree` (which deploy and rollback use) does not, so we ask."""
+    proc = run(["config", "--bool", "--get", "commit.gpgsign"], cwd, check=False)
+    return proc.stdout.decode().strip() == "true"
+
+
+def commit_signature(cwd: Path, commit: str, allowed_signers: Path) -> tuple[str, str, str]:
+    """(git's %G? letter, key fingerprint, principal) of `commit`'s signature, checked
+    against an SSH allowed_signers file (the user's own gpg.ssh settings are overridden)."""
+    args = ["-c", f"gpg.ssh.allowedSignersFile={allowed_signers}", "-c",
+            "gpg.ssh.revocationFile=", "log", "-1", "--no-show-signature",
+            "--format=%G?%x1f%GF%x1f%GS", commit, "--"]
+    letter, _, rest = out(args, cwd).partition("\x1f")
+    key, _, principal = rest.partition("\x1f")
+    return letter or "N", key, principal
+
+
+def commit_time(cwd: Path, commit: str) -> int | None:
+    """The committer time of `commit` (part of what a signature covers); None if absent."""
+    proc = run(["log", "-1", "--format=%ct", commit, "--"], cwd, check=False)
+    text = proc.stdout.decode().strip()
+    return int(text) if proc.returncode == 0 and text.isdigit() else None
+
+
+def set_ref(cwd: Path, ref: str, sha: str) -> None:
+    """Point `ref` (e.g. refs/ggufops/applied) at `sha`, keeping the commit from pruning."""
+    run(["update-ref", ref, sha], cwd)

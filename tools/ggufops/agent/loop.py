@@ -45,7 +45,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,9 @@ from ggufops.agent.download import Download
 from ggufops.agent.plan import Plan, Target, export_tree, plan_from_tree, prune_trees
 from ggufops.agent.retention import evictable, remember_desired
 from ggufops.agent.status import DEFAULT_STATUS_PORT, PHASES, Status, agent_metrics, serve_status
+from ggufops.agent.trust import TrustPolicy
+from ggufops.agent.trust import verify as verify_commit
+from ggufops.agent.webhook import WebhookReceiver
 from ggufops.artifacts import s3config
 from ggufops.artifacts.s3config import S3Settings
 from ggufops.artifacts.store import ArtifactStore
@@ -66,6 +69,7 @@ from ggufops.errors import (
     GitError,
     HealthCheckFailed,
     InvalidDesiredState,
+    PointerError,
     ServerRefused,
     ServerUnreachable,
     Superseded,
@@ -74,6 +78,7 @@ from ggufops.errors import (
 from ggufops.fleet import rollout
 from ggufops.fleet import status as fleetstatus
 from ggufops.fleet import view as fleetview
+from ggufops.gitops.headpointer import PointerWatch
 from ggufops.httpjson import Reply, error_message, request_json, rfc3339
 from ggufops.redact import redact, redact_data
 
@@ -110,6 +115,9 @@ class AgentConfig:
     heartbeat: float = fleetstatus.DEFAULT_HEARTBEAT
     fleet_status: bool = True  # publish the fleet status to S3
     jitter: float = 0.1  # each wait is interval * (1 ± jitter): a fleet does not poll in step
+    trust: TrustPolicy = field(default_factory=TrustPolicy)  # --trust, --allow-rewrite
+    webhook_secret: bytes | None = None  # POST /sync verifies GitHub's X-Hub-Signature-256
+    watch: str = "git"  # or the s3:// URL of a head pointer (headpointer.py, docs/scale.md)
 
     def check(self) -> None:
         if self.repo_url.startswith("-"):
@@ -232,6 +240,9 @@ class Agent:
         self._newer_heads: set[str] = set()  # the remote heads it answers for
         self._desired_history: list[list[str]] = []
         self.fleet = self._fleet_publisher() if config.fleet_status else None
+        self.pointer = None if config.watch == "git" else \
+            PointerWatch(config.watch, config.s3_endpoint)
+        self._lagging: tuple[str, str] | None = None  # (pointer, applied descendant of it)
 
     def _fleet_publisher(self) -> fleetstatus.Publisher:
         c = self.config
@@ -329,9 +340,8 @@ class Agent:
         /status; unless `quiet`, the agent is also degraded)."""
         now = time.time()
         try:
-            head = git.ls_remote(self.config.repo_url, self.config.branch,
-                                 timeout=self.config.git_timeout)
-        except GitError as e:
+            head = self._remote_head()
+        except (GitError, PointerError) as e:
             self.metrics.inc("ggufops_agent_remote_checks_total", ("unreachable",))
             self._remote_down(str(e), now, quiet)
             return None
@@ -344,6 +354,23 @@ class Agent:
         if was_down:
             log.info("git remote %s reachable again", self.config.shown_url)
         return head
+
+    def _remote_head(self) -> str:
+        """The branch's commit: `git ls-remote`, or the head pointer in S3 (--watch)."""
+        if self.pointer is None:
+            return git.ls_remote(self.config.repo_url, self.config.branch,
+                                 timeout=self.config.git_timeout)
+        head = self.pointer.head()
+        with self._lock:
+            applied = self.status.applied_commit
+        if applied is None or head == applied:
+            return head
+        if self._lagging != (head, applied):
+            if not (self.mirror / "HEAD").is_file() or not git.is_ancestor(self.mirror, head,
+                                                                           applied):
+                return head
+            self._lagging = (head, applied)
+        return applied  # the fetch already went past the pointer: nothing newer to apply
 
     def _remote_down(self, error: str, now: float, quiet: bool) -> None:
         with self._lock:
@@ -432,7 +459,7 @@ class Agent:
             return False
         except InvalidDesiredState as e:
             self._finish(attempt, "refused", step, str(e), started)
-            self._refuse(commit, str(e))
+            self._refuse(commit, str(e), getattr(e, "reason", "invalid"))
             return False
         except ChecksumMismatch as e:
             self._finish(attempt, "failed", step, str(e), started)
@@ -526,6 +553,9 @@ class Agent:
 
     def _plan_at(self, commit: str) -> Plan:
         """The plan of a fetched commit; InvalidDesiredState if it cannot be applied."""
+        with self._lock:
+            applied = self.status.applied_commit
+        verify_commit(self.mirror, commit, applied, self.config.trust)  # UntrustedCommit
         tree = export_tree(self.mirror, commit, self.trees)
         try:
             return plan_from_tree(tree, commit, self.config.env, self.config.keep,
@@ -770,9 +800,11 @@ class Agent:
         self._applied = plan
         self._applied_targets = {n: t.load_request() for n, t in plan.targets.items()}
         self._retain(plan, previous, now)  # done before anyone is told it is healthy
+        with contextlib.suppress(GgufopsError):  # the history check needs it after a rewrite
+            git.set_ref(self.mirror, "refs/ggufops/applied", plan.commit)
         self._update(publish=True, phase="healthy", applied_commit=plan.commit,
-                     refused_commit=None, last_success_at=now, last_error=None, failures=0,
-                     next_retry_at=None)
+                     refused_commit=None, refused_reason=None, last_success_at=now,
+                     last_error=None, failures=0, next_retry_at=None)
         log.info("applied %s: %s", plan.commit[:12], ", ".join(
             t.display_id for t in plan.targets.values()) or "no models")
 
@@ -780,11 +812,11 @@ class Agent:
         """Another commit is being applied: the refused one is no longer the desired one."""
         with self._lock:
             if self.status.refused_commit not in (None, commit):
-                self.status.refused_commit = None
+                self.status.refused_commit = self.status.refused_reason = None
 
-    def _refuse(self, commit: str, error: str) -> None:
+    def _refuse(self, commit: str, error: str, reason: str = "invalid") -> None:
         log.error("%s", error)
-        self._degrade(error, retry=False, refused_commit=commit)
+        self._degrade(error, retry=False, refused_commit=commit, refused_reason=reason)
 
     def _mismatch(self, error: str, step: str) -> None:
         """Bytes that do not match the registry: in S3 (a permanent fault until someone
@@ -911,6 +943,12 @@ def _env_doc(tree: Path, env: str) -> Any:
         return None
 
 
+def _webhook(config: AgentConfig) -> WebhookReceiver | None:
+    if config.webhook_secret is None:
+        return None
+    return WebhookReceiver(config.webhook_secret, config.branch)
+
+
 def _still_needed(download: Download, newer: Plan) -> bool:
     """Does the newer state need every file the download is still fetching?"""
     needed = {t.sha256 for t in newer.artifacts()}
@@ -935,7 +973,8 @@ def run_agent(config: AgentConfig, stop: threading.Event,
     agent = Agent(config)
     server = None
     if config.status_port is not None:
-        server = serve_status(agent, config.status_host, config.status_port)
+        server = serve_status(agent, config.status_host, config.status_port,
+                              webhook=_webhook(config))
 
     def wake_on_stop() -> None:
         stop.wait()

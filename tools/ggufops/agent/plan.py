@@ -25,6 +25,7 @@ from ggufops.registry.registry import (
     display_id,
     environment_models,
 )
+from ggufops.serve.loadrequest import LoadRequest
 
 DEFAULT_KEEP = 3
 EXPORTED_PATHS = (REGISTRY_DIR, ENVIRONMENTS_DIR, ".dvc/config")
@@ -49,12 +50,16 @@ class Target:
     role: str = "canary"  # what a Target with a weight is: canary or shadow
 
     def load_body(self) -> dict[str, Any]:
-        """The body of POST /admin/models for this model (primary or canary)."""
-        body: dict[str, Any] = {"name": self.name, "version": self.version, "sha256": self.sha256,
-                "display_id": self.display_id, "inference": self.inference}
-        if self.weight is not None:
-            body.update(role=self.role, weight=self.weight)
-        return body
+        """The body of POST /admin/models for this model (primary, canary or shadow)."""
+        return self.request().to_json()
+
+    def request(self) -> LoadRequest:
+        """The server's load request for this model: its role's when `weight` is set."""
+        if self.weight is None:
+            return LoadRequest(self.name, self.version, self.sha256, self.display_id,
+                               self.inference)
+        return LoadRequest(self.name, self.version, self.sha256, self.display_id,
+                           self.inference, role=self.role, weight=self.weight)
 
     def load_request(self) -> dict[str, Any]:
         """What the apply log records: the load body, and the canary's."""

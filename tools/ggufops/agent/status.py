@@ -20,11 +20,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from ggufops.agent import applylog
+from ggufops.agent.webhook import MAX_BODY as WEBHOOK_MAX_BODY
+from ggufops.agent.webhook import WebhookReceiver, read_body
 from ggufops.errors import AgentError
 from ggufops.httpjson import (
     HttpError,
@@ -54,6 +56,7 @@ class Status:
     desired_commit: str | None = None
     applied_commit: str | None = None
     refused_commit: str | None = None
+    refused_reason: str | None = None  # e.g. invalid, unsigned, history-rewritten (trust.py)
     last_error: str | None = None
     last_error_at: float | None = None
     last_success_at: float | None = None
@@ -91,7 +94,8 @@ class Status:
         return {
             "phase": self.phase, "environment": self.environment,
             "desired_commit": self.desired_commit, "applied_commit": self.applied_commit,
-            "refused_commit": self.refused_commit, "models": self.models(),
+            "refused_commit": self.refused_commit, "refused_reason": self.refused_reason,
+            "models": self.models(),
             "last_error": self.last_error, "last_error_at": when(self.last_error_at),
             "last_success_at": when(self.last_success_at),
             "last_check_at": when(self.last_check_at), "remote": self.remote,
@@ -143,6 +147,7 @@ class AgentHandler(JsonHandler):
     """GET /status, /metrics, /healthz; POST /sync (the webhook: check the remote now)."""
 
     agent: StatusSource
+    webhook: WebhookReceiver | None = None  # with a secret: POST /sync is GitHub's webhook
     limits = Limits(max_body=64 * 1024, max_connections=64,
                     length_required=False)  # POST /sync takes no body (`curl -X POST`)
 
@@ -159,6 +164,9 @@ class AgentHandler(JsonHandler):
 
     def do_POST(self) -> None:
         path = self.path_only()
+        if path == "/sync" and self.webhook is not None:
+            self._webhook(self.webhook)
+            return
         try:
             read_json_body(self)
         except HttpError as e:
@@ -171,8 +179,24 @@ class AgentHandler(JsonHandler):
             self.send_json(404, HttpError(404, f"no route POST {path}", "not_found_error").body())
 
 
-def status_server(agent: StatusSource, host: str, port: int) -> QuietServer:
-    handler = type("BoundAgentHandler", (AgentHandler,), {"agent": agent})
+    def _webhook(self, webhook: WebhookReceiver) -> None:
+        try:
+            body = read_body(self)
+        except HttpError as e:
+            self.send_json(e.status, e.body())
+            return
+        reply = webhook.handle(dict(self.headers.items()), body)
+        if reply.trigger:
+            self.agent.trigger()
+        self.send_json(reply.status, reply.body)
+
+
+def status_server(agent: StatusSource, host: str, port: int,
+                  webhook: WebhookReceiver | None = None) -> QuietServer:
+    bound: dict[str, Any] = {"agent": agent, "webhook": webhook}
+    if webhook is not None:
+        bound["limits"] = replace(AgentHandler.limits, max_body=WEBHOOK_MAX_BODY)
+    handler = type("BoundAgentHandler", (AgentHandler,), bound)
     try:
         return QuietServer((host, port), handler)
     except OSError as e:
@@ -180,9 +204,10 @@ def status_server(agent: StatusSource, host: str, port: int) -> QuietServer:
                          f"{e.strerror}; pick another --status-port") from None
 
 
-def serve_status(agent: StatusSource, host: str, port: int) -> QuietServer:
+def serve_status(agent: StatusSource, host: str, port: int,
+                 webhook: WebhookReceiver | None = None) -> QuietServer:
     """Start the endpoint in a daemon thread; the caller shuts it down."""
-    server = status_server(agent, host, port)
+    server = status_server(agent, host, port, webhook)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                      name="agent-status", daemon=True).start()
     return server
@@ -235,6 +260,9 @@ def format_status(report: dict[str, Any]) -> str:
         f"last success:    {status.get('last_success_at') or '-'}",
         f"last error:      {status.get('last_error') or '-'}",
     ]
+    if status.get("refused_commit"):
+        lines.append(f"refused commit:  {status['refused_commit'][:12]} "
+                     f"({status.get('refused_reason') or 'invalid'})")
     remote = status.get("remote") or {}
     if remote.get("reachable") is False:
         lines.append(f"git remote:      UNREACHABLE ({remote.get('error')})")

@@ -41,9 +41,9 @@ from ggufops.errors import (
     VersionExists,
 )
 from ggufops.hashing import file_sha256
-from ggufops.llama import chattemplate
+from ggufops.llama import chattemplate, loadcheck
 from ggufops.progress import Quiet, Reporter
-from ggufops.registry import schemas
+from ggufops.registry import compat, schemas
 from ggufops.registry.registry import EVALS_DIR, MODEL_NAME, REGISTRY_DIR, Registry, display_id
 
 DEFAULT_INFERENCE: dict[str, Any] = {
@@ -75,6 +75,7 @@ class RegisterResult:
     pointer: Path
     pushed: bool
     git_paths: list[str]
+    warnings: list[str] = field(default_factory=list)  # e.g. the file did not load
 
     @property
     def display_id(self) -> str:
@@ -93,6 +94,7 @@ class RegisterResult:
             "pointer": str(self.pointer),
             "pushed": self.pushed,
             "git_paths": self.git_paths,
+            "warnings": self.warnings,
             "commands": self.commit_commands(),
             "version": self.doc,
         }
@@ -110,6 +112,7 @@ def register(registry: Registry, req: RegisterRequest, *, reporter: Reporter | N
     header = read_header(req.source)
     _check_quantization(req, header)
     chat_template = _chat_template(req, header)
+    loaded = loadcheck.check_loads(req.source)
     eval_block = _eval_block(registry, req.eval_set)
     remote = _reachable_remote(registry.root, remote) if req.push else None
     target = registry.root / REGISTRY_DIR / req.model / f"{req.version}.gguf"
@@ -119,6 +122,8 @@ def register(registry: Registry, req: RegisterRequest, *, reporter: Reporter | N
         doc = _document(req, header=header, parent_doc=parent_doc, eval_block=eval_block,
                         artifact={"sha256": sha256, "size": size, "dvc_md5": md5})
         doc["inference"]["prompt_template"] = chat_template
+        if _schema_has_requires(registry.root):
+            _add_requires(doc, header, loaded)
         _check_schema(registry.root, doc)
         digest = staging.Digest(sha256, md5, size)
         _push_synced(remote, staged, digest, _ref(req), report)
@@ -128,7 +133,29 @@ def register(registry: Registry, req: RegisterRequest, *, reporter: Reporter | N
         version_file = registry.version_file(req.model, req.version)
         atomic_write_text(version_file, yamlio.dump(doc))
     return RegisterResult(doc, version_file, out.pointer, req.push,
-                          _git_paths(registry.root, version_file, out.pointer))
+                          _git_paths(registry.root, version_file, out.pointer),
+                          _load_warnings(loaded))
+
+
+def _add_requires(doc: dict[str, Any], header: GgufHeader, loaded: loadcheck.LoadCheck) -> None:
+    """`requires:` (before the eval block is fine: YAML order is only cosmetic): the minimum
+    runtime, and the runtime that loaded the file when it did (docs/compatibility.md)."""
+    validated = loaded.runtime if loaded.loaded else None
+    block = compat.requires_block(header.architecture, header.quantization, validated)
+    if block:
+        doc["requires"] = block
+
+
+def _schema_has_requires(root: Path) -> bool:
+    """A registry made before `requires:` existed keeps its schema: write none there."""
+    schema = schemas.load_validators(root)["model-version"].detailed.schema
+    return "requires" in schema.get("properties", {})
+
+
+def _load_warnings(loaded: loadcheck.LoadCheck) -> list[str]:
+    if loaded.loaded:
+        return []
+    return [f"not validated with a runtime (no requires.validated_with): {loaded.reason}"]
 
 
 @contextlib.contextmanager

@@ -37,11 +37,13 @@ COMMANDS = {
     "pr-comment": "gitops:pr_comment",
     "serve": "runtime:serve",
     "agent": "runtime:agent",
+    "publish-head": "runtime:publish_head",
     "demo": "demo:demo",
     "fleet": "fleet:fleet",
     "deprecate": "lifecycle:deprecate",
     "archive": "lifecycle:archive",
     "restore": "lifecycle:restore",
+    "ab": "ab:ab",
 }
 
 

@@ -65,6 +65,8 @@ def register(ctx: click.Context, *, file: Path, model: str, version: str, parent
         print_json(result.as_dict())
         return
     click.echo(f"registered {result.display_id}")
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if not result.pushed:
         click.echo(f"not pushed: run `dvc push -r models {result.git_paths[1]}` before "
                    "committing, or validate --check-artifacts will fail", err=True)

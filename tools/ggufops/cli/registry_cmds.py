@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ggufops.cli.options import VERSION_REF, json_option, print_json, registry_from
 from ggufops.errors import CheckFailed
 from ggufops.registry import catalog
 from ggufops.registry import validate as validate_api
+from ggufops.registry.compat import HostRuntimes
 from ggufops.registry.registry import VersionRef
 
 
@@ -18,15 +21,21 @@ from ggufops.registry.registry import VersionRef
 @click.option("--check-artifacts", is_flag=True,
               help="Check that every version an environment runs has its object in the "
               "S3 remote (HEAD requests, no download).")
+@click.option("--check-fleet", is_flag=True,
+              help="Check that every host of each environment (fleet/<env>/*.json in S3) "
+              "reports a llama-cpp-python new enough for the versions it runs.")
 @json_option
 @click.pass_context
-def validate(ctx: click.Context, base: str | None, check_artifacts: bool, as_json: bool) -> None:
-    """Check every registry file: schemas, references, immutability, promotion order."""
+def validate(ctx: click.Context, base: str | None, check_artifacts: bool, check_fleet: bool,
+             as_json: bool) -> None:
+    """Check every registry file: schemas, references, immutability, promotion order,
+    prompt configs and (--check-fleet) host runtimes."""
     registry = registry_from(ctx)
     warnings: list[validate_api.Problem] = []
     find_missing = _missing_objects() if check_artifacts else None
+    host_runtimes = _host_runtimes(registry.root) if check_fleet else None
     problems = validate_api.validate_repo(registry.root, base=base, find_missing=find_missing,
-                                          warnings=warnings)
+                                          warnings=warnings, host_runtimes=host_runtimes)
     if as_json:
         print_json({"valid": not problems, "problems": [p.as_dict() for p in problems],
                     "warnings": [w.as_dict() for w in warnings]})
@@ -74,3 +83,9 @@ def _missing_objects() -> validate_api.MissingObjects:
     from ggufops.artifacts import dvc  # lazy: plain `validate` does not load S3 code
 
     return dvc.missing_objects
+
+
+def _host_runtimes(root: Path) -> HostRuntimes:
+    from ggufops.fleet import compat as fleet_compat  # lazy: S3 code only for --check-fleet
+
+    return fleet_compat.host_runtimes_reader(root)

@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from ggufops.cli.options import json_option, print_json
+from ggufops import git
+from ggufops.cli.options import json_option, print_json, repo_path
 from ggufops.errors import UsageError
 from ggufops.httpjson import Limits
 
@@ -91,10 +92,23 @@ admin_token_option = click.option(
               help="Keep the previous request's evaluated prompt and reuse a shared prefix: "
               "faster for long shared system prompts, but greedy answers then depend on "
               "what ran before (off: every prompt is evaluated from scratch).")
+@click.option("--standby", type=click.Choice(["auto", "off"]), default="auto",
+              show_default=True, envvar="GGUFOPS_STANDBY",
+              help="Keep the replaced primary loaded as a hot standby when it fits in memory "
+              "(file + KV cache at most half of what is available), so a rollback to it is a "
+              "pointer swap; off: free it.")
+@click.option("--admin-host", default="127.0.0.1", show_default=True,
+              envvar="GGUFOPS_ADMIN_HOST",
+              help="Address of the admin API's own listener (with --admin-port).")
+@click.option("--admin-port", type=click.IntRange(0, 65535), default=None,
+              envvar="GGUFOPS_ADMIN_PORT",
+              help="Serve /admin only on --admin-host:PORT, not on --port (0: any free port); "
+              "default: /admin on --port.")
 @log_level_option
 def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
           threads: int | None, ctx: int, n_gpu_layers: int, max_connections: int,
           header_timeout: float, idle_timeout: float, max_body: int, reuse_prompt_cache: bool,
+          standby: str, admin_host: str, admin_port: int | None,
           log_level: str) -> None:
     """Serve GGUF models over an OpenAI-compatible HTTP API with zero-downtime swaps."""
     from ggufops.serve import app as server
@@ -106,12 +120,19 @@ def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
     config = server.ServeConfig(store=store, host=host, port=port, admin_token=token,
                                 n_threads=threads, n_ctx=ctx, limits=limits,
                                 n_gpu_layers=n_gpu_layers,
-                                reuse_prefix=reuse_prompt_cache)
+                                reuse_prefix=reuse_prompt_cache, standby=standby,
+                                admin_host=admin_host, admin_port=admin_port)
     app = server.App(config)
     with _stop_on_signals() as stop:
         server.serve_until(app, stop, ready=lambda url: _announce(
             f"ggufops serve: listening on {url} (store {store}; admin API "
-            f"{'on' if token else 'off: no --admin-token-file'})"))
+            f"{_admin_where(app, token)})"))
+
+
+def _admin_where(app: Any, token: str | None) -> str:
+    if not token:
+        return "off: no --admin-token-file"
+    return f"on {app.admin_url}/admin" if app.admin_url else "on"
 
 
 @click.group("agent", invoke_without_command=True)
@@ -179,6 +200,21 @@ def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
 @click.option("--fleet-status/--no-fleet-status", default=True, show_default=True,
               envvar="GGUFOPS_FLEET_STATUS",
               help="Publish this host's status to S3 for `ggufops fleet status`.")
+@click.option("--trust", "trust", type=_FILE, default=None, envvar="GGUFOPS_TRUST",
+              help="SSH allowed_signers file (git's format): apply only commits signed by a "
+              "key it lists (docs/trust.md).")
+@click.option("--allow-rewrite", is_flag=True, envvar="GGUFOPS_ALLOW_REWRITE",
+              help="Apply a commit that does not descend from the applied one (a force-push); "
+              "off: refused unless signed and newer (docs/trust.md).")
+@click.option("--webhook-secret-file", type=_FILE, default=None,
+              envvar="GGUFOPS_WEBHOOK_SECRET_FILE",
+              help="GitHub webhook secret: POST /sync then needs a valid X-Hub-Signature-256 "
+              "and acts only on pushes to --branch.")
+@click.option("--watch", default="git", show_default=True, envvar="GGUFOPS_WATCH",
+              metavar="git|s3://BUCKET/KEY",
+              help="How to notice new commits: `git ls-remote` every --interval, or a "
+              "conditional GET of the head pointer `ggufops publish-head` writes to S3 "
+              "(large fleets: docs/scale.md).")
 @log_level_option
 @click.pass_context
 def agent(ctx: click.Context, /, **options: Any) -> None:
@@ -190,6 +226,8 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
         return
     from ggufops.agent import loop as agent_api
     from ggufops.agent import status as agentstatus
+    from ggufops.agent.trust import TrustPolicy
+    from ggufops.agent.webhook import read_secret
     from ggufops.fleet import status as fleetstatus
     from ggufops.serve.app import read_token
 
@@ -213,10 +251,14 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
         host_name=options["host_name"], heartbeat=options["heartbeat"],
         labels=tuple(fleetstatus.parse_labels(options["labels"]).items()),
         fleet_status=options["fleet_status"], jitter=options["jitter"],
+        trust=TrustPolicy.load(options["trust"], allow_rewrite=options["allow_rewrite"]),
+        webhook_secret=read_secret(secret) if (secret := options["webhook_secret_file"]) else None,
+        watch=options["watch"],
     )  # fmt: skip
     with _stop_on_signals() as stop:
         agent_api.run_agent(config, stop, ready=lambda url: _announce(
-            f"ggufops agent: watching {config.shown_url} ({config.branch}) for {config.env}; "
+            f"ggufops agent: watching {config.shown_url} ({config.branch}) for {config.env}"
+            f"{' (signed commits only)' if config.trust.allowed_signers else ''}; "
             f"status {url + '/status' if url else 'off'}; state {config.state_dir}"))
 
 
@@ -242,4 +284,29 @@ def agent_status(state_dir: Path | None, url: str | None, limit: int, as_json: b
         click.echo(agentstatus.format_status(report))
 
 
-COMMANDS: list[click.Command] = [serve, agent]
+@click.command("publish-head")
+@click.option("--env", "env", required=True, metavar="ENV",
+              help="Environment whose agents watch the pointer.")
+@click.option("--branch", default="main", show_default=True,
+              help="Branch whose commit is published (the agents' --branch).")
+@click.option("--commit", "commit", default=None, metavar="REF",
+              help="Commit to publish (default: the branch's, as this checkout has it).")
+@json_option
+@click.pass_context
+def publish_head(ctx: click.Context, *, env: str, branch: str, commit: str | None,
+                 as_json: bool) -> None:
+    """Write the branch's commit to S3 (fleet/<env>/HEAD) for agents run with --watch s3://.
+
+    Run it in CI after every merge to the branch (docs/scale.md)."""
+    from ggufops.gitops import headpointer
+
+    root = repo_path(ctx)
+    sha = git.rev_parse(root, commit or branch)
+    url = headpointer.publish(root, env, sha, branch)
+    if as_json:
+        print_json({"url": str(url), "commit": sha, "branch": branch, "environment": env})
+    else:
+        click.echo(f"published {sha[:12]} ({branch}) to {url}; agents: --watch {url}")
+
+
+COMMANDS: list[click.Command] = [serve, agent, publish_head]

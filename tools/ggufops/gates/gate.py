@@ -53,13 +53,11 @@ from ggufops.gates.result import (
     Subject,
 )
 from ggufops.llama import llm
+from ggufops.registry.records import NO_ENTRY, EnvEntry, environment_in
 from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
     Registry,
     VersionRef,
-    canary_version,
-    environment_models,
-    environment_models_in,
 )
 
 __all__ = ["FAIL", "INFO", "PASS", "GateJob", "GatePlan", "GateReport", "ModelGate",
@@ -112,7 +110,7 @@ def resolve_base(root: Path, base: str | None) -> tuple[str, str | None]:
     return "(empty tree)", None
 
 
-def environments_at(root: Path, sha: str | None) -> dict[str, dict[str, dict[str, Any]]]:
+def environments_at(root: Path, sha: str | None) -> dict[str, dict[str, EnvEntry]]:
     """env -> model -> entry, as the environment files were at commit `sha`."""
     if sha is None:
         return {}
@@ -120,21 +118,21 @@ def environments_at(root: Path, sha: str | None) -> dict[str, dict[str, dict[str
     result = {}
     for path, raw in files.items():
         if path.endswith(".yaml") and path.count("/") == 1:
-            result[Path(path).stem] = environment_models_in(raw, f"{sha[:12]}:{path}")
+            result[Path(path).stem] = environment_in(raw, f"{sha[:12]}:{path}").models
     return result
 
 
-def _jobs_for(env: str, now: dict[str, dict[str, Any]],
-              before: dict[str, dict[str, Any]]) -> Iterator[GateJob]:
+def _jobs_for(env: str, now: dict[str, EnvEntry],
+              before: dict[str, EnvEntry]) -> Iterator[GateJob]:
     for model in sorted(now):
-        entry, old = now[model], before.get(model) or {}
-        old_version = str(old["version"]) if old.get("version") else None
+        entry, old = now[model], before.get(model, NO_ENTRY)
+        old_version = old.version or None
         baseline = VersionRef(model, old_version) if old_version else None
-        if str(entry.get("version")) != old_version:
-            yield GateJob(env, model, VersionRef(model, str(entry["version"])), baseline)
-        canary, old_canary = canary_version(entry), canary_version(old)
-        if canary and str(canary) != str(old_canary):
-            yield GateJob(env, model, VersionRef(model, str(canary)), baseline, "canary")
+        if entry.version != old_version:
+            yield GateJob(env, model, VersionRef(model, entry.version), baseline)
+        canary, old_canary = entry.canary_version, old.canary_version
+        if canary and canary != old_canary:
+            yield GateJob(env, model, VersionRef(model, canary), baseline, "canary")
 
 
 def plan_gates(registry: Registry, base: str | None = None, env: str | None = None) -> GatePlan:
@@ -144,7 +142,7 @@ def plan_gates(registry: Registry, base: str | None = None, env: str | None = No
     envs = [env] if env else registry.environments()
     jobs: list[GateJob] = []
     for name in envs:
-        now = environment_models(registry.environment(name))
+        now = registry.environment_record(name).models
         jobs.extend(_jobs_for(name, now, before.get(name, {})))
     head_policy = registry.policy()
     policy, source = gatepolicy.judging_policy(registry.root, sha, head_policy)

@@ -10,9 +10,7 @@ from ggufops.registry import lifecycleview
 from ggufops.registry.registry import (
     Registry,
     VersionRef,
-    canary_version,
     display_id,
-    environment_models,
 )
 
 
@@ -37,11 +35,11 @@ class Row:
 def _deployments(registry: Registry) -> dict[tuple[str, str], list[str]]:
     where: dict[tuple[str, str], list[str]] = {}
     for env in registry.environments():
-        for model, entry in environment_models(registry.environment(env)).items():
-            where.setdefault((model, str(entry["version"])), []).append(env)
-            canary = canary_version(entry)
+        for model, entry in registry.environment_record(env).models.items():
+            where.setdefault((model, entry.version), []).append(env)
+            canary = entry.canary_version
             if canary:
-                where.setdefault((model, str(canary)), []).append(f"{env} (canary)")
+                where.setdefault((model, canary), []).append(f"{env} (canary)")
     return where
 
 

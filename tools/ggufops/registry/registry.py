@@ -16,6 +16,7 @@ from ggufops.errors import (
     UnknownVersion,
     YamlError,
 )
+from ggufops.registry.records import Environment, environment_from_data
 
 REGISTRY_DIR = "registry"
 ENVIRONMENTS_DIR = "environments"
@@ -108,6 +109,11 @@ def find_root(start: Path) -> Path:
     )
 
 
+def environment_data(path: Path) -> dict[str, Any]:
+    data = yamlio.load(path) or {}
+    return data if isinstance(data, dict) else {}
+
+
 class Registry:
     """A registry checkout on disk."""
 
@@ -157,17 +163,23 @@ class Registry:
         return self.load_version(ref.name, ref.version)
 
     def environment(self, env: str) -> dict[str, Any]:
+        """The environment file as plain data (see `environment_record` for the typed one)."""
+        return environment_data(self._existing_environment(env))
+
+    def environment_record(self, env: str) -> Environment:
+        """The environment file, read leniently (validate reports what is wrong with it)."""
+        return environment_from_data(env, yamlio.load(self._existing_environment(env)))
+
+    def _existing_environment(self, env: str) -> Path:
         path = self.environment_file(env)
         if not path.is_file():
             known = ", ".join(self.environments()) or "none"
             raise UnknownEnvironment(f"no environment {env!r} ({path} missing); known: {known}")
-        data = yamlio.load(path) or {}
-        return data if isinstance(data, dict) else {}
+        return path
 
     def deployed(self, env: str) -> dict[str, str]:
         """model name -> version running in `env`."""
-        models = environment_models(self.environment(env))
-        return {name: str(entry["version"]) for name, entry in models.items()}
+        return self.environment_record(env).versions()
 
     def policy(self) -> dict[str, Any]:
         if self._policy is None:

@@ -20,16 +20,15 @@ from typing import Any
 from ggufops import git, yamlio
 from ggufops.errors import YamlError
 from ggufops.hashing import file_sha256
-from ggufops.registry import lifecyclecheck, overrides, releasegroups, schemas, warmset
+from ggufops.registry import compat, lifecyclecheck, overrides, releasegroups, schemas, warmset
 from ggufops.registry.dvcpointer import pointer_from_yaml, scan_pointer
+from ggufops.registry.records import NO_ENTRY, EnvEntry, environment_from_data, environment_in
 from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
     POLICY_FILE,
     REGISTRY_DIR,
     Registry,
     VersionRef,
-    canary_version,
-    environment_models_in,
     split_version_relpath,
 )
 
@@ -115,7 +114,8 @@ def _no_gc() -> Iterator[None]:
 
 def validate_repo(root: Path, base: str | None = None,
                   find_missing: MissingObjects | None = None,
-                  warnings: list[Problem] | None = None) -> list[Problem]:
+                  warnings: list[Problem] | None = None,
+                  host_runtimes: compat.HostRuntimes | None = None) -> list[Problem]:
     """All problems in the registry at `root` (and against `base`, when given).
 
     With `find_missing` (the artifacts room's `dvc.missing_objects`), also every version an
@@ -123,6 +123,8 @@ def validate_repo(root: Path, base: str | None = None,
     the retention policy keeps warm; the registry room does not import S3 code itself.
     `warnings` (when given) receives what passes but deserves a look (a deprecated
     version entering an environment under `lifecycle.deprecated: warn`).
+    With `host_runtimes` (the fleet room's reader), also every version an environment runs
+    that needs a newer llama-cpp-python than one of its hosts reports (compat.py).
     """
     checker = Checker(root)
     validators = schemas.load_validators(root)
@@ -131,6 +133,10 @@ def validate_repo(root: Path, base: str | None = None,
     _check_references(checker, state)
     lifecyclecheck.check_repo(checker, state, git.rev_parse(root, base) if base else None,
                               warnings if warnings is not None else [])
+    compat_warnings = Checker(root)
+    compat.check_repo(checker, state, host_runtimes, compat_warnings)
+    if warnings is not None:
+        warnings.extend(compat_warnings.problems)
     if base is not None:
         _check_against_base(checker, state, base)
     if find_missing is not None:
@@ -338,7 +344,7 @@ def _check_against_base(checker: Checker, state: State, base: str) -> None:
     root = state.root
     base_sha = git.rev_parse(root, base)
     changed = [(s, p) for s, p in git.changed_files(root, base_sha)
-               if p.startswith(f"{REGISTRY_DIR}/")]
+               if p.startswith((f"{REGISTRY_DIR}/", f"{compat.PROMPTS_DIR}/"))]
     immutable = [(s, p) for s, p in changed if s in ("M", "D", "T") and _is_immutable(p)]
     introduced = git.commits_adding(root, base_sha, [p for _, p in immutable])
     for status, path in immutable:
@@ -354,6 +360,8 @@ def _is_immutable(path: str) -> bool:
     if path.endswith(".gguf.dvc"):
         return True
     if path.startswith(f"{REGISTRY_DIR}/evals/"):
+        return True
+    if compat.is_prompt_config(path):
         return True
     return split_version_relpath(path) is not None
 
@@ -381,30 +389,29 @@ def _check_promotion(checker: Checker, state: State, base_sha: str) -> None:
                         f"{' -> '.join(order)}); deploy it to {previous_env} first", "promotion")
 
 
-def _entering(models: dict[str, Any], before: dict[str, dict[str, Any]]
+def _entering(models: dict[str, Any], before: dict[str, EnvEntry]
               ) -> list[tuple[str, str, list[str]]]:
     """(model, version, path in the entry) of every version new to the environment:
     primary versions that changed, and canary versions it ran in no role before."""
     found: list[tuple[str, str, list[str]]] = []
-    for model, entry in models.items():
-        old = before.get(model, {})
-        old_canary = canary_version(old)
-        if str(old.get("version")) != str(entry["version"]):
-            found.append((model, str(entry["version"]), ["version"]))
-        canary = canary_version(entry)
-        if canary is not None and str(canary) not in (str(old.get("version")), str(old_canary)):
-            found.append((model, str(canary), ["canary", "version"]))
+    for model, doc in models.items():
+        entry, old = EnvEntry.from_doc(doc), before.get(model, NO_ENTRY)
+        if old.version != entry.version:
+            found.append((model, entry.version, ["version"]))
+        canary = entry.canary_version
+        if canary is not None and canary not in (old.version, old.canary_version):
+            found.append((model, canary, ["canary", "version"]))
     return found
 
 
 def _models_at(root: Path, ref: str, env: str) -> dict[str, str]:
-    return {m: str(e.get("version")) for m, e in _entries_at(root, ref, env).items()}
+    return {m: e.version for m, e in _entries_at(root, ref, env).items()}
 
 
-def _entries_at(root: Path, ref: str, env: str) -> dict[str, dict[str, Any]]:
+def _entries_at(root: Path, ref: str, env: str) -> dict[str, EnvEntry]:
     path = f"{ENVIRONMENTS_DIR}/{env}.yaml"
     raw = git.show_file(root, ref, path)
-    return environment_models_in(raw, f"{ref}:{path}") if raw is not None else {}
+    return environment_in(raw, f"{ref}:{path}").models if raw is not None else {}
 
 
 def _versions_ever_in(root: Path, ref: str, env: str) -> set[tuple[str, str]]:
@@ -412,16 +419,16 @@ def _versions_ever_in(root: Path, ref: str, env: str) -> set[tuple[str, str]]:
     path = f"{ENVIRONMENTS_DIR}/{env}.yaml"
     seen: set[tuple[str, str]] = set()
     for _commit, text in git.file_history(root, ref, path):
-        models = environment_models_in(text, path)
-        seen.update((m, str(e.get("version"))) for m, e in models.items())
+        models = environment_in(text, path).models
+        seen.update((m, e.version) for m, e in models.items())
     return seen
 
 
 def _check_artifacts(checker: Checker, state: State, find_missing: MissingObjects) -> None:
     wanted: dict[VersionRef, dict[str, Any]] = {}
     for doc in state.environments.values():
-        for model, entry in (doc.data.get("models") or {}).items():
-            for version in (entry["version"], canary_version(entry)):
+        for model, entry in environment_from_data("", doc.data).models.items():
+            for version in (entry.version, entry.canary_version):
                 ref = VersionRef(model, version) if version else None
                 if ref in state.versions:
                     wanted[ref] = state.versions[ref].data
@@ -469,5 +476,5 @@ def promotion_allowed(root: Path, env: str, model: str, version: str, ref: str, 
 
 
 def _is_canary_at(root: Path, ref: str, env: str, model: str, version: str) -> bool:
-    canary = _entries_at(root, ref, env).get(model, {}).get("canary")
-    return isinstance(canary, dict) and str(canary.get("version")) == version
+    entry = _entries_at(root, ref, env).get(model)
+    return entry is not None and entry.canary_version == version

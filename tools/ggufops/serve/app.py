@@ -7,7 +7,9 @@ Routes
   POST   /v1/completions, /v1/chat/completions   OpenAI's API (protocol.py: what is supported
                                            and refused); "stream": true answers as events
   GET    /healthz (process up), /readyz (a model is loaded), /metrics (Prometheus)
-  GET    /admin/models                      state: active, draining, loading, last errors
+  GET    /admin/models                      state: active, standbys, draining, loading, errors
+  GET    /admin/requests?model=N&since=TS   the request window and ratings (requestwindow.py)
+  POST   /v1/feedback                       {"id": completion id, "rating": 1-5}
   POST   /admin/models                      load {name, version, sha256, display_id?, inference?,
                                            role? ("primary" | "canary"), weight? (canary 0-100)}
   POST   /admin/groups                      {group, models: [load body, ...]}: switch a release
@@ -15,7 +17,8 @@ Routes
   DELETE /admin/models/{name}               unload a model (and its canary)
   DELETE /admin/models/{name}/canary        unload its canary (/shadow: its shadow)
   GET    /admin/shadow?model=NAME           shadow traffic: agreement, latency, errors, drops
-  (every /admin route needs `Authorization: Bearer <token>`)
+  (every /admin route needs `Authorization: Bearer <token>`; with --admin-port they answer
+  only on their own listener, --admin-host (127.0.0.1) : --admin-port, and 404 on --port)
 
 Swaps without failed requests are modeltable.py's job, the OpenAI request and response
 shapes protocol.py's, the connection limits httpjson.py's; this module holds the routes,
@@ -49,10 +52,11 @@ from ggufops.errors import (
 )
 from ggufops.httpjson import HttpError, JsonHandler, Limits, QuietServer, read_json_body
 from ggufops.llama import llm
-from ggufops.serve import configswap, groupswap, protocol, shadow
+from ggufops.serve import configswap, groupswap, protocol, requestwindow, shadow, standby
+from ggufops.serve.loadrequest import LoadRequest
 from ggufops.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ggufops.serve.metrics import Metrics
-from ggufops.serve.modeltable import LoadedModel, Loader, LoadRequest, ModelTable
+from ggufops.serve.modeltable import LoadedModel, Loader, ModelTable
 
 log = logging.getLogger("ggufops.serve")
 
@@ -85,6 +89,9 @@ class ServeConfig:
     smoke_tokens: int = 4
     limits: Limits = field(default_factory=Limits)
     reuse_prefix: bool = False  # keep the previous request's prompt cache (not repeatable)
+    standby: str = "auto"  # keep the replaced primary loaded when it fits (standby.py); "off"
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None  # set: /admin only on admin_host:admin_port (docs/kubernetes.md)
 
 
 def read_token(path: Path) -> str:
@@ -145,17 +152,22 @@ class _Exchange:
     labels: tuple[str, str] = ("", "")
     in_flight: bool = False
     done: bool = False
+    role: str = "primary"
+    completion_id: str = ""
+    trace: llm.Trace | None = None
 
 
 class Generator:
     """Runs completions on the table's models and records their metrics."""
 
     def __init__(self, table: ModelTable, metrics: Metrics, *,
-                 reuse_prefix: bool = False) -> None:
+                 reuse_prefix: bool = False,
+                 window: requestwindow.RequestWindow | None = None) -> None:
         self.table = table
         self.metrics = metrics
         self.reuse_prefix = reuse_prefix
         self.shadow = shadow.ShadowMirror(table, metrics)
+        self.window = window or requestwindow.RequestWindow()
 
     def handle(self, out: Writer, endpoint: str, body: Any) -> None:
         exchange = _Exchange(endpoint)
@@ -164,6 +176,7 @@ class Generator:
             with self.shadow.traffic.request(), \
                     self.table.use(request.model, request.user) as loaded:
                 exchange.labels = loaded.labels
+                exchange.role = self.table.role_of(loaded)
                 exchange.in_flight = True
                 self.metrics.inc("ggufops_in_flight_requests", loaded.labels)
                 self._run(out, request, loaded, exchange)
@@ -189,8 +202,19 @@ class Generator:
         self.metrics.inc("ggufops_requests_total", (*labels, endpoint, str(code)))
         if code >= 400:
             self.metrics.inc("ggufops_request_errors_total", (*labels, endpoint))
-        self.metrics.observe("ggufops_request_duration_seconds", (*labels, endpoint),
-                             time.perf_counter() - exchange.start)
+        latency = time.perf_counter() - exchange.start
+        self.metrics.observe("ggufops_request_duration_seconds", (*labels, endpoint), latency)
+        if labels[0]:
+            self._remember(exchange, code, latency)
+
+    def _remember(self, exchange: _Exchange, code: int, latency: float) -> None:
+        trace = exchange.trace
+        self.window.record(requestwindow.RequestRecord(
+            ts=time.time(), model=exchange.labels[0], version=exchange.labels[1],
+            role=exchange.role, latency_s=round(latency, 6), ok=code < 400, status=code,
+            prompt_tokens=trace.prompt_tokens if trace else 0,
+            completion_tokens=trace.completion_tokens if trace else 0,
+            completion_id=exchange.completion_id))
 
     def _run(self, out: Writer, request: protocol.OpenAIRequest, loaded: LoadedModel,
              exchange: _Exchange) -> None:
@@ -198,7 +222,7 @@ class Generator:
         if request.is_chat:
             _require_chat(loaded, config)
         params = generation_params(request, loaded, config)
-        trace = llm.Trace(top_n=request.top_logprobs)
+        trace = exchange.trace = llm.Trace(top_n=request.top_logprobs)
         queued = time.perf_counter()
         with loaded.lock:
             self.metrics.observe("ggufops_queue_wait_seconds", loaded.labels,
@@ -218,6 +242,7 @@ class Generator:
                 reply = protocol.finish_response(request, result, loaded.request.display_id,
                                                  trace, text_of)
                 self._count_tokens(loaded, trace)
+                exchange.completion_id = str(reply.get("id") or "")
                 self._finish(exchange, 200)
                 out.send_json(200, reply)
                 self.shadow.offer(request, params, loaded, reply,
@@ -225,15 +250,16 @@ class Generator:
             else:
                 stream = protocol.ChunkStream(request, loaded.request.display_id, trace, text_of)
                 texts: list[str] = []
-                if self._stream(out, loaded, shadow.collecting(stream.chunks(result), texts),
-                                trace, exchange):
+                if self._stream(out, loaded, stream,
+                                shadow.collecting(stream.chunks(result), texts), exchange):
                     self.shadow.mirror(request, params, loaded, "".join(texts),
                                        time.perf_counter() - exchange.start)
             loaded.served += 1
 
-    def _stream(self, out: Writer, loaded: LoadedModel, chunks: Iterator[dict[str, Any]],
-                trace: llm.Trace, exchange: _Exchange) -> bool:
+    def _stream(self, out: Writer, loaded: LoadedModel, stream: protocol.ChunkStream,
+                chunks: Iterator[dict[str, Any]], exchange: _Exchange) -> bool:
         """Send `chunks` as events; whether the answer ended without an error."""
+        trace = stream.trace
         first = next(chunks, None)  # errors before the first chunk are still a JSON reply
         out.start_events()
         try:
@@ -246,6 +272,7 @@ class Generator:
             return False
         finally:
             self._count_tokens(loaded, trace)
+            exchange.completion_id = stream.completion_id
             self._finish(exchange, 200)
             out.send_event("[DONE]")
         return True
@@ -284,6 +311,14 @@ def server_metrics() -> Metrics:
     shadow.register_metrics(m)
     m.counter(configswap.CONFIG_CHANGES, "Inference config changes applied without a "
               "reload.", ("model", "version"))
+    m.counter("ggufops_standby_promotions_total", "Rollbacks served by promoting the hot "
+              "standby (a pointer swap, no load).", ("model",))
+    m.gauge("ggufops_standby_info", "The hot standby of each model (value 1).",
+            ("model", "version", "display_id", "sha256"))
+    m.counter("ggufops_feedback_ratings_total", "User ratings received (POST /v1/feedback).",
+              ("model", "version"))
+    m.gauge("ggufops_feedback_rating_sum", "Sum of the user ratings (1-5) received (only "
+            "grows; a gauge so its name keeps no _total suffix).", ("model", "version"))
     return m
 
 
@@ -297,8 +332,28 @@ class App:
         self.loader = Loader(config.store, self.table, self.metrics, n_ctx=config.n_ctx,
                              n_threads=config.n_threads, smoke_tokens=config.smoke_tokens,
                              n_gpu_layers=config.n_gpu_layers)
-        self.generator = Generator(self.table, self.metrics, reuse_prefix=config.reuse_prefix)
+        self.window = requestwindow.RequestWindow()
+        self.generator = Generator(self.table, self.metrics, reuse_prefix=config.reuse_prefix,
+                                   window=self.window)
         self.started_at = time.time()
+        self.standby_checks: dict[str, dict[str, Any]] = {}
+        self.table.keep_standby = self._keep_standby
+        self.admin_url: str | None = None  # the admin listener's, once serving (--admin-port)
+
+    def _keep_standby(self, old: LoadedModel) -> bool:
+        """The memory-fit check for a replaced primary (standby.py); remembered for
+        /admin/models."""
+        try:
+            size = old.path.stat().st_size
+        except OSError:  # its file left the store: nothing to measure, keep nothing
+            size = -1
+        check = standby.fit_check(self.config.standby, size,
+                                  standby.kv_cache_bytes(old.path, old.model.n_ctx))
+        self.standby_checks[old.request.name] = {"version": old.request.version,
+                                                 **check.as_dict()}
+        log.info("%s: %s as hot standby (%s)", old.request.display_id,
+                 "kept" if check.keep else "not kept", check.reason)
+        return check.keep
 
     def _free(self, loaded: LoadedModel) -> None:
         loaded.close()
@@ -318,6 +373,9 @@ class App:
         mirror = self.table.shadow(loaded.request.name)
         if mirror is not None:
             info["shadow"] = mirror.canary_info(mirror.request.weight)
+        spare = self.table.standby(loaded.request.name)
+        if spare is not None:
+            info["standby"] = spare.standby_info()
         return info
 
     def model(self, model_id: str) -> dict[str, Any]:
@@ -334,6 +392,11 @@ class App:
         self.metrics.clear("ggufops_model_info")
         self.metrics.clear("ggufops_model_load_seconds")
         self.metrics.clear("ggufops_canary_weight")
+        self.metrics.clear("ggufops_standby_info")
+        for spare in self.table.standbys():
+            r = spare.request
+            self.metrics.set("ggufops_standby_info", (r.name, r.version, r.display_id, r.sha256),
+                             1)
         for m in self.table.active():
             r = m.request
             self.metrics.set("ggufops_model_info", (r.name, r.version, r.display_id, r.sha256), 1)
@@ -367,13 +430,16 @@ class App:
                        for m in self.table.active()],
             "canaries": [{**c.info(), "weight": weight, "in_flight": c.refs,
                           "requests_served": c.served} for c, weight in canaries.values()],
+            "standbys": [{**m.info(), "in_flight": m.refs, "requests_served": m.served}
+                         for m in self.table.standbys()],
+            "standby_checks": dict(self.standby_checks),
             "draining": [{**m.info(), "in_flight": m.refs} for m in self.table.draining()],
             "loading": loading,
             "last_errors": errors,
         }
 
     def admin_load(self, body: Any) -> tuple[int, dict[str, Any]]:
-        request = LoadRequest.parse(body)
+        request = LoadRequest.from_json(body)
         try:
             loaded, changed = self.loader.load(request)
         except GgufopsError as e:
@@ -391,6 +457,14 @@ class App:
         except GgufopsError as e:
             raise http_error_for(e) from None
         return {"group": group, "models": models}
+    def feedback(self, body: Any) -> dict[str, Any]:
+        """POST /v1/feedback: a rating 1-5 for a completion this server gave."""
+        rating = self.window.rate(requestwindow.Feedback.parse(body))
+        labels = (rating.model, rating.version)
+        self.metrics.inc("ggufops_feedback_ratings_total", labels)
+        self.metrics.inc("ggufops_feedback_rating_sum", labels, rating.rating)
+        return {"id": rating.completion_id, "model": rating.model, "version": rating.version,
+                "rating": rating.rating}
 
     def admin_unload(self, path: str) -> dict[str, Any]:
         """DELETE /admin/models/{name} (with its canary) or /admin/models/{name}/canary."""
@@ -412,6 +486,14 @@ class App:
 
 class ServeHandler(JsonHandler):
     app: App
+    admin_routes = True  # False on the public listener when the admin API has its own
+
+    def _admin(self) -> None:
+        """Authorize an /admin request: only on the admin listener, only with the token."""
+        if not self.admin_routes:
+            raise HttpError(404, "the admin API is not served on this port; it listens on "
+                            "--admin-host:--admin-port", "not_found_error")
+        self.app.authorize(self.headers.get("Authorization"))
 
     def do_GET(self) -> None:
         self._guarded(self._get)
@@ -447,12 +529,16 @@ class ServeHandler(JsonHandler):
         elif path == "/metrics":
             self.send_bytes(200, app.render_metrics().encode(), METRICS_CONTENT_TYPE)
         elif path == "/admin/models":
-            app.authorize(self.headers.get("Authorization"))
+            self._admin()
             self.send_json(200, app.admin_state())
         elif path == "/admin/shadow":
             app.authorize(self.headers.get("Authorization"))
             model = parse_qs(urlsplit(self.path).query).get("model", [""])[0]
             self.send_json(200, app.generator.shadow.report(model))
+        elif path == "/admin/requests":
+            app.authorize(self.headers.get("Authorization"))
+            model, since = requestwindow.parse_query(parse_qs(urlsplit(self.path).query))
+            self.send_json(200, app.window.since(model, since))
         else:
             raise HttpError(404, f"no route GET {path}", "not_found_error")
 
@@ -460,47 +546,63 @@ class ServeHandler(JsonHandler):
         if path in protocol.ENDPOINTS:
             self.app.generator.handle(self, protocol.ENDPOINTS[path], read_json_body(self))
         elif path == "/admin/models":
-            self.app.authorize(self.headers.get("Authorization"))  # before reading the body
+            self._admin()  # before reading the body
             status, reply = self.app.admin_load(read_json_body(self))
             self.send_json(status, reply)
         elif path == "/admin/groups":
             self.app.authorize(self.headers.get("Authorization"))
             self.send_json(200, self.app.admin_group(read_json_body(self)))
+        elif path == "/v1/feedback":
+            self.send_json(200, self.app.feedback(read_json_body(self)))
         else:
             raise HttpError(404, f"no route POST {path}", "not_found_error")
 
     def _delete(self, path: str) -> None:
         if not path.startswith("/admin/models/"):
             raise HttpError(404, f"no route DELETE {path}", "not_found_error")
-        self.app.authorize(self.headers.get("Authorization"))
+        self._admin()
         read_json_body(self)
         self.send_json(200, self.app.admin_unload(path[len("/admin/models/"):]))
 
 
-def make_server(app: App) -> QuietServer:
-    handler = type("BoundServeHandler", (ServeHandler,), {"app": app,
-                                                          "limits": app.config.limits})
+def make_server(app: App, *, admin: bool = False) -> QuietServer:
+    """The public listener, or (`admin`) the admin API's own one when --admin-port is set."""
+    config = app.config
+    host, port = (config.admin_host, config.admin_port) if admin else (config.host, config.port)
+    handler = type("BoundServeHandler", (ServeHandler,), {
+        "app": app, "limits": config.limits,
+        "admin_routes": admin or config.admin_port is None})
     try:
-        return QuietServer((app.config.host, app.config.port), handler)
+        return QuietServer((host, port or 0), handler)
     except OSError as e:
-        raise ServeError(f"cannot listen on {app.config.host}:{app.config.port}: "
-                         f"{e.strerror}; pick another --port") from None
+        option = "--admin-port" if admin else "--port"
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}; pick another "
+                         f"{option}") from None
+
+
+def _start(server: QuietServer, name: str) -> str:
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, name=name,
+                     daemon=True).start()
+    host, port = server.server_address[:2]
+    return f"http://{host!s}:{port}"
 
 
 def serve_until(app: App, stop: threading.Event,
                 ready: Callable[[str], None] | None = None) -> None:
-    """Serve until `stop` is set, then stop accepting, and free every model."""
-    server = make_server(app)
-    host, port = server.server_address[:2]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
-                              name="serve", daemon=True)
-    thread.start()
+    """Serve until `stop` is set, then stop accepting, and free every model. With
+    --admin-port, the admin listener's URL is `app.admin_url` when `ready` is called."""
+    servers = [make_server(app)]
+    if app.config.admin_port is not None:
+        servers.append(make_server(app, admin=True))
+    urls = [_start(s, name) for s, name in zip(servers, ("serve", "serve-admin"), strict=False)]
+    app.admin_url = urls[1] if len(urls) > 1 else None
     try:
         if ready is not None:
-            ready(f"http://{host!s}:{port}")
+            ready(urls[0])
         stop.wait()
     finally:
-        server.shutdown()
-        server.server_close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
         app.close()
 

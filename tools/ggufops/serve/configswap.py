@@ -19,10 +19,11 @@ from ggufops.errors import ChatTemplateError
 from ggufops.httpjson import HttpError
 from ggufops.llama import chattemplate, llm
 from ggufops.registry import overrides
+from ggufops.serve.loadrequest import LoadRequest
 
 if TYPE_CHECKING:
     from ggufops.serve.metrics import Metrics
-    from ggufops.serve.modeltable import LoadedModel, LoadRequest, ModelTable
+    from ggufops.serve.modeltable import LoadedModel, ModelTable
 
 log = logging.getLogger("ggufops.serve")
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ggufops.errors import GgufopsError
 from ggufops.httpjson import HttpError
 from ggufops.serve import configswap
-from ggufops.serve.modeltable import LoadRequest
+from ggufops.serve.loadrequest import LoadRequest
 
 if TYPE_CHECKING:
     from ggufops.serve.modeltable import LoadedModel, Loader
@@ -44,7 +44,7 @@ def parse(data: Any) -> tuple[str, list[LoadRequest]]:
     group = data.get("group")
     if not isinstance(group, str) or not GROUP_NAME.match(group):
         raise HttpError(400, f"group: {group!r} is not a group name (^[a-z0-9][a-z0-9._-]*$)")
-    requests = [LoadRequest.parse(body) for body in data["models"]]
+    requests = [LoadRequest.from_json(body) for body in data["models"]]
     keys = [r.key for r in requests]
     if len(set(keys)) != len(keys):
         raise HttpError(400, f"group {group}: a model (or canary) is named twice")

@@ -7,6 +7,10 @@ then one short critical section replaces the table entry. Each request holds a r
 model is freed when its last request ends. A llama.cpp context is not thread-safe: each
 model has a lock and its requests queue on it.
 
+Hot standby: when a primary is replaced and App's memory-fit check (standby.py) allows,
+it stays loaded as the name's standby; a load request for that same file later is a
+pointer swap (`promote_standby`): no hashing, no load, no smoke test, no failed request.
+
 Canaries: besides its primary, a model name may have one canary (role "canary") with a
 weight 0-100, loaded the same way. A request naming the model goes to the canary when its
 bucket (sha256 of the request's `user`, else random; 0-99) is below the weight.
@@ -22,88 +26,36 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import semver
 from ggufops.artifacts.ggufheader import read_header
 from ggufops.artifacts.store import ArtifactStore
 from ggufops.errors import (
     ArtifactNotInStore,
-    ChatTemplateError,
     ChecksumMismatch,
     GgufopsError,
     LlamaError,
     ModelLoadFailed,
 )
-from ggufops.hashing import SHA256_HEX, file_sha256
+from ggufops.hashing import file_sha256
 from ggufops.httpjson import HttpError, rfc3339
-from ggufops.llama import chattemplate, llm
+from ggufops.llama import llm
 from ggufops.registry import overrides
-from ggufops.registry.registry import MODEL_NAME
 from ggufops.serve import configswap
+from ggufops.serve.loadrequest import LoadRequest
 from ggufops.serve.metrics import Metrics
 
 log = logging.getLogger("ggufops.serve")
 
 HASH_CHUNK = 8 * 1024 * 1024
 DEFAULT_MAX_TOKENS = 128
-ROLES = ("primary", "canary", "shadow")  # shadow: shadow.py, never answers a client
 
 
-@dataclass(frozen=True)
-class LoadRequest:
-    """What POST /admin/models asks for."""
-
-    name: str
-    version: str
-    sha256: str
-    display_id: str
-    inference: dict[str, Any] = field(default_factory=dict)
-    role: str = "primary"
-    weight: int = field(default=0, compare=False)  # a canary's share; changes need no reload
-
-    @property
-    def key(self) -> str:
-        """Where loads and load errors are tracked: the name, or `name/canary`."""
-        return self.name if self.role == "primary" else f"{self.name}/{self.role}"
-
-    @classmethod
-    def parse(cls, data: Any) -> LoadRequest:
-        if not isinstance(data, dict):
-            raise HttpError(400, "the body must be a JSON object {name, version, sha256}")
-        name, version, sha = (data.get(k) for k in ("name", "version", "sha256"))
-        if not isinstance(name, str) or not MODEL_NAME.match(name):
-            raise HttpError(400, f"name: {name!r} is not a model name (^[a-z0-9][a-z0-9._-]*$)")
-        if not isinstance(version, str) or not semver.is_semver(version):
-            raise HttpError(400, f"version: {version!r} is not a semantic version X.Y.Z")
-        if not isinstance(sha, str) or not SHA256_HEX.match(sha):
-            raise HttpError(400, f"sha256: {sha!r} is not 64 lower-case hex digits")
-        display = data.get("display_id") or f"{name}-v{version}"
-        inference = data.get("inference") or {}
-        if not isinstance(display, str) or not isinstance(inference, dict):
-            raise HttpError(400, "display_id must be a string and inference an object")
-        if inference.get("prompt_template") is not None:
-            try:
-                chattemplate.check(inference["prompt_template"],
-                                   where="inference.prompt_template")
-            except ChatTemplateError as e:
-                raise HttpError(400, str(e), param="inference") from None
-        role, weight = _role_and_weight(data)
-        return cls(name, version, sha, display, inference, role, weight)
-
-
-def _role_and_weight(data: dict[str, Any]) -> tuple[str, int]:
-    role = data.get("role") or "primary"
-    if role not in ROLES:
-        raise HttpError(400, f"role: {role!r} is not \"primary\", \"canary\" or \"shadow\"")
-    weight = data.get("weight")
-    if role == "primary":
-        return role, 0
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
-        raise HttpError(400, f"weight: a canary needs an integer weight 0-100, got {weight!r}")
-    return role, weight
+def _same_model(loaded: LoadRequest, wanted: LoadRequest) -> bool:
+    """Would `wanted` load exactly what `loaded` holds (file and chat template)?"""
+    return wanted.role == "primary" and loaded.sha256 == wanted.sha256 and \
+        loaded.inference.get("prompt_template") == wanted.inference.get("prompt_template")
 
 
 def bucket(user: str | None) -> int:
@@ -158,6 +110,12 @@ class LoadedModel:
                 "weight": weight, "loaded_at": rfc3339(self.loaded_at),
                 "config_sha256": overrides.config_digest(r.inference)}
 
+    def standby_info(self) -> dict[str, Any]:
+        """What the primary's /v1/models entry says about its hot standby."""
+        r = self.request
+        return {"version": r.version, "sha256": r.sha256, "display_id": r.display_id,
+                "loaded_at": rfc3339(self.loaded_at)}
+
     def defaults(self, config: LoadRequest | None = None) -> dict[str, Any]:
         """Generation defaults from the version's validated inference config (of `config`,
         the request's pinned one, when given)."""
@@ -182,6 +140,8 @@ class ModelTable:
         self._shadow: dict[str, LoadedModel] = {}
         self._draining: list[LoadedModel] = []
         self._on_free = on_free
+        self._standby: dict[str, LoadedModel] = {}  # name -> the previous primary, still loaded
+        self.keep_standby: Callable[[LoadedModel], bool] = lambda old: False
 
     def get(self, name: str) -> LoadedModel | None:
         with self._lock:
@@ -262,9 +222,9 @@ class ModelTable:
         for loaded in self._active.values():
             if loaded.matches(model_id):
                 return loaded
-        for canary in self._canary.values():
-            if canary.matches(model_id) and model_id != canary.request.name:
-                return canary
+        for other in (*self._canary.values(), *self._standby.values()):
+            if other.matches(model_id) and model_id != other.request.name:
+                return other
         raise HttpError(404, f"model {model_id!r} is not served; GET /v1/models lists "
                         f"what is: {', '.join(sorted(self._active))}", "not_found_error")
 
@@ -301,7 +261,7 @@ class ModelTable:
             old = slots.get(name)
             slots[name] = new
         if old is not None:
-            self._retire(old)
+            self._retire_or_keep(old, new)
         return old
 
     def install_all(self, news: list[LoadedModel],
@@ -328,6 +288,50 @@ class ModelTable:
     def _slots(self, role: str) -> dict[str, LoadedModel]:
         return {"primary": self._active, "canary": self._canary, "shadow": self._shadow}[role]
 
+    # hot standby (standby.py decides whether a replaced primary may stay loaded)
+
+    def standby(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            return self._standby.get(name)
+
+    def role_of(self, loaded: LoadedModel) -> str:
+        """primary, canary or standby: the slot `loaded` has now (for the request window)."""
+        with self._lock:
+            if self._standby.get(loaded.request.name) is loaded:
+                return "standby"
+        return loaded.request.role
+
+    def standbys(self) -> list[LoadedModel]:
+        with self._lock:
+            return sorted(self._standby.values(), key=lambda m: m.request.name)
+
+    def _retire_or_keep(self, old: LoadedModel, new: LoadedModel) -> None:
+        """A replaced primary becomes the standby when `keep_standby` allows; the standby
+        it displaces (or a refused one) is retired. A replaced canary is just retired."""
+        if new.request.role != "primary":
+            self._retire(old)
+            return
+        keep = old.request.sha256 != new.request.sha256 and self.keep_standby(old)
+        with self._lock:
+            displaced = self._standby.pop(old.request.name, None)
+            if keep:
+                self._standby[old.request.name] = old
+        for retired in (displaced, None if keep else old):
+            if retired is not None and retired is not new:
+                self._retire(retired)
+
+    def promote_standby(self, request: LoadRequest) -> LoadedModel | None:
+        """Roll back by pointer: the standby with `request`'s file becomes the primary, the
+        primary becomes the standby. None (nothing changed) when no standby matches."""
+        with self._lock:
+            standby = self._standby.get(request.name)
+            primary = self._active.get(request.name)
+            if standby is None or primary is None or not _same_model(standby.request, request):
+                return None
+            standby.request = request
+            self._active[request.name], self._standby[request.name] = standby, primary
+            return standby
+
     def remove(self, name: str) -> LoadedModel | None:
         """Unload the model `name` and its canary (at once: no canary outlives its primary);
         the primary, if any."""
@@ -335,7 +339,8 @@ class ModelTable:
             old = self._active.pop(name, None)
             canary = self._canary.pop(name, None)
             shadow = self._shadow.pop(name, None)
-        for retired in (shadow, canary, old):
+            standby = self._standby.pop(name, None)
+        for retired in (shadow, canary, standby, old):
             if retired is not None:
                 self._retire(retired)
         return old
@@ -438,6 +443,12 @@ class Loader:
                 return current, False
             if current is not None and configswap.same_model(current.request, request):
                 return configswap.reconfigure(self.table, current, request, self.metrics), False
+            promoted = self.table.promote_standby(request)
+            if promoted is not None:
+                self.metrics.inc("ggufops_standby_promotions_total", (request.name,))
+                log.info("serving %s again from standby (no load); %s is the standby now",
+                         request.display_id, current.request.display_id if current else "-")
+                return promoted, True
             new = self._load_tracked(request)
             try:
                 old = self.table.install(new)

@@ -352,6 +352,11 @@ class ChunkStream:
         self._created = int(time.time())
         self.content_chunks = 0
 
+    @property
+    def completion_id(self) -> str:
+        """The id every chunk carried (empty before the first)."""
+        return self._id
+
     def chunks(self, source: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for chunk in source:
             yield self._complete(chunk)
