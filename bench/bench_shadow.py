@@ -135,8 +135,9 @@ def main() -> int:
     print(f"primary p95 ratio shadow/none: {ratio:.3f} (bootstrap 95% interval {lo:.3f}-"
           f"{hi:.3f}); goal <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'}")
     stats = report.get("stats") or {}
-    print(f"failed requests: {failures}; shadow ran {stats.get('mirrored')} mirrored requests "
-          f"(errors {stats.get('errors')}), dropped {report.get('dropped')} (queue full); "
+    print(f"failed requests: {failures}; shadow completed {stats.get('mirrored')} mirrored "
+          f"requests (errors {stats.get('errors')}), preempted {report.get('preempted')} "
+          f"(a client request arrived), dropped {report.get('dropped')} (queue full); "
           f"exact match {stats.get('exact_match_rate')}, token overlap "
           f"{stats.get('token_overlap_mean')}")
     return 0

@@ -680,6 +680,15 @@ def _token_logprob(logits: Logits, token: int, top_n: int) -> TokenLogprob:
     return TokenLogprob(token, float(logp[token]), ranked)
 
 
+class GenerationAborted(Exception):
+    """A generation given `should_stop` was stopped by it (control flow, not a failure)."""
+
+
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop is not None and should_stop():
+        raise GenerationAborted
+
+
 @cache
 def _tracing_llama() -> Any:
     """llama_cpp.Llama whose generate() feeds the instance's `trace` (None: no cost)."""
@@ -687,15 +696,18 @@ def _tracing_llama() -> Any:
 
     class TracingLlama(lib.Llama):  # type: ignore[misc,name-defined]
         trace: Trace | None = None
+        should_stop: Callable[[], bool] | None = None  # checked before the prompt, per token
 
         def generate(self, tokens: Sequence[int], *args: Any,
                      **kwargs: Any) -> Iterator[int]:
-            trace = self.trace
+            trace, stop = self.trace, self.should_stop
             if trace is not None:
                 trace.prompt_tokens = len(tokens)
+            _check_stop(stop)
             for token in super().generate(tokens, *args, **kwargs):
                 if trace is not None:
                     trace.record(self, token)
+                _check_stop(stop)
                 yield token
 
     return TracingLlama
@@ -804,44 +816,52 @@ def _guard_stream(model: Model, chunks: Iterator[dict[str, Any]]) -> Iterator[di
 
 
 def complete(model: Model, prompt: str, params: dict[str, Any], *, stream: bool,
-             trace: Trace | None = None,
-             reuse_prefix: bool = False) -> dict[str, Any] | Iterator[dict[str, Any]]:
-    """An OpenAI text completion (a dict), or an iterator of its chunks when streaming."""
+             trace: Trace | None = None, reuse_prefix: bool = False,
+             should_stop: Callable[[], bool] | None = None,
+             ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+    """An OpenAI text completion (a dict), or an iterator of its chunks when streaming.
+    `should_stop` (non-streamed only) is asked before the prompt and at every token; True
+    raises GenerationAborted."""
     return _openai(model, model.llama.create_completion, stream, trace, reuse_prefix,
-                   prompt=prompt, **params)
+                   should_stop=should_stop, prompt=prompt, **params)
 
 
 def chat(model: Model, messages: list[dict[str, Any]], params: dict[str, Any], *,
-         stream: bool, trace: Trace | None = None,
-         reuse_prefix: bool = False) -> dict[str, Any] | Iterator[dict[str, Any]]:
-    """An OpenAI chat completion (a dict), or an iterator of its chunks when streaming."""
+         stream: bool, trace: Trace | None = None, reuse_prefix: bool = False,
+         should_stop: Callable[[], bool] | None = None,
+         ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+    """An OpenAI chat completion (a dict), or an iterator of its chunks when streaming;
+    `should_stop` as in `complete`."""
 
     if model.chat_template in (None, NO_CHAT):
         raise LlamaError(f"{model.path.name} has no chat template")
     return _openai(model, model.llama.create_chat_completion, stream, trace, reuse_prefix,
-                   messages=messages, **params)
+                   should_stop=should_stop, messages=messages, **params)
 
 
 def _openai(model: Model, call: Callable[..., Any], stream: bool, trace: Trace | None,
-            reuse_prefix: bool,
+            reuse_prefix: bool, *, should_stop: Callable[[], bool] | None = None,
             **kwargs: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
     # By default every prompt is evaluated from scratch: llama.cpp's results depend on batch
     # shapes, so reusing the cached prefix of the previous request changed greedy answers
     # (the same request answered differently after another one).
     if not reuse_prefix:
         model.llama.reset()
+    if stream and should_stop is not None:
+        raise ValueError("should_stop is only for non-streamed generations")
     model.llama.trace = trace
+    model.llama.should_stop = should_stop
     try:
         result = call(stream=stream, **kwargs)
     except ValueError as e:  # llama-cpp-python's "prompt too long", template errors
-        model.llama.trace = None
+        model.llama.trace = model.llama.should_stop = None
         raise LlamaError(f"{model.path.name}: {e}") from None
     except BaseException:
-        model.llama.trace = None
+        model.llama.trace = model.llama.should_stop = None
         raise
     if stream:
         return _guard_stream(model, result)
-    model.llama.trace = None
+    model.llama.trace = model.llama.should_stop = None
     completion: dict[str, Any] = result
     return completion
 

@@ -173,7 +173,8 @@ class Generator:
         exchange = _Exchange(endpoint)
         try:
             request = protocol.parse(endpoint, body)
-            with self.table.use(request.model, request.user) as loaded:
+            with self.shadow.traffic.request(), \
+                    self.table.use(request.model, request.user) as loaded:
                 exchange.labels = loaded.labels
                 exchange.role = self.table.role_of(loaded)
                 exchange.in_flight = True
@@ -248,11 +249,16 @@ class Generator:
                                   time.perf_counter() - exchange.start)
             else:
                 stream = protocol.ChunkStream(request, loaded.request.display_id, trace, text_of)
-                self._stream(out, loaded, stream, stream.chunks(result), exchange)
+                texts: list[str] = []
+                if self._stream(out, loaded, stream,
+                                shadow.collecting(stream.chunks(result), texts), exchange):
+                    self.shadow.mirror(request, params, loaded, "".join(texts),
+                                       time.perf_counter() - exchange.start)
             loaded.served += 1
 
     def _stream(self, out: Writer, loaded: LoadedModel, stream: protocol.ChunkStream,
-                chunks: Iterator[dict[str, Any]], exchange: _Exchange) -> None:
+                chunks: Iterator[dict[str, Any]], exchange: _Exchange) -> bool:
+        """Send `chunks` as events; whether the answer ended without an error."""
         trace = stream.trace
         first = next(chunks, None)  # errors before the first chunk are still a JSON reply
         out.start_events()
@@ -263,11 +269,13 @@ class Generator:
                 out.send_event(json.dumps(chunk))
         except GgufopsError as e:
             out.send_event(json.dumps(http_error_for(e).body()))
+            return False
         finally:
             self._count_tokens(loaded, trace)
             exchange.completion_id = stream.completion_id
             self._finish(exchange, 200)
             out.send_event("[DONE]")
+        return True
 
     def _count_tokens(self, loaded: LoadedModel, trace: llm.Trace) -> None:
         self.metrics.inc("ggufops_tokens_total", (*loaded.labels, "prompt"), trace.prompt_tokens)

@@ -2,14 +2,23 @@
 
 The env entry's `shadow: {version, percent}` makes the agent load that version as the
 model's shadow (role "shadow", weight = percent). After the primary (or canary) has
-answered a non-streamed request, the request goes to the shadow with probability
-percent/100: it is put on a bounded queue without waiting (when the queue is full it is
-dropped and counted), and ONE background thread runs it on the shadow model. The client
-never sees the shadow's answer and its request never waits for it. For every mirrored
-request the mirror records whether the two answers are equal (exact match), their token
-overlap (the share of the longer answer's whitespace tokens the other one has, as a
-multiset), the shadow's latency next to the primary's, and errors. GET /admin/shadow?model=
-NAME and /metrics show them.
+answered a request (streamed ones too: their assembled text), the request goes to the
+shadow with probability percent/100: it is put on a bounded queue without waiting (when the
+queue is full it is dropped and counted), and ONE background thread runs it, non-streamed,
+on the shadow model. The client never sees the shadow's answer and its request never waits
+for it.
+
+The shadow yields to client requests (yielding.py): the thread starts a mirrored request
+only once no client request has been in flight on the server for a quiet spell (50 ms),
+and a client request arriving
+aborts the running shadow generation at its next token; that request is counted as
+preempted and dropped, never retried. So agreement is measured on the requests that ran to
+the end in idle moments.
+
+For every completed mirrored request the mirror records whether the two answers are equal
+(exact match), their token overlap (the share of the longer answer's whitespace tokens the
+other one has, as a multiset), the shadow's latency next to the primary's, and errors.
+GET /admin/shadow?model=NAME and /metrics show them.
 """
 
 from __future__ import annotations
@@ -20,13 +29,15 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ggufops.errors import GgufopsError
-from ggufops.httpjson import HttpError
+from ggufops.httpjson import HttpError, rfc3339
 from ggufops.llama import llm
 from ggufops.serve import configswap, protocol
+from ggufops.serve.yielding import PrimaryTraffic
 
 if TYPE_CHECKING:
     from ggufops.serve.metrics import Metrics
@@ -45,6 +56,22 @@ def answer_text(reply: dict[str, Any]) -> str:
     if isinstance(message, dict):
         return str(message.get("content") or "")
     return str(choice.get("text") or "")
+
+
+def chunk_text(chunk: dict[str, Any]) -> str:
+    """The text one streamed chunk adds (completion `text` or chat `delta.content`)."""
+    choice = (chunk.get("choices") or [{}])[0]
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        return str(delta.get("content") or "")
+    return str(choice.get("text") or "")
+
+
+def collecting(chunks: Iterator[dict[str, Any]], texts: list[str]) -> Iterator[dict[str, Any]]:
+    """`chunks`, unchanged, appending the text of each to `texts` on the way."""
+    for chunk in chunks:
+        texts.append(chunk_text(chunk))
+        yield chunk
 
 
 def token_overlap(a: str, b: str) -> float:
@@ -100,28 +127,45 @@ class _Job:
     primary_latency: float
 
 
+@dataclass
+class _Running:
+    """The mirrored request the shadow thread is generating now."""
+
+    name: str
+    since: float
+    trace: llm.Trace
+
+
 class ShadowMirror:
     """The bounded queue and the one thread that runs mirrored requests on shadows."""
 
     def __init__(self, table: ModelTable, metrics: Metrics, *,
-                 queue_size: int = QUEUE_SIZE) -> None:
+                 queue_size: int = QUEUE_SIZE, traffic: PrimaryTraffic | None = None) -> None:
         self.table = table
         self.metrics = metrics
+        self.traffic = traffic or PrimaryTraffic()
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         self._stats: dict[str, ShadowStats] = {}
         self._dropped: dict[str, int] = {}
+        self._preempted: dict[str, int] = {}
+        self._running: _Running | None = None
         self._thread = threading.Thread(target=self._work, name="shadow", daemon=True)
         self._thread.start()
 
     def offer(self, request: protocol.OpenAIRequest, params: dict[str, Any],
               loaded: LoadedModel, reply: dict[str, Any], latency: float) -> None:
         """Mirror this answered request to the model's shadow, maybe; never blocks."""
+        self.mirror(request, params, loaded, answer_text(reply), latency)
+
+    def mirror(self, request: protocol.OpenAIRequest, params: dict[str, Any],
+               loaded: LoadedModel, primary_text: str, latency: float) -> None:
+        """Mirror a request the primary answered with `primary_text`, maybe; never blocks."""
         shadow = self.table.shadow(loaded.request.name)
         if shadow is None or random.randrange(100) >= shadow.request.weight \
                 or "grammar" in params:  # a grammar object is not shared between models
             return
-        job = _Job(loaded.request.name, request, params, answer_text(reply), latency)
+        job = _Job(loaded.request.name, request, params, primary_text, latency)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -132,6 +176,7 @@ class ShadowMirror:
     def _work(self) -> None:
         while True:
             job = self._queue.get()
+            self.traffic.wait_quiet()  # clients first: start only after a quiet spell
             try:
                 self._run(job)
             except Exception:  # a bug must not stop the mirror
@@ -145,43 +190,57 @@ class ShadowMirror:
                 elapsed = time.perf_counter() - start
         except HttpError:
             return  # the shadow went away meanwhile
+        except llm.GenerationAborted:
+            self._count_preempted(job.name)
+            return
         except GgufopsError as e:
             self._error(job.name, str(e))
             return
+        finally:
+            self._running = None
         self._record(job, shadow, text, elapsed)
 
-    @staticmethod
-    def _generate(shadow: LoadedModel, job: _Job) -> str:
+    def _generate(self, shadow: LoadedModel, job: _Job) -> str:
+        """The shadow's answer; llm.GenerationAborted when a client request arrives."""
         request, config = job.request, configswap.pinned(shadow)
         params = {**shadow.defaults(config), **job.params}
+        stop, trace = self.traffic.busy, llm.Trace()
         with shadow.lock:
+            self._running = _Running(job.name, time.time(), trace)
             configswap.use_template(shadow, config)
             if request.is_chat:
                 messages = configswap.with_system_prompt(request.messages, config.inference)
-                result = llm.chat(shadow.model, messages, params, stream=False)
+                result = llm.chat(shadow.model, messages, params, stream=False, trace=trace,
+                                  should_stop=stop)
             else:
-                result = llm.complete(shadow.model, request.prompt or "", params, stream=False)
+                result = llm.complete(shadow.model, request.prompt or "", params,
+                                      stream=False, trace=trace, should_stop=stop)
         return answer_text(result) if isinstance(result, dict) else ""
+
+    def _count_preempted(self, name: str) -> None:
+        self.metrics.inc("ggufops_shadow_preempted_total", (name,))
+        with self._lock:  # after the metric, as in _record
+            self._preempted[name] = self._preempted.get(name, 0) + 1
 
     def _error(self, name: str, message: str) -> None:
         shadow = self.table.shadow(name)
         version = shadow.request.version if shadow else "?"
+        self.metrics.inc("ggufops_shadow_requests_total", (name, version, "error"))
         with self._lock:
             self._stats_for(name, version).errors += 1
-        self.metrics.inc("ggufops_shadow_requests_total", (name, version, "error"))
         log.info("shadow of %s failed: %s", name, message)
 
     def _record(self, job: _Job, shadow: LoadedModel, text: str, elapsed: float) -> None:
         exact = text == job.primary_text
         overlap = token_overlap(text, job.primary_text)
         labels = shadow.labels
-        with self._lock:
-            self._stats_for(job.name, shadow.request.version).record(
-                job.primary_latency, elapsed, exact, overlap)
         self.metrics.inc("ggufops_shadow_requests_total",
                          (*labels, "match" if exact else "differ"))
         self.metrics.observe("ggufops_shadow_token_overlap", labels, overlap)
         self.metrics.observe("ggufops_shadow_duration_seconds", labels, elapsed)
+        with self._lock:  # last: whoever sees the count in the report finds the metrics too
+            self._stats_for(job.name, shadow.request.version).record(
+                job.primary_latency, elapsed, exact, overlap)
 
     def _stats_for(self, name: str, version: str) -> ShadowStats:
         """The stats of `name`'s shadow version (a new version starts afresh)."""
@@ -199,10 +258,19 @@ class ShadowMirror:
             stats = self._stats.get(name)
             body = stats.as_dict() if stats is not None else None
             dropped = self._dropped.get(name, 0)
+            preempted = self._preempted.get(name, 0)
         return {"model": name, "shadow": None if shadow is None else {
             "version": shadow.request.version, "display_id": shadow.request.display_id,
-            "percent": shadow.request.weight}, "dropped": dropped,
-            "queue_size": self._queue.maxsize, "stats": body}
+            "percent": shadow.request.weight}, "dropped": dropped, "preempted": preempted,
+            "queue_size": self._queue.maxsize, "queued": self._queue.qsize(),
+            "running": self._running_info(name), "stats": body}
+
+    def _running_info(self, name: str) -> dict[str, Any] | None:
+        """The mirrored request of `name` being generated now: since when, tokens so far."""
+        running = self._running
+        if running is None or running.name != name:
+            return None
+        return {"since": rfc3339(running.since), "tokens": len(running.trace.sampled)}
 
 
 def register_metrics(metrics: Metrics) -> None:
@@ -211,6 +279,8 @@ def register_metrics(metrics: Metrics) -> None:
                     ("model", "version", "outcome"))
     metrics.counter("ggufops_shadow_dropped_total", "Mirrored requests dropped because the "
                     "shadow queue was full.", ("model",))
+    metrics.counter("ggufops_shadow_preempted_total", "Mirrored requests aborted (and dropped) "
+                    "because a client request arrived while the shadow generated.", ("model",))
     metrics.histogram("ggufops_shadow_token_overlap", "Token overlap of the shadow's answer "
                       "with the primary's (1: the same tokens).", ("model", "version"),
                       buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0))
