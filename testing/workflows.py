@@ -244,10 +244,13 @@ class Event:
 
 
 def run_workflow(path: Path, event: Event, tmp: Path, *, skip_ids: dict[str, str],
-                 extra_env: dict[str, str] | None = None) -> WorkflowRun:
-    """Run every job's steps of the workflow at `path` for `event`, in order."""
+                 extra_env: dict[str, str] | None = None,
+                 skip_outputs: dict[str, dict[str, str]] | None = None) -> WorkflowRun:
+    """Run every job's steps of the workflow at `path` for `event`, in order.
+    `skip_outputs`: the outputs a skipped step (by id) would have written."""
     workflow = load_workflow(path)
-    runner = _Runner(event, tmp / "workspace", tmp / "runner-temp", skip_ids)
+    runner = _Runner(event, tmp / "workspace", tmp / "runner-temp", skip_ids,
+                     skip_outputs=dict(skip_outputs or {}))
     runner.temp.mkdir(parents=True)
     event_path = runner.temp / "event.json"
     event_path.write_text(json.dumps(event.payload()))
@@ -343,6 +346,7 @@ class _Runner:
     workspace: Path
     temp: Path
     skip_ids: dict[str, str]
+    skip_outputs: dict[str, dict[str, str]] = field(default_factory=dict)
     contexts: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     status: dict[str, bool] = field(default_factory=lambda: {"failed": False})
@@ -355,6 +359,8 @@ class _Runner:
         if not step_condition(step.get("if"), self.contexts, self.status):
             return StepRun(name, "not-run", "its `if:` is false")
         if step.get("id") in self.skip_ids:
+            outputs = self.skip_outputs.get(step["id"], {})
+            self.contexts["steps"][step["id"]] = {"outputs": outputs, "outcome": "skipped"}
             return StepRun(name, "skipped", self.skip_ids[step["id"]])
         if "uses" in step:
             return self.emulate(step, name)
@@ -386,7 +392,8 @@ class _Runner:
 
 
 def _checkout(event: Event, workspace: Path, options: dict[str, str]) -> None:
-    git(workspace.parent, "clone", "-q", "--no-checkout", str(event.remote), str(workspace))
+    if not (workspace / ".git").exists():  # a later job of the run reuses the clone
+        git(workspace.parent, "clone", "-q", "--no-checkout", str(event.remote), str(workspace))
     if event.name == "pull_request":
         merge_ref = f"refs/pull/{event.pr_number}/merge"
         git(workspace, "fetch", "-q", "origin", f"+{merge_ref}:refs/remotes/pull/merge")

@@ -28,6 +28,8 @@ LAZY = {
     ("ggufops.gitops.deploy", "ggufops.registry.validate"):
         "jsonschema loads only when a promotion check runs, not on `rollback --push`",
     ("ggufops.cli.gates", "ggufops.artifacts.pull"): "boto3/S3 only for `bench --pull`",
+    ("ggufops.cli.gates", "ggufops.gates.runtimegate"):
+        "S3 and child-process code only for `gate --runtime`",
     ("ggufops.cli.gitops", "ggufops.git"): "pr-comment alone needs git plumbing",
     ("ggufops.cli.registry_cmds", "ggufops.artifacts.dvc"):
         "S3 code only for `validate --check-artifacts`",

@@ -99,7 +99,7 @@ def test_concurrency_groups_resolve_per_pull_request_and_per_environment() -> No
 def test_pull_request_triggers() -> None:
     assert load_workflow(WORKFLOWS / "validate.yml")["on"] == {"pull_request": None}
     assert load_workflow(WORKFLOWS / "gate.yml")["on"] == {
-        "pull_request": {"paths": ["environments/**", "registry/**"]}}
+        "pull_request": {"paths": ["environments/**", "registry/**", "pyproject.toml"]}}
 
 
 @pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.name)

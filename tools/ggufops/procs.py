@@ -69,13 +69,14 @@ class ChildResult:
 
 
 def run_python(args: Sequence[str], *, request: object = None, timeout: float | None = None,
-               cwd: Path | None = None, env: Mapping[str, str] | None = None) -> ChildResult:
+               cwd: Path | None = None, env: Mapping[str, str] | None = None,
+               python: str | None = None) -> ChildResult:
     """Run `python ARGS` in a child that dies with us; `request`, if given, is sent to its
     stdin as JSON. Raises subprocess.TimeoutExpired when `timeout` passes (the child is
-    killed)."""
+    killed). `python`: another interpreter than ours (the runtime gate's runtimes)."""
     stdin = None if request is None else json.dumps(request)
     proc = subprocess.run(
-        [sys.executable, *args], input=stdin, capture_output=True, encoding="utf-8",
+        [python or sys.executable, *args], input=stdin, capture_output=True, encoding="utf-8",
         errors="replace",
         timeout=timeout, cwd=cwd, env=None if env is None else dict(env), check=False,
         preexec_fn=die_with_parent(),

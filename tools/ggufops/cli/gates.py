@@ -119,6 +119,16 @@ def _bench_outputs(registry: Registry, results: list[bench.BenchResult], *, reco
               default=None, help="Write the Markdown report here ($GITHUB_STEP_SUMMARY: append).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Write the report with every number as JSON here.")
+@click.option("--runtime", "runtime", default=None, metavar="PYTHON",
+              help="Gate a runtime upgrade: the baseline runtime's Python (a venv with "
+                   "llama-cpp-python); needs --against-runtime. Every model of --env "
+                   "(default production) is measured under both.")
+@click.option("--against-runtime", "against_runtime", default=None, metavar="PYTHON",
+              help="The candidate runtime's Python (the upgrade).")
+@click.option("--runtime-llama-args", default=None, metavar="JSON",
+              help="llama_cpp.Llama settings for the baseline runtime, e.g. '{\"type_k\": 2}'.")
+@click.option("--against-llama-args", default=None, metavar="JSON",
+              help="llama_cpp.Llama settings for the candidate runtime.")
 @store_option
 @threads_option
 @no_cache_option
@@ -126,18 +136,40 @@ def _bench_outputs(registry: Registry, results: list[bench.BenchResult], *, reco
 @click.pass_context
 def gate_cmd(ctx: click.Context, *, base: str | None, env: str | None, report_path: Path | None,
              json_path: Path | None, store: Path | None, threads: int | None, no_cache: bool,
-             dry_run: bool) -> None:
+             dry_run: bool, runtime: str | None, against_runtime: str | None,
+             runtime_llama_args: str | None, against_llama_args: str | None) -> None:
     """Benchmark every changed model against the version it replaces; exit 1 on a regression.
 
     Judged with the base's registry/policy.yaml: a change to the policy applies from the
-    next change on (the report says so)."""
+    next change on (the report says so). With --runtime/--against-runtime: the same
+    artifacts under two runtimes instead (docs/gates.md, "Runtime upgrades")."""
     registry = registry_from(ctx)
+    if runtime or against_runtime:
+        from ggufops.gates import runtimegate
+
+        if not (runtime and against_runtime):
+            raise UsageError("--runtime and --against-runtime go together: the Python of "
+                             "the runtime now in use and of the upgrade")
+        runtimes = [runtimegate.Runtime(runtime, runtimegate.parse_llama_args(
+                        runtime_llama_args, "--runtime-llama-args")),
+                    runtimegate.Runtime(against_runtime, runtimegate.parse_llama_args(
+                        against_llama_args, "--against-llama-args"))]
+        result = runtimegate.gate_runtimes(registry, env or "production", runtimes,
+                                           _store(registry, store), base=base,
+                                           threads=threads)
+        _gate_outputs(result, report_path, json_path)
+        return
     plan = gate.plan_gates(registry, base, env)
     if dry_run:
         _print_plan(plan)
         return
     result = gate.run_gates(registry, plan, _store(registry, store), _cache(registry, no_cache),
                             threads=threads)
+    _gate_outputs(result, report_path, json_path)
+
+
+def _gate_outputs(result: gate.GateReport, report_path: Path | None,
+                  json_path: Path | None) -> None:
     markdown = report.render_markdown(result)
     if report_path:
         report.write_report(report_path, markdown)

@@ -166,14 +166,20 @@ def gc_paused() -> Iterator[None]:
 
 def measure(subjects: Sequence[Subject], tokens: Sequence[Sequence[int]],
             prompts: Sequence[bytes], settings: bench.Settings, *, deadline: float,
-            is_clear: Callable[[PairedSpeed], bool]) -> PairedSpeed:
-    """Rounds of paired runs of (baseline, candidate) until clear, max_rounds or deadline."""
+            is_clear: Callable[[PairedSpeed], bool],
+            run_round: Callable[[PairedSpeed], None] | None = None) -> PairedSpeed:
+    """Rounds of paired runs of (baseline, candidate) until clear, max_rounds or deadline.
+
+    `run_round` measures one round elsewhere (the runtime gate: in two child processes)."""
     speed = PairedSpeed(repetitions=settings.repetitions)
     longest = 0.0  # per pair: the next round is predicted from the slowest so far
     with gc_paused():
         while not speed.stopped:
             began, pairs = time.monotonic(), speed.repetitions
-            _round(subjects, tokens, prompts, settings, speed)
+            if run_round is not None:
+                run_round(speed)
+            else:
+                _round(subjects, tokens, prompts, settings, speed)
             now = time.monotonic()
             longest = max(longest, (now - began) / pairs)
             speed.stopped = _stop_reason(speed, settings, is_clear,

@@ -130,10 +130,12 @@ def default_threads() -> int:
 
 
 def load(path: Path, *, n_ctx: int = 512, n_threads: int | None = None,
-         n_batch: int | None = None, n_gpu_layers: int = 0) -> Model:
+         n_batch: int | None = None, n_gpu_layers: int = 0,
+         llama_args: dict[str, Any] | None = None) -> Model:
     """Load `path`; LlamaError with llama.cpp's reason if it refuses the file.
 
-    n_gpu_layers: layers offloaded to a GPU (-1: all); a CPU-only build ignores it."""
+    n_gpu_layers: layers offloaded to a GPU (-1: all); a CPU-only build ignores it.
+    llama_args: more llama_cpp.Llama settings (e.g. type_k, flash_attn) for a runtime gate."""
     lib = _lib()
     threads = n_threads or default_threads()
     batch_size = n_batch or n_ctx
@@ -145,7 +147,7 @@ def load(path: Path, *, n_ctx: int = 512, n_threads: int | None = None,
         llama = _tracing_llama()(
             model_path=str(path), n_ctx=n_ctx, n_batch=batch_size, n_ubatch=batch_size,
             n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False,
-            n_gpu_layers=n_gpu_layers,
+            n_gpu_layers=n_gpu_layers, **(llama_args or {}),
         )
     except (ValueError, RuntimeError) as e:
         reason = last_error() or str(e)
@@ -253,6 +255,13 @@ def chunk_count(n_tokens: int, n_ctx: int) -> int:
 def chunk_logprobs(model: Model, tokens: Sequence[int],
                    n_ctx: int) -> Iterator[tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]]:
     """(log-probabilities, targets) of the scored second half of every chunk."""
+    for logits, targets in chunk_logits(model, tokens, n_ctx):
+        yield log_softmax(logits), targets
+
+
+def chunk_logits(model: Model, tokens: Sequence[int],
+                 n_ctx: int) -> Iterator[tuple[Logits, npt.NDArray[np.int64]]]:
+    """(raw logits, targets) of the scored second half of every chunk."""
     if n_ctx > model.n_ctx:
         raise LlamaError(
             f"chunk of {n_ctx} tokens exceeds the context {model.n_ctx} of {model.path}"
@@ -266,7 +275,7 @@ def chunk_logprobs(model: Model, tokens: Sequence[int],
         wanted = [first <= i < n_ctx - 1 for i in range(n_ctx)]
         logits = decode(model, chunk, outputs=wanted)
         assert logits is not None
-        yield log_softmax(logits), targets
+        yield logits, targets
 
 
 def perplexity(model: Model, tokens: Sequence[int], *, n_ctx: int | None = None) -> Perplexity:
@@ -356,11 +365,21 @@ def quality_pair(reference: Model, candidate: Model, tokens: Sequence[int], *,
             "KL divergence needs the same tokenizer"
         )
     size = n_ctx or min(reference.n_ctx, candidate.n_ctx)
+    return quality_from_chunks(chunk_logprobs(reference, tokens, size),
+                               chunk_logprobs(candidate, tokens, size), size, len(tokens))
+
+
+ChunkLogprobs = Iterator[tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]]
+
+
+def quality_from_chunks(reference: ChunkLogprobs, candidate: ChunkLogprobs, size: int,
+                        n_tokens: int) -> tuple[Perplexity, Perplexity, Divergence]:
+    """Both perplexities and the divergence from two streams of chunk log-probabilities
+    over the same positions (two models here, or two runtimes in child processes)."""
     nll = [0.0, 0.0]
     kls: list[npt.NDArray[np.float64]] = []
     same = 0
-    pairs = zip(chunk_logprobs(reference, tokens, size), chunk_logprobs(candidate, tokens, size),
-                strict=True)
+    pairs = zip(reference, candidate, strict=True)
     for (ref_lp, targets), (cand_lp, _) in pairs:
         rows = np.arange(targets.size)
         nll[0] -= float(ref_lp[rows, targets].sum())
@@ -368,7 +387,7 @@ def quality_pair(reference: Model, candidate: Model, tokens: Sequence[int], *,
         kls.append((np.exp(ref_lp) * (ref_lp - cand_lp)).sum(axis=1))
         same += int((ref_lp.argmax(axis=1) == cand_lp.argmax(axis=1)).sum())
     if not kls:
-        raise LlamaError(f"need at least {size} tokens to compare models, got {len(tokens)}")
+        raise LlamaError(f"need at least {size} tokens to compare models, got {n_tokens}")
     kl = np.maximum(np.concatenate(kls), 0.0)
     n, chunks = int(kl.size), len(kls)
     ppl = [Perplexity(math.exp(v / n), v / n, n, chunks, size) for v in nll]
@@ -483,7 +502,8 @@ def _chat_smoke(model: Model, template: str, max_tokens: int) -> tuple[str, int]
 
 def smoke_test_isolated(path: Path, *, n_tokens: int = 16, n_threads: int | None = None,
                         n_ctx: int = 128, timeout: float = SMOKE_TIMEOUT_S,
-                        chat_template: str | None = None) -> Smoke:
+                        chat_template: str | None = None, python: str | None = None,
+                        env: dict[str, str] | None = None) -> Smoke:
     """Load and smoke-test `path` in a child process; a crash there becomes a Smoke error.
     With `chat_template` (a version's prompt_template), one chat turn runs through it."""
     args = ["-m", "ggufops.llama.llm", "smoke", str(path),
@@ -493,7 +513,7 @@ def smoke_test_isolated(path: Path, *, n_tokens: int = 16, n_threads: int | None
     if chat_template:
         args += ["--chat-template", chat_template]
     try:
-        child = run_python(args, timeout=timeout)
+        child = run_python(args, timeout=timeout, python=python, env=env)
     except subprocess.TimeoutExpired:
         return Smoke(False, f"loading {path} did not finish within {timeout:.0f} s", 0.0, 0, 0.0)
     return _smoke_from_child(path, child)
