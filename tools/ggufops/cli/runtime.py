@@ -185,6 +185,12 @@ def serve(*, store: Path, host: str, port: int, admin_token_file: Path | None,
 @click.option("--fleet-status/--no-fleet-status", default=True, show_default=True,
               envvar="GGUFOPS_FLEET_STATUS",
               help="Publish this host's status to S3 for `ggufops fleet status`.")
+@click.option("--push-url", metavar="URL", default=None, envvar="GGUFOPS_PUSH_URL",
+              help="Where the revert of a fired rollback trigger is pushed (default: --repo).")
+@click.option("--push-token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, envvar="GGUFOPS_PUSH_TOKEN_FILE",
+              help="File holding the token that may push to the branch (the password of an "
+              "http(s) --push-url; never logged).")
 @log_level_option
 @click.pass_context
 def agent(ctx: click.Context, /, **options: Any) -> None:
@@ -219,6 +225,7 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
         host_name=options["host_name"], heartbeat=options["heartbeat"],
         labels=tuple(fleetstatus.parse_labels(options["labels"]).items()),
         fleet_status=options["fleet_status"], jitter=options["jitter"],
+        push_url=options["push_url"], push_token_file=options["push_token_file"],
     )  # fmt: skip
     with _stop_on_signals() as stop:
         agent_api.run_agent(config, stop, ready=lambda url: _announce(
