@@ -6,6 +6,7 @@ hosts on one remote push exactly one revert."""
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ from testing.runtime import (
     wait_for,
 )
 from testing.toys import TOY_DIR
+from testing.webhook import webhook_receiver
 
 PROMOTIONS = f'ggufops_standby_promotions_total{{model="{MODEL}"}}'
+SECRET = b"notify-secret-for-tests"
 PROMPT = "def fibonacci(n):\n    " * 8
 
 
@@ -86,11 +89,12 @@ def traffic(url: str, rate_low: str | None = None) -> Iterator[Traffic]:
         thread.join(timeout=60)
 
 
-def _start(world: World, processes: Processes, name: str) -> tuple[Proc, Proc]:
+def _start(world: World, processes: Processes, name: str,
+           extra: list[str] | None = None) -> tuple[Proc, Proc]:
     store, state = world.store.parent / f"store-{name}", world.state_dir.parent / f"state-{name}"
     server = processes.serve(store, world.token_file)
     agent = processes.agent(world, server.url, extra=[
-        "--store", str(store), "--state-dir", str(state), "--host-name", name])
+        "--store", str(store), "--state-dir", str(state), "--host-name", name, *(extra or [])])
     wait_for(lambda: serving_version(server.url) == "2.0.0", timeout=120, what="2.0.0 served")
     return server, agent
 
@@ -132,10 +136,20 @@ def test_a_much_slower_version_is_rolled_back_on_p95(world: World, processes: Pr
     world.publish("2.1.0", "slow2x")
     _set_triggers(world, window_s=120, min_requests=15, p95_ratio=1.5)
     world.deploy("2.0.0")
-    server, agent = _start(world, processes, "host-a")
-    with traffic(server.url) as sender:
-        deploy = _deploy_under_traffic(world, [sender], baseline_requests=20)
-        wait_for(lambda: _rolled_back(world, server, agent), timeout=180, what="auto rollback")
+    secret = world.state_dir.parent / "notify-secret"
+    secret.write_bytes(SECRET)
+    with webhook_receiver(SECRET) as hook:
+        server, agent = _start(world, processes, "host-a", [
+            "--notify-url", hook.url, "--notify-secret-file", str(secret)])
+        with traffic(server.url) as sender:
+            deploy = _deploy_under_traffic(world, [sender], baseline_requests=20)
+            wait_for(lambda: _rolled_back(world, server, agent), timeout=180,
+                     what="auto rollback")
+        wait_for(lambda: hook.received, what="the notification")
+    (note,) = hook.received
+    assert note.signed_ok
+    assert {k: json.loads(note.body)[k] for k in ("metric", "outcome", "host", "version")} == \
+        {"metric": "p95_ratio", "outcome": "pushed", "host": "host-a", "version": "2.1.0"}
     trailer = _check_revert(world, deploy, "p95_ratio", {"host-a"})
     assert float(trailer.split("value=")[1].split()[0]) > 1.5
     assert sender.count("2.1.0") >= 15 and set(sender.statuses) == {200}

@@ -76,6 +76,7 @@ from ggufops.fleet import rollout
 from ggufops.fleet import status as fleetstatus
 from ggufops.fleet import view as fleetview
 from ggufops.httpjson import Reply, error_message, request_json, rfc3339
+from ggufops.notify import Notifier, NotifyConfig
 from ggufops.redact import redact, redact_data
 
 log = logging.getLogger("ggufops.agent")
@@ -113,6 +114,7 @@ class AgentConfig:
     jitter: float = 0.1  # each wait is interval * (1 ± jitter): a fleet does not poll in step
     push_url: str | None = None  # where a fired rollback trigger pushes its revert (--repo)
     push_token_file: Path | None = None  # its credential (an http(s) URL's password)
+    notify: NotifyConfig | None = None  # webhook for fired and alert-only triggers
 
     def check(self) -> None:
         if self.repo_url.startswith("-"):
@@ -237,7 +239,8 @@ class Agent:
         self.fleet = self._fleet_publisher() if config.fleet_status else None
         self.triggers = TriggerWatch(config.env, config.server, config.admin_token, PushSettings(
             config.repo_url, config.branch, config.host_name or fleetstatus.default_host_name(),
-            config.state_dir / "revert.git", config.push_url, config.push_token_file))
+            config.state_dir / "revert.git", config.push_url, config.push_token_file),
+            notify=Notifier(config.notify).send if config.notify else None)
 
     def _fleet_publisher(self) -> fleetstatus.Publisher:
         c = self.config

@@ -30,7 +30,7 @@ from ggufops.redact import redact
 
 log = logging.getLogger("ggufops.agent")
 
-Notify = Callable[[Firing, dict[str, Any]], None]
+Notify = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -160,7 +160,7 @@ class TriggerWatch:
         event = {**firing.as_dict(), **extra, "host": self.push.host, "at": rfc3339(now)}
         self.events = [*self.events, event][-20:]
         if self.notify is not None:
-            self.notify(firing, event)
+            self.notify(event)
 
     def report(self) -> dict[str, Any]:
         return {"policy": None if self.policy is None else self.policy.__dict__,
