@@ -55,13 +55,14 @@ def test_a_receiver_that_hangs_never_blocks_the_sender(secret_file: Path) -> Non
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)  # accepts the connection, never answers
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    notifier = Notifier(NotifyConfig(url, secret_file), timeout=60)
     try:
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
-        notifier = Notifier(NotifyConfig(url, secret_file), timeout=60)
         for _ in range(150):
             notifier.send(EVENT)  # returns at once: the queue takes 100, the rest are dropped
         assert notifier.dropped >= 49 and notifier.sent == 0
     finally:
+        notifier.close()
         listener.close()
 
 

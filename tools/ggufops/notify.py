@@ -80,6 +80,7 @@ class Notifier:
         self.sent = 0
         self.failed = 0
         self.dropped = 0
+        self._closed = threading.Event()
         threading.Thread(target=self._run, name="notify", daemon=True).start()
 
     def send(self, event: dict[str, Any]) -> None:
@@ -92,9 +93,15 @@ class Notifier:
         payload = {"text": slack_text(event)} if self.config.format == "slack" else event
         return json.dumps(payload, sort_keys=True, default=str).encode()
 
+    def close(self) -> None:
+        """Send nothing more (events still queued are dropped)."""
+        self._closed.set()
+
     def _run(self) -> None:
         while True:
-            self._post(self._queue.get())
+            event = self._queue.get()
+            if not self._closed.is_set():
+                self._post(event)
 
     def _post(self, event: dict[str, Any]) -> None:
         body = self.body(event)

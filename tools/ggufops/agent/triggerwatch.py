@@ -166,7 +166,8 @@ class TriggerWatch:
         return {"policy": None if self.policy is None else self.policy.__dict__,
                 "watching": {m: {"version": w.version, "previous": w.previous,
                                  "since": rfc3339(w.since), "fired": w.fired is not None}
-                             for m, w in self.watched.items()},
+                             for m, w in dict(self.watched).items()},  # a copy: the
+                # status thread reads while the agent's loop changes it
                 "events": list(self.events)}
 
 
