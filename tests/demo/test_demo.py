@@ -30,7 +30,7 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     out = io.StringIO()
     steps = run_demo(workdir, out=out)
     text = out.getvalue()
-    assert [s.ok for s in steps] == [True] * 13, text
+    assert [s.ok for s in steps] == [True] * 14, text
     results = {s.title.split(":")[0]: s.result for s in steps}
     rollback = next(r for t, r in results.items() if t.startswith("roll production back"))
     assert rollback.startswith("serving 2.0.0 again")  # timings are bench_rollback's business
@@ -40,7 +40,11 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert "✅" in (workdir / "gate-production-2.1.0.md").read_text()
     rows = [line.split() for line in text.splitlines() if "llama3-instruct" in line]
     kinds = [row[1] for row in rows if len(row) > 2 and row[0][:4].isdigit() and "T" in row[0]]
-    assert kinds == ["deploy", "deploy", "rollback", "canary", "lifecycle", "lifecycle"], text
+    assert kinds == ["deploy", "deploy", "rollback", "deploy", "rollback", "canary",
+                     "lifecycle", "lifecycle"], text
+    auto = next(s for s in steps if "rollback trigger" in s.title)
+    assert auto.result.startswith("rolled back by the agent"), text
+    assert "metric=rating value=1 threshold=3.5 window=120s host=host-1" in auto.result
     archived = next(s for s in steps if s.title.startswith("deprecate and archive"))
     assert archived.result.endswith("its deploy refused")
     canary = next(s for s in steps if s.title.startswith("canary"))

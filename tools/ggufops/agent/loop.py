@@ -55,6 +55,7 @@ from ggufops.agent.download import Download
 from ggufops.agent.plan import Plan, Target, export_tree, plan_from_tree, prune_trees
 from ggufops.agent.retention import evictable, remember_desired
 from ggufops.agent.status import DEFAULT_STATUS_PORT, PHASES, Status, agent_metrics, serve_status
+from ggufops.agent.triggerwatch import PushSettings, TriggerWatch
 from ggufops.agent.trust import TrustPolicy
 from ggufops.agent.trust import verify as verify_commit
 from ggufops.agent.webhook import WebhookReceiver
@@ -80,6 +81,7 @@ from ggufops.fleet import status as fleetstatus
 from ggufops.fleet import view as fleetview
 from ggufops.gitops.headpointer import PointerWatch
 from ggufops.httpjson import Reply, error_message, request_json, rfc3339
+from ggufops.notify import Notifier, NotifyConfig
 from ggufops.redact import redact, redact_data
 
 log = logging.getLogger("ggufops.agent")
@@ -118,6 +120,9 @@ class AgentConfig:
     trust: TrustPolicy = field(default_factory=TrustPolicy)  # --trust, --allow-rewrite
     webhook_secret: bytes | None = None  # POST /sync verifies GitHub's X-Hub-Signature-256
     watch: str = "git"  # or the s3:// URL of a head pointer (headpointer.py, docs/scale.md)
+    push_url: str | None = None  # where a fired rollback trigger pushes its revert (--repo)
+    push_token_file: Path | None = None  # its credential (an http(s) URL's password)
+    notify: NotifyConfig | None = None  # webhook for fired and alert-only triggers
 
     def check(self) -> None:
         if self.repo_url.startswith("-"):
@@ -243,6 +248,10 @@ class Agent:
         self.pointer = None if config.watch == "git" else \
             PointerWatch(config.watch, config.s3_endpoint)
         self._lagging: tuple[str, str] | None = None  # (pointer, applied descendant of it)
+        self.triggers = TriggerWatch(config.env, config.server, config.admin_token, PushSettings(
+            config.repo_url, config.branch, config.host_name or fleetstatus.default_host_name(),
+            config.state_dir / "revert.git", config.push_url, config.push_token_file),
+            notify=Notifier(config.notify).send if config.notify else None)
 
     def _fleet_publisher(self) -> fleetstatus.Publisher:
         c = self.config
@@ -334,6 +343,15 @@ class Agent:
             self.apply(head)  # a new commit is applied at once, a failed one after backoff
         elif head == applied and due and not self._in_sync(serving):
             self.apply(head)  # e.g. the server restarted: reload from the store
+        self._check_triggers()
+
+    def _check_triggers(self) -> None:
+        """Judge the rollback triggers of what was applied; a pushed revert is applied at
+        once (the next tick, without waiting for the interval)."""
+        with self._lock:
+            healthy = self.status.phase == "healthy"
+        if healthy and self.triggers.check():
+            self.trigger()
 
     def _check_remote(self, *, quiet: bool = False) -> str | None:
         """The branch's commit on the remote, or None when it does not answer (reported in
@@ -797,6 +815,9 @@ class Agent:
     def _succeed(self, plan: Plan) -> None:
         now = time.time()
         previous = self._applied_targets
+        self.triggers.applied(plan.tree, plan.commit, before=_versions(previous),
+                              after={n: t.version for n, t in plan.targets.items()},
+                              is_rollback=self._is_rollback(plan.commit), now=now)
         self._applied = plan
         self._applied_targets = {n: t.load_request() for n, t in plan.targets.items()}
         self._retain(plan, previous, now)  # done before anyone is told it is healthy
@@ -903,6 +924,7 @@ class Agent:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             data = self.status.as_dict()
+        data["triggers"] = self.triggers.report()
         if self.fleet is not None:
             data["fleet"] = self.fleet.snapshot_state()
         return dict(redact_data(data))
@@ -953,6 +975,10 @@ def _still_needed(download: Download, newer: Plan) -> bool:
     """Does the newer state need every file the download is still fetching?"""
     needed = {t.sha256 for t in newer.artifacts()}
     return all(t.sha256 in needed for t in download.pending)
+
+
+def _versions(targets: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {name: str(want.get("version")) for name, want in targets.items()}
 
 
 def _served(entry: dict[str, Any]) -> dict[str, Any]:

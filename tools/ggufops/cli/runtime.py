@@ -17,6 +17,7 @@ from ggufops import git
 from ggufops.cli.options import json_option, print_json, repo_path
 from ggufops.errors import UsageError
 from ggufops.httpjson import Limits
+from ggufops.notify import NotifyConfig
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -215,6 +216,23 @@ def _admin_where(app: Any, token: str | None) -> str:
               help="How to notice new commits: `git ls-remote` every --interval, or a "
               "conditional GET of the head pointer `ggufops publish-head` writes to S3 "
               "(large fleets: docs/scale.md).")
+@click.option("--push-url", metavar="URL", default=None, envvar="GGUFOPS_PUSH_URL",
+              help="Where the revert of a fired rollback trigger is pushed (default: --repo).")
+@click.option("--push-token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, envvar="GGUFOPS_PUSH_TOKEN_FILE",
+              help="File holding the token that may push to the branch (the password of an "
+              "http(s) --push-url; never logged).")
+@click.option("--notify-url", metavar="URL", default=None, envvar="GGUFOPS_NOTIFY_URL",
+              help="Webhook POSTed a JSON event for every fired and alert-only rollback "
+              "trigger (in the background).")
+@click.option("--notify-secret-file", type=click.Path(exists=True, dir_okay=False,
+                                                      path_type=Path),
+              default=None, envvar="GGUFOPS_NOTIFY_SECRET_FILE",
+              help="Shared secret: each body is signed, header X-Ggufops-Signature-256: "
+              "sha256=<HMAC-SHA256 hex>.")
+@click.option("--notify-format", type=click.Choice(["json", "slack"]), default="json",
+              show_default=True, envvar="GGUFOPS_NOTIFY_FORMAT",
+              help="json: the event itself; slack: a Slack-compatible {\"text\": ...}.")
 @log_level_option
 @click.pass_context
 def agent(ctx: click.Context, /, **options: Any) -> None:
@@ -254,6 +272,10 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
         trust=TrustPolicy.load(options["trust"], allow_rewrite=options["allow_rewrite"]),
         webhook_secret=read_secret(secret) if (secret := options["webhook_secret_file"]) else None,
         watch=options["watch"],
+        push_url=options["push_url"], push_token_file=options["push_token_file"],
+        notify=NotifyConfig(options["notify_url"], options["notify_secret_file"],
+                            options["notify_format"]) if options["notify_url"]
+        else None,
     )  # fmt: skip
     with _stop_on_signals() as stop:
         agent_api.run_agent(config, stop, ready=lambda url: _announce(

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from ggufops.artifacts import s3server
 from ggufops.demo import fleet as demofleet
+from ggufops.demo import triggerstep
 from ggufops.errors import DemoFailed
 from ggufops.httpjson import error_message, request_json
 from ggufops.llama import toy
@@ -244,6 +245,7 @@ def _story(demo: Demo, s3: s3server.S3Server) -> None:
     _upgrade(demo)
     _rollback(demo)
     _blocked(demo)
+    _auto_rollback(demo)
     _canary(demo)
     _archived(demo)
     _history(demo)
@@ -428,6 +430,20 @@ def _blocked(demo: Demo) -> None:
         if entry.get("version") != "2.0.0":
             raise DemoFailed(f"production changed although nothing was merged: {entry}")
         step.result = "gate failed on perplexity; not merged; production still serves 2.0.0"
+
+
+def _auto_rollback(demo: Demo) -> None:
+    with demo.step(f"users rate {MODEL}@2.1.0 low: a rollback trigger reverts it, no person "
+                   "acting") as step:
+        triggerstep.set_policy(demo)
+        if _promote(demo, "2.1.0", "production").returncode != 0:
+            raise DemoFailed("the gate refused 2.1.0 for production")
+        demo.trigger_sync()
+        demo.wait_serving("2.1.0", 120)
+        seconds, ratings = triggerstep.rate_until_rolled_back(demo, "2.1.0", "2.0.0")
+        trailer = triggerstep.trigger_commit(demo)
+        step.result = (f"rolled back by the agent {seconds:.2f} s after 2.1.0 began serving "
+                       f"({ratings} ratings of 1); {trailer.split(': ', 1)[1]}")
 
 
 def _canary(demo: Demo) -> None:

@@ -1,0 +1,182 @@
+"""The agent's side of rollback triggers: watch what it applied, judge, push the revert.
+
+After an apply that changed a model's primary version by a deploy (not a rollback), the
+agent watches that version: every tick it reads its server's request window (GET
+/admin/requests) and judges it with the environment's `rollback_triggers` (agent/triggers).
+A rollback rule that fires makes the agent push the generated revert itself
+(gitops/triggerrevert: exactly once across the fleet), then apply it like any commit: with
+the previous version kept as a hot standby that is a pointer swap. Alert-only rules are
+reported (GET /status `triggers`) once per version and metric. Watches live in memory: an
+agent restarted after a deploy does not judge that deploy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from ggufops import yamlio
+from ggufops.agent import triggers
+from ggufops.agent.triggers import Firing, TriggerPolicy
+from ggufops.errors import GgufopsError
+from ggufops.gitops import triggerrevert
+from ggufops.httpjson import error_message, request_json, rfc3339
+from ggufops.redact import redact
+
+log = logging.getLogger("ggufops.agent")
+
+Notify = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Watched:
+    model: str
+    version: str
+    previous: str | None
+    since: float
+    commit: str
+    fired: Firing | None = None
+    alerted: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    repo_url: str
+    branch: str
+    host: str
+    clone: Path
+    push_url: str | None = None
+    token_file: Path | None = None
+
+    def url(self) -> str:
+        """Where reverts are pushed: --push-url (default the --repo URL), with the token of
+        --push-token-file as the password of an http(s) URL."""
+        url = self.push_url or self.repo_url
+        if self.token_file is None:
+            return url
+        token = self.token_file.read_text().strip()
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            return url
+        netloc = f"x-access-token:{quote(token, safe='')}@{parts.hostname or ''}" + \
+            (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class TriggerWatch:
+    """Judged every tick by the agent; `report()` goes into GET /status."""
+
+    def __init__(self, env: str, server: str, token: str | None, push: PushSettings,
+                 notify: Notify | None = None) -> None:
+        self.env = env
+        self.server = server
+        self.token = token
+        self.push = push
+        self.notify = notify
+        self.policy: TriggerPolicy | None = None
+        self.watched: dict[str, Watched] = {}
+        self.events: list[dict[str, Any]] = []
+
+    def applied(self, tree: Path, commit: str, *, before: dict[str, str],
+                after: dict[str, str], is_rollback: bool, now: float) -> None:
+        """A commit was applied: `before`/`after` map model -> primary version."""
+        self.policy = _policy(tree, self.env)
+        for model in list(self.watched):
+            if after.get(model) != self.watched[model].version or is_rollback:
+                del self.watched[model]
+        if is_rollback or self.policy is None:
+            return
+        for model, version in after.items():
+            if before.get(model) not in (None, version) and model not in self.watched:
+                self.watched[model] = Watched(model, version, before[model], now, commit)
+
+    def check(self, now: float | None = None) -> bool:
+        """Judge every watched version; True when a revert was pushed (or found)."""
+        if self.policy is None:
+            return False
+        now = time.time() if now is None else now
+        acted = False
+        for watched in list(self.watched.values()):
+            if watched.fired is None:
+                acted = self._judge(self.policy, watched, now) or acted
+        return acted
+
+    def _judge(self, policy: TriggerPolicy, watched: Watched, now: float) -> bool:
+        window = self._window(watched.model, min(watched.since, now) - policy.window_s * 2)
+        if window is None:
+            return False
+        judged = triggers.select(window, watched.model, watched.version,
+                                 previous=watched.previous, since=watched.since, now=now,
+                                 window_s=policy.window_s)
+        firings = triggers.evaluate(policy, judged)
+        for alert in (f for f in firings if f.action == triggers.ALERT):
+            if alert.metric not in watched.alerted:
+                watched.alerted.add(alert.metric)
+                self._record(alert, {"outcome": "alert"}, now)
+        fired = triggers.first_rollback(firings)
+        return fired is not None and self._roll_back(watched, fired, now)
+
+    def _window(self, model: str, since: float) -> dict[str, Any] | None:
+        url = f"{self.server}/admin/requests?model={quote(model)}&since={since:.3f}"
+        try:
+            reply = request_json("GET", url, token=self.token, timeout=10.0)
+        except OSError as e:
+            log.warning("rollback triggers: cannot read %s: %s", url, e)
+            return None
+        if reply.status != 200 or not isinstance(reply.data, dict):
+            log.warning("rollback triggers: %s answered %s", url, error_message(reply))
+            return None
+        return reply.data
+
+    def _roll_back(self, watched: Watched, fired: Firing, now: float) -> bool:
+        host = self.push.host
+        revert = triggerrevert.TriggerRevert(
+            self.env, watched.model, watched.version, fired.trailer(host),
+            f"rollback trigger {fired.metric} fired on {host}: {fired.value:.4g} vs "
+            f"{fired.threshold:g} over {fired.window_s:g} s", self.push.branch)
+        log.warning("rollback trigger fired for %s@%s: %s", watched.model, watched.version,
+                    fired.trailer(host))
+        try:
+            triggerrevert.prepare_clone(self.push.clone, self.push.url(), host)
+            outcome = triggerrevert.push_revert(self.push.clone, revert)
+        except (GgufopsError, OSError) as e:
+            message = redact(str(e))
+            log.error("rollback trigger: pushing the revert failed: %s", message)
+            self._record(fired, {"outcome": "push failed", "error": message}, now)
+            return False  # judged again next tick
+        watched.fired = fired
+        self._record(fired, {"outcome": "pushed" if outcome.pushed else "converged",
+                             "commit": outcome.pushed, "attempts": outcome.attempts,
+                             "note": outcome.note, "trailer": revert.trailer}, now)
+        log.warning("rollback trigger: %s", outcome.note)
+        return True
+
+    def _record(self, firing: Firing, extra: dict[str, Any], now: float) -> None:
+        event = {**firing.as_dict(), **extra, "host": self.push.host, "at": rfc3339(now)}
+        self.events = [*self.events, event][-20:]
+        if self.notify is not None:
+            self.notify(event)
+
+    def report(self) -> dict[str, Any]:
+        return {"policy": None if self.policy is None else self.policy.__dict__,
+                "watching": {m: {"version": w.version, "previous": w.previous,
+                                 "since": rfc3339(w.since), "fired": w.fired is not None}
+                             for m, w in dict(self.watched).items()},  # a copy: the
+                # status thread reads while the agent's loop changes it
+                "events": list(self.events)}
+
+
+def _policy(tree: Path, env: str) -> TriggerPolicy | None:
+    path = tree / "registry" / "policy.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return TriggerPolicy.of_environment(yamlio.load(path), env)
+    except GgufopsError as e:
+        log.error("rollback triggers are off: %s", e)
+        return None
