@@ -13,7 +13,8 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 .PHONY: demo test lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# a venv whose creation was interrupted has no pip: make it again rather than fail forever
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
 	@rm -f $(VENV)/.installed-*
