@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from ggufops.errors import LlamaError, SmokeTestFailed
 from ggufops.llama import llm, toy
+from ggufops.procs import ChildResult
 from testing.toys import direct_perplexity, nan_copy
 
 
@@ -118,7 +118,7 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_a_crashing_child_becomes_a_smoke_error(tmp_path: Path) -> None:
-    crashed = subprocess.CompletedProcess(["x"], -6, "", "GGML_ASSERT(n_rot <= 64) failed\n")
+    crashed = ChildResult(-6, "", "GGML_ASSERT(n_rot <= 64) failed\n")
     result = llm._smoke_from_child(tmp_path / "m.gguf", crashed)
     assert not result.ok
     assert result.error == (f"llama.cpp crashed (signal 6) while loading {tmp_path / 'm.gguf'}: "

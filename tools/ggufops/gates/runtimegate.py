@@ -20,6 +20,7 @@ Quality is not cached: it depends on the runtime, which is what changes here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -125,7 +126,10 @@ class Child:
 
     def close(self) -> None:
         if self.proc.stdin is not None:
-            self.proc.stdin.close()
+            # a child that already died (no llama-cpp-python there) leaves unflushed bytes
+            # nobody reads: closing then raises BrokenPipeError, which says nothing new
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
