@@ -371,13 +371,6 @@ class ModelTable:
 # --- loading --------------------------------------------------------------------------------
 
 
-def store_path(store: Path, sha256: str) -> Path:
-    """Where the content-addressed store keeps the file with this sha256."""
-
-    return ArtifactStore(store).path_for(sha256)
-
-
-
 def _identity(path: Path) -> tuple[int, int, int, int]:
     st = path.stat()
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
@@ -491,7 +484,7 @@ class Loader:
         return loaded
 
     def _prepare(self, request: LoadRequest) -> LoadedModel:
-        path = store_path(self.store, request.sha256)
+        path = ArtifactStore(self.store).path_for(request.sha256)
         start = time.perf_counter()
         before = self._verify(path, request)
         try:
@@ -526,6 +519,5 @@ class Loader:
         return before
 
     def _context_size(self, path: Path) -> int:
-
         trained = read_header(path).context_length
         return trained if self.n_ctx <= 0 else min(self.n_ctx, trained)
