@@ -417,10 +417,6 @@ class Loader:
         """What serves in `request`'s slot now (None if nothing)."""
         return self.table.in_slot(request.role, request.name)
 
-    def prepare_tracked(self, request: LoadRequest) -> LoadedModel:
-        """Verify, load and smoke-test `request` without installing it (groupswap.py)."""
-        return self._load_tracked(request)
-
     def _lock_for(self, name: str) -> threading.Lock:
         with self._guard:
             return self._name_locks.setdefault(name, threading.Lock())
@@ -442,7 +438,7 @@ class Loader:
                 log.info("serving %s again from standby (no load); %s is the standby now",
                          request.display_id, current.request.display_id if current else "-")
                 return promoted, True
-            new = self._load_tracked(request)
+            new = self.prepare_tracked(request)
             try:
                 old = self.table.install(new)
             except HttpError:
@@ -463,7 +459,9 @@ class Loader:
                             f"{request.role}", "conflict_error")
         return self.table.in_slot(request.role, request.name)
 
-    def _load_tracked(self, request: LoadRequest) -> LoadedModel:
+    def prepare_tracked(self, request: LoadRequest) -> LoadedModel:
+        """Verify, load and smoke-test `request` without installing it, tracked in
+        `loading` and `last_errors` (load() and groupswap.py install it)."""
         with self._guard:
             self.loading[request.key] = {"version": request.version, "sha256": request.sha256,
                                           "since": rfc3339(time.time())}
