@@ -371,13 +371,6 @@ class ModelTable:
 # --- loading --------------------------------------------------------------------------------
 
 
-def store_path(store: Path, sha256: str) -> Path:
-    """Where the content-addressed store keeps the file with this sha256."""
-
-    return ArtifactStore(store).path_for(sha256)
-
-
-
 def _identity(path: Path) -> tuple[int, int, int, int]:
     st = path.stat()
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
@@ -424,10 +417,6 @@ class Loader:
         """What serves in `request`'s slot now (None if nothing)."""
         return self.table.in_slot(request.role, request.name)
 
-    def prepare_tracked(self, request: LoadRequest) -> LoadedModel:
-        """Verify, load and smoke-test `request` without installing it (groupswap.py)."""
-        return self._load_tracked(request)
-
     def _lock_for(self, name: str) -> threading.Lock:
         with self._guard:
             return self._name_locks.setdefault(name, threading.Lock())
@@ -449,7 +438,7 @@ class Loader:
                 log.info("serving %s again from standby (no load); %s is the standby now",
                          request.display_id, current.request.display_id if current else "-")
                 return promoted, True
-            new = self._load_tracked(request)
+            new = self.prepare_tracked(request)
             try:
                 old = self.table.install(new)
             except HttpError:
@@ -470,7 +459,9 @@ class Loader:
                             f"{request.role}", "conflict_error")
         return self.table.in_slot(request.role, request.name)
 
-    def _load_tracked(self, request: LoadRequest) -> LoadedModel:
+    def prepare_tracked(self, request: LoadRequest) -> LoadedModel:
+        """Verify, load and smoke-test `request` without installing it, tracked in
+        `loading` and `last_errors` (load() and groupswap.py install it)."""
         with self._guard:
             self.loading[request.key] = {"version": request.version, "sha256": request.sha256,
                                           "since": rfc3339(time.time())}
@@ -491,7 +482,7 @@ class Loader:
         return loaded
 
     def _prepare(self, request: LoadRequest) -> LoadedModel:
-        path = store_path(self.store, request.sha256)
+        path = ArtifactStore(self.store).path_for(request.sha256)
         start = time.perf_counter()
         before = self._verify(path, request)
         try:
@@ -526,6 +517,5 @@ class Loader:
         return before
 
     def _context_size(self, path: Path) -> int:
-
         trained = read_header(path).context_length
         return trained if self.n_ctx <= 0 else min(self.n_ctx, trained)
