@@ -11,6 +11,7 @@ commits with their times (seeded from the object already in S3 when the agent st
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -70,7 +71,10 @@ def parse_labels(text: str | None) -> dict[str, str]:
     return labels
 
 
+@functools.cache
 def llama_cpp_python_version() -> str | None:
+    """Read once: the report is built every _WATCH seconds, and each metadata lookup scans
+    sys.path; the runtime this process loaded does not change under it."""
     with contextlib.suppress(metadata.PackageNotFoundError):
         return metadata.version("llama_cpp_python")
     return None
