@@ -18,7 +18,6 @@ under a new id; it can at worst make the agent check the remote early.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import threading
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ggufops import notify
 from ggufops.errors import TrustError
 from ggufops.httpjson import HttpError, JsonHandler
 
@@ -55,8 +55,9 @@ def read_secret(path: Path) -> bytes:
 
 
 def sign(secret: bytes, body: bytes) -> str:
-    """The X-Hub-Signature-256 value GitHub sends for `body`."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    """The X-Hub-Signature-256 value GitHub sends for `body` (the same HMAC our own
+    notifications carry)."""
+    return notify.signature(secret, body)
 
 
 def signature_ok(secret: bytes, body: bytes, header: str | None) -> bool:

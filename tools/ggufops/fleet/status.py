@@ -11,6 +11,7 @@ commits with their times (seeded from the object already in S3 when the agent st
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -70,7 +71,10 @@ def parse_labels(text: str | None) -> dict[str, str]:
     return labels
 
 
+@functools.cache
 def llama_cpp_python_version() -> str | None:
+    """Read once: the report is built every _WATCH seconds, and each metadata lookup scans
+    sys.path; the runtime this process loaded does not change under it."""
     with contextlib.suppress(metadata.PackageNotFoundError):
         return metadata.version("llama_cpp_python")
     return None
@@ -188,28 +192,28 @@ class Publisher:
         now = time.monotonic()
         if now < self._next_try and not force:
             return False
-        report = self._report(phase)
+        snap = self._snapshot()
+        report = self._report(snap, phase)
         if not force and report.content() == self._last_content and \
                 now - self._last_put < self.config.heartbeat:
             return False
-        return self._put(report, now)
+        return self._put(report, now, snap.get("last_success_at"))
 
-    def _report(self, phase: str | None) -> HostReport:
-        snap = self._snapshot()
+    def _report(self, snap: dict[str, Any], phase: str | None) -> HostReport:
         c = self.config
         report = report_from_snapshot(snap, c.host, c.labels, c.heartbeat)
         if phase is not None:
             report.phase = phase
         return report
 
-    def _put(self, report: HostReport, now: float) -> bool:
+    def _put(self, report: HostReport, now: float, success_at: object) -> bool:
         settings = self._settings()
         if settings is None:
             return False
         key = status_key(settings, self.config.environment, self.config.host)
         try:
             objects = S3Objects(settings, timeout=5.0)
-            report.applied = self._history(objects, key, report)
+            report.applied = self._history(objects, key, report, success_at)
             report.last_seen = rfc3339(time.time())
             objects.put(key, json.dumps(report.as_dict(), indent=1).encode())
         except GgufopsError as e:
@@ -218,17 +222,14 @@ class Publisher:
         self._published(report, key, now)
         return True
 
-    def _history(self, objects: S3Objects, key: str, report: HostReport) -> list[Applied]:
+    def _history(self, objects: S3Objects, key: str, report: HostReport,
+                 success_at: object) -> list[Applied]:
         if self._applied is None:  # after a restart: go on with the list already in S3
             raw = objects.get(key)
             self._applied = _applied_of(raw)
-        snap_at = report.applied_commit and self._success_time()
-        self._applied = remember_applied(self._applied, report.applied_commit, snap_at or None)
+        snap_at = str(success_at) if report.applied_commit and success_at else None
+        self._applied = remember_applied(self._applied, report.applied_commit, snap_at)
         return list(self._applied)
-
-    def _success_time(self) -> str | None:
-        value = self._snapshot().get("last_success_at")
-        return str(value) if value else None
 
     def _published(self, report: HostReport, key: str, now: float) -> None:
         if self.state.get("error"):
