@@ -323,6 +323,8 @@ def make_repo(tmp: Path) -> tuple[bytes, bytes, bytes]:
 
 
 def main() -> int:
+    from ggufops.procs import free_port
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--modes", default="git-poll,s3-pointer,webhook")
@@ -332,7 +334,7 @@ def main() -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         new_sha, old_refs, new_refs = make_repo(Path(tmp))
-        hook_port = _free_port()
+        hook_port = free_port()
 
         def run(mode: str, interval: float, pointer: PointerSetup | None = None) -> None:
             results.append(_run(mode, interval, args.agents, new_sha, old_refs, new_refs,
@@ -383,14 +385,6 @@ def _pointer(tmp: Path):  # type: ignore[no-untyped-def]
         url = client.generate_presigned_url("get_object", Params={"Bucket": info.bucket,
                                                                   "Key": key}, ExpiresIn=3600)
         yield PointerSetup(url, client, info.bucket, key)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _print(results: list[Result], agents: int) -> None:

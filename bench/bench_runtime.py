@@ -16,36 +16,19 @@ Other work on the machine slows every phase; the load average is printed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-from ggufops.gates import bench, report, runtimegate
+from bench.bench_gate import eval_set, policy
+from ggufops.gates import report, runtimegate
 from ggufops.gates.result import Subject
-from ggufops.llama import toy
 from testing.realmodels import smollm2_path
 
-ROOT = Path(__file__).resolve().parents[1]
 KV_Q4_0 = {"type_k": 2, "type_v": 2, "flash_attn": True}
-
-
-def policy(threads: int | None) -> dict[str, Any]:
-    data = yaml.safe_load((ROOT / "registry/policy.yaml").read_text())
-    merged = bench.gate_policy(data, "production")
-    return {**merged, "threads": threads} if threads else merged
-
-
-def eval_set() -> bench.EvalSet:
-    path = ROOT / "registry" / "evals" / f"{toy.EVAL_SET}.txt"
-    text = path.read_bytes()
-    return bench.EvalSet(toy.EVAL_SET, path, hashlib.sha256(text).hexdigest(), text)
 
 
 def run_case(label: str, candidate: runtimegate.Runtime, gate_policy: dict[str, Any]) -> None:
@@ -53,8 +36,9 @@ def run_case(label: str, candidate: runtimegate.Runtime, gate_policy: dict[str, 
     infos = [runtimegate.describe(r) for r in runtimes]
     subject = Subject.from_file("smollm2@1.0.0", smollm2_path())
     started = time.perf_counter()
-    measured = runtimegate.measure_model(subject, eval_set(), runtimes, infos, gate_policy)
-    result = runtimegate.judge_model("production", "smollm2@1.0.0", measured, eval_set(),
+    evals = eval_set()
+    measured = runtimegate.measure_model(subject, evals, runtimes, infos, gate_policy)
+    result = runtimegate.judge_model("production", "smollm2@1.0.0", measured, evals,
                                      gate_policy)
     print(f"\n== {label}: {result.verdict.upper()} in {time.perf_counter() - started:.1f} s "
           f"(load average {os.getloadavg()[0]:.1f})")

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ggufops.procs import free_port
 from testing.runtime import ThrottledProxy
 
 _PREFIX = "gf"
@@ -147,9 +148,7 @@ class BoundProxy(ThrottledProxy):
     def __init__(self, host: str, target_host: str, target_port: int) -> None:
         super().__init__(target_host, target_port)
         self.host = host
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            self.port = int(s.getsockname()[1])
+        self.port = free_port(host)
 
     @property
     def endpoint(self) -> str:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -54,6 +54,16 @@ def _wait_group_gone(pgid: int, timeout: float = 10.0) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.02)
+
+
+def _seconds_until(done: Callable[[], bool], timeout: float) -> float | None:
+    """Seconds until `done()` held (polled every 50 ms); None if it did not within `timeout`."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if done():
+            return time.monotonic() - began
+        time.sleep(0.05)
+    return None
 
 
 @dataclass
@@ -166,24 +176,20 @@ class Demo:
         return None
 
     def wait_serving(self, version: str, timeout: float) -> float:
-        began = time.monotonic()
-        while time.monotonic() - began < timeout:
-            entry = self.serving()
-            if entry is not None and entry.get("version") == version:
-                return time.monotonic() - began
-            time.sleep(0.05)
-        raise DemoFailed(f"the server did not serve {MODEL}@{version} within {timeout:.0f} s "
-                         f"(serving: {self.serving()}); see {self.workdir}/agent.log")
+        took = _seconds_until(lambda: (self.serving() or {}).get("version") == version, timeout)
+        if took is None:
+            raise DemoFailed(f"the server did not serve {MODEL}@{version} within {timeout:.0f} s "
+                             f"(serving: {self.serving()}); see {self.workdir}/agent.log")
+        return took
 
     def wait_canary(self, version: str, timeout: float) -> float:
-        began = time.monotonic()
-        while time.monotonic() - began < timeout:
-            canary = (self.serving() or {}).get("canary") or {}
-            if canary.get("version") == version:
-                return time.monotonic() - began
-            time.sleep(0.05)
-        raise DemoFailed(f"the server did not load canary {MODEL}@{version} within "
-                         f"{timeout:.0f} s; see {self.workdir}/agent.log")
+        took = _seconds_until(
+            lambda: ((self.serving() or {}).get("canary") or {}).get("version") == version,
+            timeout)
+        if took is None:
+            raise DemoFailed(f"the server did not load canary {MODEL}@{version} within "
+                             f"{timeout:.0f} s; see {self.workdir}/agent.log")
+        return took
 
     def complete_as(self, user: str, prompt: str) -> str:
         """Which display id answered a request from `user` (canaries are sticky per user)."""
