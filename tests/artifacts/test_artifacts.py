@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-import socket
 import uuid
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ggufops.errors import (
     S3ConfigError,
     S3Unreachable,
 )
+from ggufops.procs import free_port
 from ggufops.registry.registry import VersionRef
 from testing.s3 import configure_s3, s3_client
 
@@ -278,10 +278,7 @@ def test_wrong_credentials(s3_server: ServerInfo, prefix: str, tmp_path: Path, f
 
 
 def _dead_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def test_connection_refused_names_endpoint(

@@ -25,6 +25,7 @@ from ggufops.artifacts.s3server import ServerInfo
 from ggufops.artifacts.store import ArtifactStore
 from ggufops.cli import main
 from ggufops.errors import ArtifactSizeMismatch, ChecksumMismatch, ObjectMissing, StoreError
+from ggufops.procs import free_port
 from ggufops.progress import wanted as progress_wanted
 from ggufops.registry.registry import Registry, VersionRef
 from testing.repos import git, git_commit, make_remote
@@ -38,11 +39,7 @@ def _register(root: Path, tmp_path: Path, version: str, push: bool = True) -> di
 
 
 def _dead_endpoint(root: Path) -> str:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"
     s3config.update_local_config(root, "models", {"endpointurl": dead})
     return dead
 

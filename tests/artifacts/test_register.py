@@ -40,6 +40,7 @@ from ggufops.errors import (
     UnknownParent,
     VersionExists,
 )
+from ggufops.procs import free_port
 from ggufops.registry import validate
 from ggufops.registry.registry import Registry
 from testing.realmodels import SMOLLM2_SHA256
@@ -168,11 +169,7 @@ def test_bad_names(s3_registry: Path, gguf: Path, model: str, version: str) -> N
 
 
 def test_s3_down_leaves_no_version_file(s3_registry: Path, gguf: Path) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"
     s3config.update_local_config(s3_registry, "models", {"endpointurl": dead})
     with pytest.raises(S3Unreachable) as e:
         register(Registry(s3_registry), RegisterRequest(gguf, "tiny", "1.0.0"))

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -21,6 +20,7 @@ from ggufops.artifacts.s3config import S3Settings
 from ggufops.artifacts.s3server import S3Server, ServerInfo, read_running
 from ggufops.cli import main
 from ggufops.errors import S3AuthError, S3ServerError
+from testing.runtime import wait_for
 from testing.s3 import s3_client
 
 
@@ -36,18 +36,9 @@ def _listening(pid: int) -> set[tuple[str, int]]:
             if c.status == psutil.CONN_LISTEN}
 
 
-def _wait_for(predicate: object, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def test_session_server_listens_on_loopback_only(s3_server: ServerInfo) -> None:
     # weed opens some listeners after S3 answers: wait for them rather than race them
-    _wait_for(lambda: len(_listening(s3_server.pid)) >= 5)  # master, volume, filer, s3, grpc
+    wait_for(lambda: len(_listening(s3_server.pid)) >= 5)  # master, volume, filer, s3, grpc
     addresses = _listening(s3_server.pid)
     port = int(s3_server.endpoint.rsplit(":", 1)[1])
     assert ("127.0.0.1", port) in addresses
@@ -129,7 +120,7 @@ def _serve(repo: Path, state: Path) -> subprocess.Popen[bytes]:
 
 
 def _running_pid(state: Path) -> int:
-    _wait_for((state / "server.json").is_file)
+    wait_for((state / "server.json").is_file)
     return read_running(state).pid
 
 
@@ -141,7 +132,7 @@ def test_serve_cli_ctrl_c_stops_weed(registry_repo: Path, tmp_path: Path) -> Non
         weed = _running_pid(state)
         info = read_running(state)
         # serve writes .dvc/config.local just after the server answers: wait for it
-        _wait_for(lambda: s3config.resolve(registry_repo, environ={}).endpoint_url
+        wait_for(lambda: s3config.resolve(registry_repo, environ={}).endpoint_url
                   == info.endpoint)
         settings = s3config.resolve(registry_repo, environ={})
         assert settings.endpoint_url == info.endpoint
@@ -164,7 +155,7 @@ def test_serve_cli_ctrl_c_stops_weed(registry_repo: Path, tmp_path: Path) -> Non
     # serve's output lands in journals: the secret is printed only by `s3 env`
     assert info.secret_access_key.encode() not in out + err
     assert b"ggufops s3 env --state-dir" in out
-    _wait_for(lambda: not psutil.pid_exists(weed), timeout=10)
+    wait_for(lambda: not psutil.pid_exists(weed), timeout=10)
 
 
 @pytest.mark.slow
@@ -178,5 +169,5 @@ def test_weed_dies_with_a_killed_owner(registry_repo: Path, tmp_path: Path) -> N
     finally:
         if proc.poll() is None:
             proc.kill()
-    _wait_for(lambda: not psutil.pid_exists(weed) or
+    wait_for(lambda: not psutil.pid_exists(weed) or
               psutil.Process(weed).status() == psutil.STATUS_ZOMBIE, timeout=15)

@@ -41,11 +41,11 @@ from ggufops.gates import policy as gatepolicy
 from ggufops.gates import quality as gatequality
 from ggufops.gates import speed as gatespeed
 from ggufops.gates.result import FAIL, GateReport, ModelGate, Row, Subject
+from ggufops.gates.runtimechild import LLAMA_ARGS_ENV
 from ggufops.llama import llm, quantization
 from ggufops.procs import die_with_parent
 from ggufops.registry.registry import Registry, VersionRef
 
-LLAMA_ARGS_ENV = "GGUFOPS_RUNTIME_LLAMA_ARGS"  # as runtimechild.py reads it
 TOOLS_DIR = Path(ggufops.__file__).resolve().parent.parent
 ROLES = ("baseline", "candidate")
 
