@@ -1,20 +1,27 @@
 """Does the installed llama-cpp-python load a GGUF? `register` asks before it writes anything.
 
 The answer becomes the version's `requires.validated_with` (registry/compat.py). The file is
-loaded in process with a tiny context (weights are memory-mapped, so this reads little);
-llama.cpp reports a file it cannot load as an error, which is returned as the reason.
+loaded in a child process (loadchild.py: a tiny context, weights memory-mapped, so this reads
+little), so a llama.cpp crash or abort on a bad file cannot take `register` down with it, and
+register itself never imports numpy or llama.cpp. llama.cpp refusing the file is an answer
+(`loaded` false, with its reason); the child dying by a signal, or failing without an answer,
+is `LoadCheckFailed`, and register writes nothing.
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ggufops.errors import LlamaError
+from ggufops import procs
+from ggufops.errors import LoadCheckFailed
 
 DISTRIBUTION = "llama_cpp_python"
-LOAD_CONTEXT = 16  # tokens: enough to build a context, nothing to evaluate
+CHILD_MODULE = "ggufops.llama.loadchild"
+TIMEOUT_S = 600.0  # a memory-mapped load of a large model on a busy host, with room to spare
 
 
 @dataclass(frozen=True)
@@ -33,16 +40,39 @@ def installed_version() -> str | None:
 
 
 def check_loads(path: Path) -> LoadCheck:
-    """Load `path` with the installed runtime and free it again."""
+    """Load `path` with the installed runtime, in a child process; LoadCheckFailed when the
+    child crashes, hangs or ends without an answer."""
     runtime = installed_version()
     if runtime is None:
         return LoadCheck(None, False, "llama-cpp-python is not installed (the [llama] extra)")
     try:
-        from ggufops.llama import llm  # numpy and llama.cpp load only when a file is checked
-    except ImportError as e:  # a broken or partial [llama] install: no check, say why
-        return LoadCheck(None, False, f"llama-cpp-python cannot be imported ({e})")
-    try:
-        with llm.load(path, n_ctx=LOAD_CONTEXT, n_threads=1):
-            return LoadCheck(runtime, True, None)
-    except LlamaError as e:
-        return LoadCheck(runtime, False, str(e))
+        child = procs.run_python(["-m", CHILD_MODULE, str(path), runtime], timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise LoadCheckFailed(
+            f"{path}: llama-cpp-python {runtime} did not finish loading it in "
+            f"{TIMEOUT_S:.0f} s; nothing was registered: check the file with llama.cpp"
+        ) from None
+    return _answer(path, runtime, child)
+
+
+def _answer(path: Path, runtime: str, child: procs.ChildResult) -> LoadCheck:
+    answer = child.last_json() if child.returncode == 0 else None
+    if isinstance(answer, dict) and isinstance(answer.get("loaded"), bool):
+        return LoadCheck(answer.get("runtime"), answer["loaded"], answer.get("reason"))
+    raise LoadCheckFailed(f"{path}: {_death(runtime, child)}; nothing was registered: the "
+                          "file is corrupt or needs another llama.cpp: convert or download "
+                          "it again")
+
+
+def _death(runtime: str, child: procs.ChildResult) -> str:
+    """How the child ended, in words: the signal that killed it, or its exit code and last
+    error line."""
+    if child.returncode < 0:
+        try:
+            name = signal.Signals(-child.returncode).name
+        except ValueError:
+            name = f"signal {-child.returncode}"
+        return f"llama.cpp (llama-cpp-python {runtime}) crashed with {name} while loading it"
+    said = child.last_error_line() or "no output"
+    return (f"the load check with llama-cpp-python {runtime} failed (exit {child.returncode}: "
+            f"{said})")
