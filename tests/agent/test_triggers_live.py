@@ -29,6 +29,7 @@ from testing.runtime import (
     serving_version,
     wait_for,
 )
+from testing.signing import allowed_signers, make_key, sign_with, signature
 from testing.toys import TOY_DIR
 from testing.webhook import webhook_receiver
 
@@ -176,3 +177,28 @@ def test_low_ratings_roll_back_exactly_once_across_two_hosts(world: World,
     assert [e["outcome"] for e in events].count("pushed") == 1
     assert {e["outcome"] for e in events} <= {"pushed", "converged"}
     assert all(set(t.statuses) == {200} for t in (a, b))
+
+
+@pytest.mark.slow
+def test_an_agent_with_trust_applies_the_revert_it_signed_itself(world: World,
+                                                                 processes: Processes) -> None:
+    keys = world.state_dir.parent / "keys"
+    alice, agent_key = make_key(keys, "alice@example.invalid"), make_key(keys, "host-a@agents")
+    allowed = allowed_signers(keys / "allowed_signers", alice, agent_key)
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    _set_triggers(world, window_s=120, min_requests=5, min_rating=3.5, min_ratings=5)
+    sign_with(world.repo, alice)
+    world.deploy("2.0.0")
+    server, agent = _start(world, processes, "host-a", [
+        "--trust", str(allowed), "--push-url", str(world.remote),
+        "--signing-key", str(agent_key.private)])
+    assert "signed commits only" in agent.banner
+    with traffic(server.url, "2.1.0") as sender:
+        _deploy_under_traffic(world, [sender], baseline_requests=3)
+        wait_for(lambda: _rolled_back(world, server, agent), timeout=180, what="auto rollback")
+    (revert,) = _trigger_commits(world)
+    assert signature(world.remote, revert, allowed) == ("G", "host-a@agents")
+    status = get(f"{agent.url}/status")
+    assert (status["phase"], status["refused_commit"], status["refused_reason"]) == \
+        ("healthy", None, None)

@@ -52,6 +52,7 @@ class PushSettings:
     clone: Path
     push_url: str | None = None
     token_file: Path | None = None
+    signing_key: Path | None = None  # the agent's own SSH key: the revert is signed with it
 
     def url(self) -> str:
         """Where reverts are pushed: --push-url (default the --repo URL), with the token of
@@ -142,7 +143,8 @@ class TriggerWatch:
         log.warning("rollback trigger fired for %s@%s: %s", watched.model, watched.version,
                     fired.trailer(host))
         try:
-            triggerrevert.prepare_clone(self.push.clone, self.push.url(), host)
+            triggerrevert.prepare_clone(self.push.clone, self.push.url(), host,
+                                        signing_key=self.push.signing_key)
             outcome = triggerrevert.push_revert(self.push.clone, revert)
         except (GgufopsError, OSError) as e:
             message = redact(str(e))
