@@ -254,7 +254,8 @@ class Agent:
         self.triggers = TriggerWatch(config.env, config.server, config.admin_token, PushSettings(
             config.repo_url, config.branch, config.host_name or fleetstatus.default_host_name(),
             config.state_dir / "revert.git", config.push_url, config.push_token_file,
-            config.signing_key),
+            config.signing_key, config.trust.allowed_signers is not None
+            and config.signing_key is None),
             notify=Notifier(config.notify).send if config.notify else None)
 
     def _fleet_publisher(self) -> fleetstatus.Publisher:
