@@ -81,3 +81,20 @@ def test_the_load_check_leaves_llama_cpp_out_of_the_registering_process(
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == ["True", "False"]
+
+
+def test_a_crashing_load_check_leaves_no_core_file(toy_models: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    """Even where core dumps are on (the soft limit raised here), the child that aborts on
+    the file writes none into its working directory, the registry."""
+    bad = aborting_gguf(toy_models["baseline"], tmp_path)
+    work = tmp_path / "registry"
+    work.mkdir()
+    probe = ("import resource; from pathlib import Path; from ggufops.llama import loadcheck; "
+             "resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, "
+             "resource.RLIM_INFINITY)); "
+             f"loadcheck.check_loads(Path({str(bad)!r}))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=work, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 1 and "crashed with SIGABRT" in done.stderr
+    assert list(work.iterdir()) == []

@@ -1,9 +1,10 @@
-"""The register load check's child: `python -m ggufops.llama.loadchild PATH`.
+"""The register load check's child: `python -m ggufops.llama.loadchild RUNTIME`.
 
-Loads PATH with the installed llama-cpp-python (a 16-token context, weights memory-mapped)
-and prints one JSON line: {"runtime", "loaded", "reason"}. It runs in a child process so a
-llama.cpp crash or abort on a bad file ends this process, not `register`, and so register
-itself never imports numpy or llama.cpp (loadcheck.py reads the answer).
+Reads one JSON request per stdin line, {"path": ...}, loads that file with the installed
+llama-cpp-python (a 16-token context, weights memory-mapped, freed again) and answers one
+JSON line: {"runtime", "loaded", "reason"}. It runs apart from `register` so a llama.cpp
+crash or abort on a bad file ends this process, not register, and register itself never
+imports numpy or llama.cpp (loadcheck.py starts it once and sends it every check).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ggufops.errors import LlamaError
 
@@ -33,15 +34,21 @@ def check(path: Path, runtime: str) -> dict[str, Any]:
         return {"runtime": runtime, "loaded": False, "reason": str(e)}
 
 
+def serve(runtime: str, requests: IO[str], replies: IO[str]) -> None:
+    for line in requests:
+        if line.strip():
+            replies.write(json.dumps(check(Path(json.loads(line)["path"]), runtime)) + "\n")
+            replies.flush()
+
+
 def main(argv: list[str]) -> int:
     """Answer on the original stdout; anything llama.cpp prints goes to stderr instead."""
-    if len(argv) != 2:
-        print("usage: python -m ggufops.llama.loadchild PATH RUNTIME", file=sys.stderr)
+    if len(argv) != 1:
+        print("usage: python -m ggufops.llama.loadchild RUNTIME", file=sys.stderr)
         return 2
-    answer = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
-    answer.write(json.dumps(check(Path(argv[0]), argv[1])) + "\n")
-    answer.close()
+    serve(argv[0], sys.stdin, replies)
     return 0
 
 
