@@ -138,9 +138,9 @@ def _tier_move(root: Path, base: deploy.Base, request: StatusRequest,
     if not request.cold:
         return None
     tiers.Tiers.from_repo(root, policy)  # the cold remote must be configured
-    envs = {env: envfile.read_models(git.show_file(root, base.commit,
-                                                   environment_relpath(env)) or b"",
-                                     environment_relpath(env)) for env in _envs(root, base)}
+    envs = {env: envfile.read_entries(git.show_file(root, base.commit,
+                                                    environment_relpath(env)) or b"",
+                                      environment_relpath(env)) for env in _envs(root, base)}
     holding = warmset.holders(root, base.commit, envs, policy.warm, request.ref)
     if holding:
         raise LifecycleError(f"cannot move {request.ref} to the cold tier: {', '.join(holding)} "
