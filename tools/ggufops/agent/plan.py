@@ -24,7 +24,6 @@ from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
     REGISTRY_DIR,
     Registry,
-    display_id,
 )
 from ggufops.serve.loadrequest import LoadRequest
 
@@ -218,11 +217,11 @@ def _target(registry: Registry, name: str, entry: EnvEntry,
 
 def _version_target(registry: Registry, name: str, version: str, entry: EnvEntry,
                     *, canary: Target | None = None, weight: int | None = None) -> Target:
-    doc = registry.load_version(name, version)
-    art = doc["artifact"]
-    inference = {**doc.get("inference", {}), **entry.overrides}
-    return Target(name, str(doc["version"]), art["sha256"], art["dvc_md5"], int(art["size"]),
-                  display_id(doc), inference, weight, canary)
+    record = registry.load_record(name, version)
+    art = record.artifact
+    inference = {**record.inference, **entry.overrides}
+    return Target(name, record.version, art.sha256, art.dvc_md5, art.size,
+                  record.display_id, inference, weight, canary)
 
 
 def _policy_keep(registry: Registry) -> int:

@@ -1,8 +1,11 @@
-"""Typed records of the registry's files: an environment and its model entries.
+"""Typed records of the registry's files: a version and its artifact, an environment and its
+model entries.
 
 Plain data, no schema library: `environment_from_data` is the lenient reader (for history,
 gates against an old base and rollbacks of a bad state: malformed parts are skipped);
 `registry/envread.py` holds the strict one (schema-validated, errors name file:line).
+`VersionRecord.from_doc` needs what every reader indexed (name, version, quantization,
+artifact: a KeyError otherwise, as indexing the dict raised); the rest reads leniently.
 """
 
 from __future__ import annotations
@@ -153,3 +156,76 @@ def environment_in(raw: bytes | str, where: str) -> Environment:
         return environment_from_data(name, yamlio.parse(raw, Path(where)).data)
     except YamlError:
         return Environment(name)
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A version's GGUF file as its version file names it: `artifact:` in the schema."""
+
+    file_name: str  # beside the version file: registry/<model>/<file_name>
+    sha256: str  # of the bytes: what a host verifies
+    size: int
+    dvc_md5: str  # DVC's md5: the S3 key under the remote, <prefix>/files/md5/<md5[:2]>/...
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ArtifactRef:
+        return cls(str(doc.get("file_name") or ""), str(doc["sha256"]), int(doc["size"]),
+                   str(doc["dvc_md5"]))
+
+
+@dataclass(frozen=True)
+class GgufFacts:
+    """What register read from the GGUF header: `gguf:` in the schema."""
+
+    architecture: str
+    parameter_count: int
+    context_length: int
+    tokenizer_sha256: str
+    chat_template_sha256: str | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> GgufFacts:
+        template = doc.get("chat_template_sha256")
+        return cls(str(doc["architecture"]), int(doc["parameter_count"]),
+                   int(doc["context_length"]), str(doc["tokenizer_sha256"]),
+                   None if template is None else str(template))
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One version file (registry/<name>/<X.Y.Z>.yaml), immutable once merged."""
+
+    name: str
+    version: str
+    quantization: str
+    base_model: str
+    parent_version: str | None
+    created_at: str
+    artifact: ArtifactRef
+    gguf: GgufFacts | None  # None: the file has no readable `gguf:` (validate says why)
+    inference: dict[str, Any]  # temperature, top_p, max_tokens, prompt_template
+    eval_set: str
+    eval_sha256: str
+    requires: dict[str, Any] = field(default_factory=dict)  # absent in older files
+    notes: str = ""
+
+    @property
+    def display_id(self) -> str:
+        """`{model}-v{X.Y.Z}-{quantization}`, e.g. llama3-instruct-v2.1.0-q4_k_m."""
+        return f"{self.name}-v{self.version}-{self.quantization}"
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> VersionRecord:
+        parent, gguf = doc.get("parent_version"), doc.get("gguf")
+        evals = _mapping(doc.get("eval"))
+        return cls(str(doc["name"]), str(doc["version"]), str(doc["quantization"]),
+                   str(doc.get("base_model") or ""), None if parent is None else str(parent),
+                   str(doc.get("created_at") or ""), ArtifactRef.from_doc(doc["artifact"]),
+                   GgufFacts.from_doc(gguf) if isinstance(gguf, dict) else None,
+                   _mapping(doc.get("inference")), str(evals.get("set") or ""),
+                   str(evals.get("sha256") or ""), _mapping(doc.get("requires")),
+                   str(doc.get("notes") or ""))
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}

@@ -15,7 +15,7 @@ from ggufops.errors import (
     UnknownEnvironment,
     UnknownVersion,
 )
-from ggufops.registry.records import Environment, environment_from_data
+from ggufops.registry.records import Environment, VersionRecord, environment_from_data
 
 REGISTRY_DIR = "registry"
 ENVIRONMENTS_DIR = "environments"
@@ -129,6 +129,10 @@ class Registry:
 
     def load_ref(self, ref: VersionRef) -> dict[str, Any]:
         return self.load_version(ref.name, ref.version)
+
+    def load_record(self, name: str, version: str) -> VersionRecord:
+        """The version file as a record (for files validate has passed)."""
+        return VersionRecord.from_doc(self.load_version(name, version))
 
     def environment_record(self, env: str) -> Environment:
         """The environment file, read leniently (validate reports what is wrong with it)."""
