@@ -12,6 +12,7 @@ import yaml
 from ggufops.fleet import rollout
 from ggufops.fleet.status import HostReport
 from ggufops.gitops import segments
+from ggufops.registry.records import EnvEntry, environment_from_data
 from testing.fleet import Host, start_agent, start_host, wait_published
 from testing.repos import git, git_commit
 from testing.runtime import Processes, World, get, wait_for
@@ -36,7 +37,7 @@ def report(host: str, labels: dict[str, str], commit: str, phase: str = "healthy
 
 
 def test_a_later_wave_waits_for_every_host_of_the_earlier_waves() -> None:
-    waves = rollout.waves_of(yaml.safe_load(ENV))
+    waves = environment_from_data("production", yaml.safe_load(ENV)).waves
     assert waves == [{"wave": "1"}, {"wave": "2"}]
     assert rollout.wave_index(waves, {"wave": "2", "zone": "eu"}) == 1
     assert rollout.wave_index(waves, {"zone": "eu"}) == 2  # in no wave: last
@@ -63,8 +64,8 @@ def test_a_segment_pins_a_version_for_matching_hosts_and_keeps_the_file_readable
     entry = yaml.safe_load(text)["models"]["llama3-instruct"]
     assert entry["segments"] == [{"selector": {"zone": "eu"}, "version": "2.0.1"},
                                  {"selector": {"zone": "us"}, "version": "1.0.0"}]
-    assert rollout.version_for(entry, {"zone": "eu", "wave": "1"}) == "2.0.1"
-    assert rollout.version_for(entry, {"zone": "ap"}) == "2.1.0"
+    assert rollout.version_for(EnvEntry.from_doc(entry), {"zone": "eu", "wave": "1"}) == "2.0.1"
+    assert rollout.version_for(EnvEntry.from_doc(entry), {"zone": "ap"}) == "2.1.0"
 
 
 # --- real agents ------------------------------------------------------------------------------

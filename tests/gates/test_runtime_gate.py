@@ -11,20 +11,24 @@ baseline.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from ggufops.cli import main
 from ggufops.errors import LlamaError
 from ggufops.gates import bench, runtimegate
 from ggufops.gates.result import FAIL, PASS, ModelGate, Row, Subject
+from ggufops.llama import toy
 from testing.toys import fast_policy
 
+ROOT = Path(__file__).resolve().parents[2]
 SHIFT = {"kv_overrides": {"llama.attention.layer_norm_rms_epsilon": 0.5}}
 SAME = runtimegate.Runtime(sys.executable)
 SHIFTED = runtimegate.Runtime(sys.executable, SHIFT)
@@ -118,3 +122,27 @@ def test_gate_command_refuses_half_a_runtime_pair(toy_registry: Path) -> None:
                                        sys.executable, "--against-runtime", sys.executable,
                                        "--against-llama-args", "{type_k"])
     assert result.exit_code != 0 and "--against-llama-args '{type_k' is not JSON" in result.output
+
+
+KV_Q4_0 = {"type_k": 2, "type_v": 2, "flash_attn": True}
+
+
+@pytest.mark.slow
+def test_a_runtime_that_shifts_real_smollm2_is_blocked(smollm2: Path) -> None:
+    """The promise on a real published model: a q4_0 KV cache with flash attention (what a
+    runtime that changed its attention kernels does to the numbers) shifts SmolLM2-135M's
+    perplexity beyond the repository's production policy; quality blocks it, so no time is
+    spent on speed. Quality is deterministic on one machine: no statistics needed."""
+    policy = yaml.safe_load((ROOT / "registry" / "policy.yaml").read_text())
+    eval_path = ROOT / "registry" / "evals" / f"{toy.EVAL_SET}.txt"
+    text = eval_path.read_bytes()
+    real_evals = bench.EvalSet(toy.EVAL_SET, eval_path, hashlib.sha256(text).hexdigest(), text)
+    result = gate_of(smollm2, real_evals, runtimegate.Runtime(sys.executable, KV_Q4_0),
+                     bench.gate_policy(policy, "production"))
+    got = rows(result)
+    ppl = got["perplexity"]
+    assert result.verdict == FAIL and result.rule == "runtime change", result.failures
+    assert ppl.baseline is not None and 12.0 < ppl.baseline < 14.0  # SmolLM2 Q4_1's own
+    assert ppl.change is not None and ppl.change > 0.05 and ppl.verdict == FAIL
+    assert got["kl_divergence"].candidate is not None and got["kl_divergence"].candidate > 0
+    assert "pp_tokens_per_s" not in got  # quality blocks: no time spent on speed

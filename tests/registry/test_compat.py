@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from ggufops.cli import main
 from ggufops.registry import compat
+from ggufops.registry.records import EnvEntry
 from ggufops.registry.validate import Problem, validate_repo
 from testing.repos import git_commit, set_environment, write_version
 
@@ -176,7 +177,8 @@ def test_release_keys_compare_numerically() -> None:
 
 
 def test_segment_versions_run_only_where_the_selector_matches() -> None:
-    entry = {"version": "2.0.0", "segments": [{"selector": {"zone": "eu"}, "version": "1.0.0"}]}
+    entry = EnvEntry.from_doc({"version": "2.0.0",
+                               "segments": [{"selector": {"zone": "eu"}, "version": "1.0.0"}]})
     assert [v for v, _ in compat.runs_on(entry, {"zone": "eu"})] == ["2.0.0", "1.0.0"]
     assert [v for v, _ in compat.runs_on(entry, {"zone": "us"})] == ["2.0.0"]
 

@@ -8,7 +8,14 @@ import pytest
 
 from ggufops.errors import EnvironmentFileError, YamlError
 from ggufops.registry.envread import read_environment
-from ggufops.registry.records import Canary, EnvEntry, Environment, environment_in
+from ggufops.registry.records import (
+    Canary,
+    EnvEntry,
+    Environment,
+    Segment,
+    Shadow,
+    environment_in,
+)
 from ggufops.registry.registry import Registry
 from ggufops.registry.schemas import Validator, load_validators
 
@@ -68,7 +75,45 @@ def test_the_lenient_reader_keeps_keys_it_does_not_name() -> None:
     extra = "  phi-mini:\n    shadow: {version: 1.1.0}\n    group: a\n"
     text = GOOD.replace("  phi-mini:\n", extra)
     entry = environment_in(text, "abc123:environments/prod.yaml").models["phi-mini"]
-    assert entry == EnvEntry("1.0.0", extra={"shadow": {"version": "1.1.0"}, "group": "a"})
+    assert entry == EnvEntry("1.0.0", extra={"group": "a"}, shadow=Shadow("1.1.0", 0))
+
+
+FULL = """\
+rollout:
+  waves: [{wave: "1"}, {wave: "2", zone: eu}]
+groups:
+  rag: [embedder, generator]
+models:
+  embedder: {version: 1.1.0, prompt: support@1.0.0}
+  generator:
+    version: 2.1.0
+    shadow: {version: 2.2.0, percent: 5}
+    segments:
+      - selector: {zone: eu}
+        version: 2.0.0
+"""
+
+
+def test_the_strict_reader_types_shadow_segments_prompt_groups_and_waves(
+        tmp_path: Path, validator: Validator) -> None:
+    env = read_environment(write(tmp_path, FULL), validator)
+    assert env.groups == {"rag": ["embedder", "generator"]}
+    assert env.waves == [{"wave": "1"}, {"wave": "2", "zone": "eu"}]
+    assert env.models["embedder"] == EnvEntry("1.1.0", prompt="support@1.0.0")
+    generator = env.models["generator"]
+    assert generator == EnvEntry("2.1.0", shadow=Shadow("2.2.0", 5),
+                                 segments=(Segment({"zone": "eu"}, "2.0.0"),))
+    assert generator.versions() == ["2.1.0", "2.2.0", "2.0.0"]
+    assert generator.running() == ["2.1.0"]
+
+
+def test_the_lenient_reader_skips_malformed_shadows_segments_and_waves() -> None:
+    text = ("rollout: {waves: [wave-1, {wave: 2}]}\ngroups: {rag: embedder}\nmodels:\n"
+            "  m: {version: 1.0.0, shadow: 1.1.0, segments: [{selector: {z: eu}}, 3],"
+            " prompt: 7}\n")
+    env = environment_in(text, "environments/prod.yaml")
+    assert (env.waves, env.groups) == ([{"wave": "2"}], {})
+    assert env.models["m"] == EnvEntry("1.0.0")
 
 
 @pytest.mark.parametrize("text", ["models: [\n", "just text", "models: [1, 2]"])

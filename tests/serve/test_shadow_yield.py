@@ -20,7 +20,12 @@ from ggufops.serve import shadow
 from ggufops.serve.yielding import PrimaryTraffic
 from testing.runtime import MODEL, TOKEN, Processes, http, metrics, wait_for
 
-LONG_TOKENS = 600  # a mirrored generation that runs for seconds on a toy model
+# A mirrored generation long enough that the short request surely arrives while it runs.
+# 600 tokens took only 0.6 s on a toy (measured with the suite running), so a test process
+# descheduled that long after seeing the first shadow token found the shadow already done
+# (preempted 0: a flake on a loaded machine); 1,500 take about 5 s (attention grows with
+# the context), paid once by the primary; a working preemption stops the shadow at once.
+LONG_TOKENS = 1500
 
 
 def test_primary_traffic_counts_requests_in_flight() -> None:
@@ -112,7 +117,7 @@ def test_a_client_request_preempts_the_running_shadow_and_gets_its_whole_answer(
     alone = complete(url, "def ", 8)  # the primary's answer with no shadow loaded
     load(url, runtime_models["degraded"], "2.1.0", role="shadow")
 
-    complete(url, "import ", LONG_TOKENS)  # mirrored: the shadow generates it for seconds
+    complete(url, "import ", LONG_TOKENS)  # mirrored: the shadow generates it for ~5 s
     wait_for(lambda: (report(url)["running"] or {}).get("tokens", 0) >= 1,
              what="the shadow generating the long request")
     answer = complete(url, "def ", 8)  # arrives while the shadow generates

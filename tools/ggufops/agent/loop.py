@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufops import git, yamlio
+from ggufops import git
 from ggufops.agent import applylog
 from ggufops.agent.download import Download
 from ggufops.agent.plan import Plan, Target, export_tree, plan_from_tree, prune_trees
@@ -511,7 +511,7 @@ class Agent:
     def _wait_for_wave(self, plan: Plan) -> Plan:
         """In a later rollout wave: wait (artifacts already stored) until every host of the
         earlier waves reports this commit applied and healthy; a rollback does not wait."""
-        waves = rollout.waves_of(_env_doc(plan.tree, self.config.env))
+        waves = plan.waves
         labels = dict(self.config.labels)
         if self.fleet is None or rollout.wave_index(waves, labels) == 0 or \
                 plan.requests() == self._applied_targets or self._is_rollback(plan.commit):
@@ -961,13 +961,6 @@ class Agent:
 
     def close(self) -> None:
         self.log.close()
-
-
-def _env_doc(tree: Path, env: str) -> Any:
-    try:
-        return yamlio.load(tree / "environments" / f"{env}.yaml")
-    except GgufopsError:
-        return None
 
 
 def _webhook(config: AgentConfig) -> WebhookReceiver | None:

@@ -17,13 +17,13 @@ from typing import Any
 from ggufops import git
 from ggufops.errors import InvalidDesiredState
 from ggufops.fleet import rollout
-from ggufops.registry import overrides, releasegroups, validate
+from ggufops.registry import overrides, schemas, validate
+from ggufops.registry.envread import read_environment
+from ggufops.registry.records import EnvEntry
 from ggufops.registry.registry import (
     ENVIRONMENTS_DIR,
     REGISTRY_DIR,
     Registry,
-    display_id,
-    environment_models,
 )
 from ggufops.serve.loadrequest import LoadRequest
 
@@ -137,6 +137,7 @@ class Plan:
     targets: dict[str, Target]
     keep: int
     groups: dict[str, list[str]] = field(default_factory=dict)  # release groups
+    waves: list[dict[str, str]] = field(default_factory=list)  # the rollout's, in order
 
     def summary(self) -> dict[str, Any]:
         return {name: t.summary() for name, t in sorted(self.targets.items())}
@@ -191,37 +192,36 @@ def plan_from_tree(tree: Path, commit: str, env: str, keep: int | None,
     if not registry.environment_file(env).is_file():
         raise InvalidDesiredState(f"commit {commit[:12]} has no {ENVIRONMENTS_DIR}/{env}.yaml; "
                                   "check --env or add the environment")
-    models = environment_models(registry.environment(env))
+    environment = read_environment(registry.environment_file(env),
+                                   schemas.load_validators(tree)["environment"])
     targets = {name: _target(registry, name, entry, labels or {})
-               for name, entry in models.items()}
-    groups = releasegroups.of(registry.environment(env))
-    return Plan(commit, tree, targets, keep or _policy_keep(registry), groups)
+               for name, entry in environment.models.items()}
+    return Plan(commit, tree, targets, keep or _policy_keep(registry), environment.groups,
+                environment.waves)
 
 
-def _target(registry: Registry, name: str, entry: dict[str, Any],
+def _target(registry: Registry, name: str, entry: EnvEntry,
             labels: dict[str, str]) -> Target:
-    spec = entry.get("canary")
+    spec = entry.canary
     canary = None
-    if isinstance(spec, dict):
-        canary = _version_target(registry, name, str(spec["version"]), entry,
-                                 weight=int(spec["weight"]))
+    if spec is not None:
+        canary = _version_target(registry, name, spec.version, entry, weight=spec.weight)
     version = rollout.version_for(entry, labels)  # a segment's version for this host
     primary = _version_target(registry, name, version, entry, canary=canary)
-    spec = entry.get("shadow")
-    if not isinstance(spec, dict):
+    if entry.shadow is None:
         return primary
-    shadow = _version_target(registry, name, str(spec["version"]), entry,
-                             weight=int(spec["percent"]))
+    shadow = _version_target(registry, name, entry.shadow.version, entry,
+                             weight=entry.shadow.percent)
     return replace(primary, shadow=replace(shadow, role="shadow"))
 
 
-def _version_target(registry: Registry, name: str, version: str, entry: dict[str, Any],
+def _version_target(registry: Registry, name: str, version: str, entry: EnvEntry,
                     *, canary: Target | None = None, weight: int | None = None) -> Target:
-    doc = registry.load_version(name, version)
-    art = doc["artifact"]
-    inference = {**doc.get("inference", {}), **(entry.get("overrides") or {})}
-    return Target(name, str(doc["version"]), art["sha256"], art["dvc_md5"], int(art["size"]),
-                  display_id(doc), inference, weight, canary)
+    record = registry.load_record(name, version)
+    art = record.artifact
+    inference = {**record.inference, **entry.overrides}
+    return Target(name, record.version, art.sha256, art.dvc_md5, art.size,
+                  record.display_id, inference, weight, canary)
 
 
 def _policy_keep(registry: Registry) -> int:

@@ -28,8 +28,10 @@ DEFAULT_STORE = ".ggufops/store"
 
 
 @dataclass(frozen=True)
-class Artifact:
-    """What identifies one artifact: its bytes (sha256, size) and its S3 key (DVC md5)."""
+class ObjectToPull:
+    """What a pull fetches: the bytes (sha256, size), the S3 key (DVC md5) and a label for
+    messages. Read leniently from a version document that may come from any commit (`of`
+    names the bad field), unlike `records.ArtifactRef`, which trusts a validated file."""
 
     sha256: str
     dvc_md5: str
@@ -37,7 +39,7 @@ class Artifact:
     label: str
 
     @classmethod
-    def of(cls, doc: Mapping[str, Any], label: str | None = None) -> Artifact:
+    def of(cls, doc: Mapping[str, Any], label: str | None = None) -> ObjectToPull:
         """The artifact of a version document (as read from a file or a git commit)."""
         art = doc.get("artifact") if isinstance(doc, Mapping) else None
         name = label or f"{doc.get('name')}@{doc.get('version')}"
@@ -55,7 +57,7 @@ class Artifact:
 class PullResult:
     path: Path
     downloaded: bool
-    artifact: Artifact
+    artifact: ObjectToPull
     output: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -89,7 +91,7 @@ def lazy_remote(root: Path) -> Callable[[], S3Remote]:
 
 def pull_artifact(
     store_root: Path,
-    artifact: Artifact,
+    artifact: ObjectToPull,
     remote: RemoteSource,
     *,
     progress: bool | None = None,
@@ -126,7 +128,7 @@ def pull_object(
     progress: bool | None = None,
 ) -> Path:
     """Pull by identity (for the agent, which reads version docs at a git commit)."""
-    artifact = Artifact(sha256, dvc_md5, size, label or sha256[:12])
+    artifact = ObjectToPull(sha256, dvc_md5, size, label or sha256[:12])
     return pull_artifact(store_root, artifact, remote, progress=progress).path
 
 
@@ -141,7 +143,7 @@ def pull(
 ) -> PullResult:
     """`ggufops pull`: the version's artifact into the store (and a copy at `output`)."""
     ref = ref if isinstance(ref, VersionRef) else VersionRef.parse(ref)
-    artifact = Artifact.of(registry.load_ref(ref), str(ref))
+    artifact = ObjectToPull.of(registry.load_ref(ref), str(ref))
     result = pull_artifact(store_root, artifact, remote or lazy_remote(registry.root),
                            progress=progress)
     if output is None:
@@ -159,4 +161,4 @@ def pull_version(
 def pull_doc(doc: Mapping[str, Any], label: str, store_root: Path, remote: RemoteSource, *,
              progress: bool | None = None) -> Path:
     """The verified store path of the artifact of a version file already loaded."""
-    return pull_artifact(store_root, Artifact.of(doc, label), remote, progress=progress).path
+    return pull_artifact(store_root, ObjectToPull.of(doc, label), remote, progress=progress).path

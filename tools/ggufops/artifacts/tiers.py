@@ -21,6 +21,7 @@ from typing import Any
 
 from ggufops.artifacts import dvc as artifacts
 from ggufops.errors import ArtifactMissing, ChecksumMismatch, TierError
+from ggufops.registry.records import ArtifactRef
 from ggufops.registry.registry import VersionRef
 from ggufops.registry.warmset import warm_count
 
@@ -41,7 +42,7 @@ def tier_policy(policy: Any) -> TierPolicy:
 
 
 @dataclass(frozen=True)
-class Artifact:
+class TierObject:
     """What a version file says its object is."""
 
     ref: VersionRef
@@ -50,9 +51,9 @@ class Artifact:
     size: int
 
     @classmethod
-    def of(cls, ref: VersionRef, doc: dict[str, Any]) -> Artifact:
-        a = doc["artifact"]
-        return cls(ref, str(a["dvc_md5"]), str(a["sha256"]), int(a["size"]))
+    def of(cls, ref: VersionRef, doc: dict[str, Any]) -> TierObject:
+        a = ArtifactRef.from_doc(doc["artifact"])
+        return cls(ref, a.dvc_md5, a.sha256, a.size)
 
 
 @dataclass
@@ -88,20 +89,20 @@ class Tiers:
     def remote(self, tier: str) -> artifacts.S3Remote:
         return self.warm if tier == WARM else self.cold
 
-    def url(self, tier: str, artifact: Artifact) -> str:
+    def url(self, tier: str, artifact: TierObject) -> str:
         remote = self.remote(tier)
         return remote.settings.url_of(remote.key_for_md5(artifact.md5))
 
-    def has(self, tier: str, artifact: Artifact) -> bool:
+    def has(self, tier: str, artifact: TierObject) -> bool:
         remote = self.remote(tier)
         info = remote.stat(remote.key_for_md5(artifact.md5))
         return info is not None and info.size == artifact.size
 
-    def where(self, artifact: Artifact) -> list[str]:
+    def where(self, artifact: TierObject) -> list[str]:
         return [t for t in (WARM, COLD) if self.has(t, artifact)]
 
 
-def to_cold(tiers: Tiers, artifact: Artifact) -> Move:
+def to_cold(tiers: Tiers, artifact: TierObject) -> Move:
     """Copy to cold, verify there, then remove from warm."""
     move = _copy(tiers, artifact, WARM, COLD)
     warm = tiers.warm
@@ -111,12 +112,12 @@ def to_cold(tiers: Tiers, artifact: Artifact) -> Move:
     return move
 
 
-def to_warm(tiers: Tiers, artifact: Artifact) -> Move:
+def to_warm(tiers: Tiers, artifact: TierObject) -> Move:
     """Copy back to warm and verify; the cold copy stays."""
     return _copy(tiers, artifact, COLD, WARM)
 
 
-def _copy(tiers: Tiers, artifact: Artifact, src: str, dst: str) -> Move:
+def _copy(tiers: Tiers, artifact: TierObject, src: str, dst: str) -> Move:
     source, dest = tiers.remote(src), tiers.remote(dst)
     src_key, dst_key = source.key_for_md5(artifact.md5), dest.key_for_md5(artifact.md5)
     move = Move(str(artifact.ref), dst, tiers.url(src, artifact), tiers.url(dst, artifact),
@@ -140,7 +141,7 @@ def _copy(tiers: Tiers, artifact: Artifact, src: str, dst: str) -> Move:
     return move
 
 
-def _verifies(remote: artifacts.S3Remote, key: str, artifact: Artifact) -> bool:
+def _verifies(remote: artifacts.S3Remote, key: str, artifact: TierObject) -> bool:
     """Read the object back and check its sha256 and size against the version file."""
     with _scratch_file() as tmp:
         try:

@@ -9,7 +9,6 @@ import click
 from ggufops.cli.options import json_option, print_json, registry_from
 from ggufops.errors import AbError
 from ggufops.gitops import abtest
-from ggufops.registry.registry import environment_models
 
 _FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
 
@@ -30,11 +29,11 @@ _FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
 def ab(ctx: click.Context, /, *, env: str, model: str, hosts: tuple[str, ...],
        token_file: Path, window_s: float, as_json: bool) -> None:
     """Requests, error rate, latency, tokens and ratings per version, with significance."""
-    entry = environment_models(registry_from(ctx).environment(env)).get(model)
+    entry = registry_from(ctx).environment_record(env).models.get(model)
     if entry is None:
         raise AbError(f"{env} does not run {model} (environments/{env}.yaml); "
                       "name a model it runs")
-    report = abtest.collect(env, model, str(entry.get("version")), hosts=list(hosts),
+    report = abtest.collect(env, model, entry.version, hosts=list(hosts),
                             token=abtest.read_token(token_file), window_s=window_s)
     if as_json:
         print_json(report.as_dict())

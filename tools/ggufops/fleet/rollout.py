@@ -25,9 +25,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from ggufops.fleet.status import HostReport
+from ggufops.registry.records import EnvEntry
 
 _REVERT = re.compile(r"^(Rollback-Of:\s*[0-9a-f]{7,40}|This reverts commit [0-9a-f]{7,40})",
                      re.MULTILINE)
@@ -39,24 +39,17 @@ def matches(selector: Selector, labels: Mapping[str, str]) -> bool:
     return all(labels.get(str(k)) == str(v) for k, v in selector.items())
 
 
-def waves_of(env_doc: Any) -> list[dict[str, str]]:
-    """The ordered wave selectors of a parsed environment file ([] without waves)."""
-    rollout = env_doc.get("rollout") if isinstance(env_doc, dict) else None
-    waves = rollout.get("waves") if isinstance(rollout, dict) else None
-    return [{str(k): str(v) for k, v in w.items()} for w in waves or [] if isinstance(w, dict)]
-
-
 def wave_index(waves: list[dict[str, str]], labels: Mapping[str, str]) -> int:
     """The host's wave: the first whose selector matches; len(waves) when none does."""
     return next((i for i, w in enumerate(waves) if matches(w, labels)), len(waves))
 
 
-def version_for(entry: Mapping[str, Any], labels: Mapping[str, str]) -> str:
+def version_for(entry: EnvEntry, labels: Mapping[str, str]) -> str:
     """The model version a host with `labels` runs: its segment's, else the entry's."""
-    for segment in entry.get("segments") or []:
-        if isinstance(segment, dict) and matches(segment.get("selector") or {}, labels):
-            return str(segment["version"])
-    return str(entry["version"])
+    for segment in entry.segments:
+        if matches(segment.selector, labels):
+            return segment.version
+    return entry.version
 
 
 def is_rollback(message: str) -> bool:

@@ -11,7 +11,7 @@ reader's clocks do not matter. Exit codes: 0 converged, 4 drift, 5 stale (no dri
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,8 @@ from ggufops.artifacts.s3object import S3Objects
 from ggufops.errors import FleetNotConverged, FleetStale, S3ObjectError
 from ggufops.fleet import rollout
 from ggufops.fleet.status import HostReport, env_prefix
-from ggufops.registry.registry import (
-    environment_models_in,
-    environment_relpath,
-    version_relpath,
-)
+from ggufops.registry.records import EnvEntry, environment_in
+from ggufops.registry.registry import environment_relpath, version_relpath
 
 DEFAULT_STALE_AFTER = 60.0
 
@@ -129,23 +126,22 @@ def desired_at(root: Path, env: str, ref: str) -> Desired:
     raw = git.show_file(root, commit, path)
     if raw is None:
         raise S3ObjectError(f"{path} does not exist at {ref} ({commit[:12]}); check --env")
-    entries = environment_models_in(raw, path)
+    entries = environment_in(raw, path).models
     wants = {name: _want(root, commit, name, entry) for name, entry in entries.items()}
-    segmented = {name: [(dict(seg["selector"]), _want(root, commit, name,
-                                                      {**entry, "version": seg["version"]}))
-                        for seg in entry.get("segments") or []]
-                 for name, entry in entries.items() if entry.get("segments")}
+    segmented = {name: [(dict(seg.selector), _want(root, commit, name,
+                                                   replace(entry, version=seg.version)))
+                        for seg in entry.segments]
+                 for name, entry in entries.items() if entry.segments}
     return Desired(env, ref, commit, wants, segmented)
 
 
-def _want(root: Path, commit: str, name: str, entry: dict[str, Any]) -> Want:
-    canary = entry.get("canary")
+def _want(root: Path, commit: str, name: str, entry: EnvEntry) -> Want:
+    canary = entry.canary
     canary_want = None
-    if isinstance(canary, dict):
-        version = str(canary.get("version"))
-        canary_want = (version, _sha256(root, commit, name, version), int(canary["weight"]))
-    version = str(entry.get("version"))
-    return Want(version, _sha256(root, commit, name, version), canary_want)
+    if canary is not None:
+        canary_want = (canary.version, _sha256(root, commit, name, canary.version),
+                       canary.weight)
+    return Want(entry.version, _sha256(root, commit, name, entry.version), canary_want)
 
 
 def _sha256(root: Path, commit: str, name: str, version: str) -> str:

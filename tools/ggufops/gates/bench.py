@@ -31,7 +31,8 @@ from ggufops.errors import BenchError, EvalSetError
 from ggufops.gates.cache import BenchCache
 from ggufops.llama import llm
 from ggufops.registry import schemas
-from ggufops.registry.registry import EVALS_DIR, Registry, VersionRef, display_id, version_relpath
+from ggufops.registry.records import VersionRecord
+from ggufops.registry.registry import EVALS_DIR, Registry, VersionRef, version_relpath
 
 METRICS = ("perplexity", "nll", "pp_tokens_per_s", "tg_tokens_per_s", "latency_p50_ms",
            "latency_p95_ms", "load_ms", "peak_rss_mb")
@@ -321,10 +322,11 @@ def bench_version(registry: Registry, ref: VersionRef, store_root: Path, setting
     eval_set = load_eval_set(registry.root, doc)
     path = pull.pull_doc(doc, str(ref), store_root, pull.lazy_remote(registry.root),
                          progress=False)
-    metrics, cached, n_scored = bench_file(path, doc["artifact"]["sha256"], eval_set, settings,
-                                           cache, label=display_id(doc))
+    record = VersionRecord.from_doc(doc)
+    metrics, cached, n_scored = bench_file(path, record.artifact.sha256, eval_set, settings,
+                                           cache, label=record.display_id)
     return BenchResult(
-        ref=str(ref), display_id=display_id(doc), artifact_sha256=doc["artifact"]["sha256"],
+        ref=str(ref), display_id=record.display_id, artifact_sha256=record.artifact.sha256,
         eval_set=eval_set.name, eval_sha256=eval_set.sha256, metrics=metrics,
         provenance=provenance(settings), settings=asdict(settings), quality_cached=cached,
         n_scored=n_scored,

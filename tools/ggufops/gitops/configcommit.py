@@ -22,6 +22,7 @@ from ggufops.errors import AlreadyDeployed, NothingToRollBack, UsageError
 from ggufops.gitops import configchange, deploy, envfile, history
 from ggufops.gitops.history import Deployment
 from ggufops.registry import overrides, schemas
+from ggufops.registry.records import NO_ENTRY, environment_from_data
 from ggufops.registry.registry import VersionRef, display_id, environment_relpath
 
 CONFIG_BRANCH = "config/{env}/{model}-{short}"
@@ -101,17 +102,11 @@ def _check_valid(root: Path, base: deploy.Base, request: ConfigRequest, new_text
     issues = schemas.check(validator, data)
     if issues:
         raise UsageError(f"{path}: {issues[0].message}")
-    models = data.get("models") or {}
-    entry = models.get(request.model) or {}
+    entry = environment_from_data(request.env, data).models.get(request.model, NO_ENTRY)
     docs = {(request.model, v): deploy.version_doc_at(root, base, VersionRef(request.model, v))
-            for v in _entry_versions(entry)}
+            for v in entry.running()}
     for problem in overrides.problems(request.env, {request.model: entry}, docs):
         raise UsageError(problem.message)
-
-
-def _entry_versions(entry: dict[str, Any]) -> list[str]:
-    canary = envfile.canary(entry)
-    return [str(entry["version"])] + ([canary[0]] if canary else [])
 
 
 def apply_config(root: Path, plan: ConfigPlan) -> deploy.Landing:

@@ -22,6 +22,7 @@ from ruamel.yaml.tokens import CommentToken
 
 from ggufops import yamlio
 from ggufops.errors import EnvironmentFileError, YamlError
+from ggufops.registry.records import EnvEntry
 
 _INDENT = re.compile(r"^models:[^\n]*\n(?:\s*#[^\n]*\n)*( +)\S", re.MULTILINE)
 
@@ -42,6 +43,11 @@ def read_models(text: str | bytes, where: str) -> dict[str, dict[str, Any]]:
     return {str(m): dict(e) if isinstance(e, dict) else {} for m, e in models.items()}
 
 
+def read_entries(text: str | bytes, where: str) -> dict[str, EnvEntry]:
+    """model name -> its entry as a record, from an environment file's text."""
+    return {m: EnvEntry.from_doc(e) for m, e in read_models(text, where).items()}
+
+
 def versions(text: str | bytes, where: str) -> dict[str, str]:
     """model name -> the version the environment runs."""
     return {m: str(e["version"]) for m, e in read_models(text, where).items() if "version" in e}
@@ -49,11 +55,8 @@ def versions(text: str | bytes, where: str) -> dict[str, str]:
 
 def canary(entry: dict[str, Any]) -> tuple[str, int] | None:
     """(version, weight) of an entry's canary (plain data from `read_models`), or None."""
-    block = entry.get("canary")
-    if not isinstance(block, dict) or "version" not in block:
-        return None
-    weight = block.get("weight")
-    return str(block["version"]), int(weight) if isinstance(weight, int) else 0
+    found = EnvEntry.from_doc(entry).canary
+    return (found.version, found.weight) if found is not None else None
 
 
 def set_canary(text: str, model: str, version: str, weight: int, where: str) -> str:

@@ -69,7 +69,7 @@ class StatusPlan:
     warnings: list[str] = field(default_factory=list)
     tier_move: str | None = None  # tiers.COLD after the commit, tiers.WARM before it
     moved: Any = None  # the tiers.Move, once applied
-    artifact: Any = field(default=None, repr=False)  # tiers.Artifact when an object moves
+    artifact: Any = field(default=None, repr=False)  # tiers.TierObject when an object moves
 
     def as_dict(self) -> dict[str, Any]:
         return {"action": VERBS[self.status], "model": self.model, "version": self.version,
@@ -123,7 +123,7 @@ def plan_status_change(root: Path, request: StatusRequest, *,
 
 
 def _artifact(ref: VersionRef, doc: dict[str, Any]) -> Any:
-    return tiers.Artifact.of(ref, doc)
+    return tiers.TierObject.of(ref, doc)
 
 
 def _tier_move(root: Path, base: deploy.Base, request: StatusRequest,
@@ -138,9 +138,9 @@ def _tier_move(root: Path, base: deploy.Base, request: StatusRequest,
     if not request.cold:
         return None
     tiers.Tiers.from_repo(root, policy)  # the cold remote must be configured
-    envs = {env: envfile.read_models(git.show_file(root, base.commit,
-                                                   environment_relpath(env)) or b"",
-                                     environment_relpath(env)) for env in _envs(root, base)}
+    envs = {env: envfile.read_entries(git.show_file(root, base.commit,
+                                                    environment_relpath(env)) or b"",
+                                      environment_relpath(env)) for env in _envs(root, base)}
     holding = warmset.holders(root, base.commit, envs, policy.warm, request.ref)
     if holding:
         raise LifecycleError(f"cannot move {request.ref} to the cold tier: {', '.join(holding)} "

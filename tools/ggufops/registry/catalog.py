@@ -55,11 +55,11 @@ def list_versions(registry: Registry) -> list[Row]:
         ref = VersionRef(path.parent.name, path.stem)
         if not semver.is_semver(ref.version):
             continue
-        doc = registry.load_ref(ref)
+        record = registry.load_record(ref.name, ref.version)
         rows.append(Row(
-            name=ref.name, version=ref.version, display_id=display_id(doc),
-            quantization=doc["quantization"], parent_version=doc.get("parent_version"),
-            created_at=str(doc["created_at"]), sha256=doc["artifact"]["sha256"],
+            name=ref.name, version=ref.version, display_id=record.display_id,
+            quantization=record.quantization, parent_version=record.parent_version,
+            created_at=record.created_at, sha256=record.artifact.sha256,
             environments=where.get((ref.name, ref.version), []),
         ))
     rows.sort(key=lambda r: (r.name, semver.parse(r.version)), reverse=True)

@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 from ggufops import yamlio
 from ggufops.errors import NotARegistry
 from ggufops.registry import schemas
-from ggufops.registry.registry import VersionRef, canary_version
+from ggufops.registry.records import EnvEntry, environment_from_data
+from ggufops.registry.registry import VersionRef
 from ggufops.registry.template import project_root
 
 if TYPE_CHECKING:
@@ -144,8 +145,8 @@ def check_repo(checker: Checker, state: State, host_runtimes: HostRuntimes | Non
     _check_version_prompt_lists(checker, state, prompts)
     for env, doc in state.environments.items():
         scope = EnvScope(checker, state, doc, env)
-        for model, entry in (doc.data.get("models") or {}).items():
-            if isinstance(entry, dict) and isinstance(entry.get("prompt"), str):
+        for model, entry in environment_from_data(env, doc.data).models.items():
+            if entry.prompt is not None:
                 _check_pin(scope, prompts, model, entry)
         if host_runtimes is not None:
             _check_hosts(scope, host_runtimes(env), warnings)
@@ -210,9 +211,9 @@ def _check_version_prompt_lists(checker: Checker, state: State,
 
 
 def _check_pin(scope: EnvScope, prompts: Mapping[PromptRef, yamlio.Document], model: str,
-               entry: dict[str, Any]) -> None:
+               entry: EnvEntry) -> None:
     checker, state, doc, env = scope.checker, scope.state, scope.doc, scope.env
-    ref = PromptRef.parse(entry["prompt"])
+    ref = PromptRef.parse(str(entry.prompt))
     where = ["models", model, "prompt"]
     prompt = prompts.get(ref)
     if prompt is None:
@@ -220,7 +221,7 @@ def _check_pin(scope: EnvScope, prompts: Mapping[PromptRef, yamlio.Document], mo
                     "does not exist or is invalid; add it or pin another prompt config",
                     "compat")
         return
-    for version in versions_of(entry):
+    for version in entry.versions():
         version_doc = state.versions.get(VersionRef(model, version))
         if version_doc is not None:
             for message in _misfits(checker, ref, prompt, version_doc, entry):
@@ -228,18 +229,8 @@ def _check_pin(scope: EnvScope, prompts: Mapping[PromptRef, yamlio.Document], mo
                             f"{model}@{version}, but {message}", "compat")
 
 
-def versions_of(entry: Mapping[str, Any]) -> list[str]:
-    """Every version an environment entry may run: primary, canary, shadow, segments."""
-    found = [str(entry["version"])]
-    for other in (canary_version(dict(entry)), (entry.get("shadow") or {}).get("version")):
-        if other is not None:
-            found.append(str(other))
-    found += [str(s["version"]) for s in entry.get("segments") or []]
-    return list(dict.fromkeys(found))
-
-
 def _misfits(checker: Checker, ref: PromptRef, prompt: yamlio.Document,
-             version: yamlio.Document, entry: Mapping[str, Any]) -> Iterator[str]:
+             version: yamlio.Document, entry: EnvEntry) -> Iterator[str]:
     yield from _context_misfit(checker, prompt, version)
     yield from _template_misfit(checker, prompt, version, entry)
     listed = (version.data.get("requires") or {}).get("prompts")
@@ -267,7 +258,7 @@ def _context_misfit(checker: Checker, prompt: yamlio.Document,
 
 
 def _template_misfit(checker: Checker, prompt: yamlio.Document, version: yamlio.Document,
-                     entry: Mapping[str, Any]) -> Iterator[str]:
+                     entry: EnvEntry) -> Iterator[str]:
     template = effective_template(prompt.data, entry, version.data)
     has_own = bool(version.data["gguf"].get("chat_template_sha256"))
     if template == GGUF and not has_own:
@@ -281,12 +272,11 @@ def _template_misfit(checker: Checker, prompt: yamlio.Document, version: yamlio.
                "or the environment's overrides")
 
 
-def effective_template(prompt: Mapping[str, Any], entry: Mapping[str, Any],
+def effective_template(prompt: Mapping[str, Any], entry: EnvEntry,
                        version: Mapping[str, Any]) -> str:
     """The chat template a pinned prompt config runs with: its own, else the environment's
     override, else the version's."""
-    overrides = entry.get("overrides") or {}
-    return str(prompt.get("prompt_template") or overrides.get("prompt_template")
+    return str(prompt.get("prompt_template") or entry.overrides.get("prompt_template")
                or version["inference"]["prompt_template"])
 
 
@@ -299,24 +289,23 @@ def _check_hosts(scope: EnvScope, hosts: list[HostRuntime], warnings: Checker) -
             warnings.add(scope.doc, [], f"host {host.host} ({host.where}) reports no usable "
                          "llama-cpp-python version; its runtime was not checked", "compat")
             continue
-        for model, entry in (scope.doc.data.get("models") or {}).items():
+        for model, entry in environment_from_data(scope.env, scope.doc.data).models.items():
             for version, where in runs_on(entry, host.labels):
                 _check_host_version(scope, host, model, version, where)
 
 
-def runs_on(entry: Mapping[str, Any], labels: Mapping[str, str]
+def runs_on(entry: EnvEntry, labels: Mapping[str, str]
             ) -> list[tuple[str, list[str | int]]]:
     """(version, path in the entry) of what a host with `labels` may run for this entry:
     primary, canary and shadow everywhere, a segment's version only where it matches."""
-    found: list[tuple[str, list[str | int]]] = [(str(entry["version"]), ["version"])]
-    canary = canary_version(dict(entry))
-    if canary is not None:
-        found.append((str(canary), ["canary", "version"]))
-    if isinstance(entry.get("shadow"), dict):
-        found.append((str(entry["shadow"]["version"]), ["shadow", "version"]))
-    for i, segment in enumerate(entry.get("segments") or []):
-        if all(labels.get(k) == v for k, v in segment["selector"].items()):
-            found.append((str(segment["version"]), ["segments", i, "version"]))
+    found: list[tuple[str, list[str | int]]] = [(entry.version, ["version"])]
+    if entry.canary is not None:
+        found.append((entry.canary.version, ["canary", "version"]))
+    if entry.shadow is not None:
+        found.append((entry.shadow.version, ["shadow", "version"]))
+    for i, segment in enumerate(entry.segments):
+        if all(labels.get(k) == v for k, v in segment.selector.items()):
+            found.append((segment.version, ["segments", i, "version"]))
     return found
 
 

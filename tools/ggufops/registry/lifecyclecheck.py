@@ -17,12 +17,8 @@ from typing import TYPE_CHECKING, Any
 from ggufops import git, yamlio
 from ggufops.errors import LifecycleError, NotARegistry
 from ggufops.registry import lifecycle, schemas
-from ggufops.registry.registry import (
-    REGISTRY_DIR,
-    RESERVED_DIRS,
-    VersionRef,
-    environment_models_in,
-)
+from ggufops.registry.records import NO_ENTRY, environment_from_data, environment_in
+from ggufops.registry.registry import REGISTRY_DIR, RESERVED_DIRS, VersionRef
 from ggufops.registry.template import project_root
 
 if TYPE_CHECKING:
@@ -105,11 +101,11 @@ def _running(state: State) -> list[tuple[str, yamlio.Document, str, str, list[st
     """(env, doc, model, version, path in the doc) of every primary and canary version."""
     found: list[tuple[str, yamlio.Document, str, str, list[str | int]]] = []
     for env, doc in state.environments.items():
-        for model, entry in (doc.data.get("models") or {}).items():
-            found.append((env, doc, model, str(entry["version"]), ["models", model, "version"]))
-            canary = (entry.get("canary") or {}).get("version")
+        for model, entry in environment_from_data(env, doc.data).models.items():
+            found.append((env, doc, model, entry.version, ["models", model, "version"]))
+            canary = entry.canary_version
             if canary is not None:
-                found.append((env, doc, model, str(canary),
+                found.append((env, doc, model, canary,
                               ["models", model, "canary", "version"]))
     return found
 
@@ -178,6 +174,6 @@ def _check_deprecated_entering(checker: Checker, state: State,
 
 def _ran_at_base(root: Path, base_sha: str, env: str, model: str, version: str) -> bool:
     raw = git.show_file(root, base_sha, f"environments/{env}.yaml")
-    entry = environment_models_in(raw, env).get(model, {}) if raw is not None else {}
-    canary = (entry.get("canary") or {}).get("version")
-    return version in (str(entry.get("version")), str(canary))
+    entry = environment_in(raw, env).models.get(model, NO_ENTRY) if raw is not None \
+        else NO_ENTRY
+    return version in entry.running()

@@ -14,12 +14,8 @@ from typing import Any
 from ggufops import git
 from ggufops.errors import GitError
 from ggufops.registry import lifecycle
-from ggufops.registry.registry import (
-    Registry,
-    VersionRef,
-    environment_models,
-    environment_models_in,
-)
+from ggufops.registry.records import environment_in
+from ggufops.registry.registry import Registry, VersionRef
 
 
 @dataclass
@@ -59,13 +55,12 @@ def environments_ever(registry: Registry) -> dict[tuple[str, str], set[str]]:
     """(model, version) -> every environment that ran it as primary or canary."""
     seen: dict[tuple[str, str], set[str]] = {}
     for env in registry.environments():
-        states = [environment_models(registry.environment(env))]
-        states += [environment_models_in(raw, env) for raw in _committed(registry.root, env)]
+        states = [registry.environment_record(env).models]
+        states += [environment_in(raw, env).models for raw in _committed(registry.root, env)]
         for models in states:
             for model, entry in models.items():
-                for version in (entry.get("version"), (entry.get("canary") or {}).get("version")):
-                    if version is not None:
-                        seen.setdefault((model, str(version)), set()).add(env)
+                for version in entry.running():
+                    seen.setdefault((model, version), set()).add(env)
     return seen
 
 

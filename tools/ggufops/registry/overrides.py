@@ -26,6 +26,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ggufops.registry.records import EnvEntry
+
 GGUF = "gguf"  # chattemplate.GGUF (llama/ is above registry/ in the import chain)
 KEYS = ("temperature", "top_p", "max_tokens", "system_prompt", "prompt_template")
 SYSTEM_PROMPT = "system_prompt"
@@ -48,29 +50,20 @@ def config_digest(inference: Mapping[str, Any]) -> str:
 
 def of(entry: Mapping[str, Any]) -> dict[str, Any]:
     """The overrides of an environment entry ({} without any)."""
-    value = entry.get("overrides")
-    return dict(value) if isinstance(value, dict) else {}
+    return EnvEntry.from_doc(dict(entry)).overrides
 
 
-def problems(env: str, models: Mapping[str, Any],
+def problems(env: str, models: Mapping[str, EnvEntry],
              versions: Mapping[tuple[str, str], Mapping[str, Any]]) -> Iterator[OverrideProblem]:
     """Overrides that do not fit the versions they apply to (`versions`: (model, version) ->
     version file data); the schema has already checked keys and ranges."""
     for model, entry in models.items():
-        if not isinstance(entry, dict) or not of(entry):
+        if not entry.overrides:
             continue
-        for version in _versions_of(entry):
+        for version in entry.running():
             doc = versions.get((model, version))
             if doc is not None:
-                yield from _fit(env, model, version, of(entry), doc)
-
-
-def _versions_of(entry: Mapping[str, Any]) -> list[str]:
-    found = [str(entry["version"])] if "version" in entry else []
-    canary = entry.get("canary")
-    if isinstance(canary, dict) and "version" in canary:
-        found.append(str(canary["version"]))
-    return found
+                yield from _fit(env, model, version, entry.overrides, doc)
 
 
 def _fit(env: str, model: str, version: str, values: Mapping[str, Any],

@@ -14,9 +14,8 @@ from ggufops.errors import (
     NotARegistry,
     UnknownEnvironment,
     UnknownVersion,
-    YamlError,
 )
-from ggufops.registry.records import Environment, environment_from_data
+from ggufops.registry.records import Environment, VersionRecord, environment_from_data
 
 REGISTRY_DIR = "registry"
 ENVIRONMENTS_DIR = "environments"
@@ -71,32 +70,6 @@ def split_version_relpath(relpath: str) -> VersionRef | None:
     return VersionRef(parts[1], parts[2][: -len(".yaml")])
 
 
-def environment_models(data: Any) -> dict[str, dict[str, Any]]:
-    """model name -> entry of a parsed environment file; lenient: malformed parts are skipped.
-
-    For reading history, where a file at an old commit may not be valid; `validate`
-    reports what is wrong with the current files.
-    """
-    models = data.get("models") if isinstance(data, dict) else None
-    if not isinstance(models, dict):
-        return {}
-    return {str(m): e for m, e in models.items() if isinstance(e, dict)}
-
-
-def canary_version(entry: Any) -> Any:
-    """The version of an environment entry's canary, as written; None without a canary."""
-    canary = entry.get("canary") if isinstance(entry, dict) else None
-    return canary.get("version") if isinstance(canary, dict) else None
-
-
-def environment_models_in(raw: bytes | str, where: str) -> dict[str, dict[str, Any]]:
-    """environment_models() of an environment file's bytes; {} if it is not YAML."""
-    try:
-        return environment_models(yamlio.parse(raw, Path(where)).data)
-    except YamlError:
-        return {}
-
-
 def find_root(start: Path) -> Path:
     """The nearest directory at or above `start` that holds registry/policy.yaml."""
     start = start.resolve()
@@ -107,11 +80,6 @@ def find_root(start: Path) -> Path:
         f"no ggufops registry at or above {start} (no {POLICY_FILE}); "
         "run inside a registry clone or pass --repo DIR"
     )
-
-
-def environment_data(path: Path) -> dict[str, Any]:
-    data = yamlio.load(path) or {}
-    return data if isinstance(data, dict) else {}
 
 
 class Registry:
@@ -162,9 +130,9 @@ class Registry:
     def load_ref(self, ref: VersionRef) -> dict[str, Any]:
         return self.load_version(ref.name, ref.version)
 
-    def environment(self, env: str) -> dict[str, Any]:
-        """The environment file as plain data (see `environment_record` for the typed one)."""
-        return environment_data(self._existing_environment(env))
+    def load_record(self, name: str, version: str) -> VersionRecord:
+        """The version file as a record (for files validate has passed)."""
+        return VersionRecord.from_doc(self.load_version(name, version))
 
     def environment_record(self, env: str) -> Environment:
         """The environment file, read leniently (validate reports what is wrong with it)."""

@@ -18,15 +18,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ggufops.registry.overrides import OverrideProblem
+from ggufops.registry.records import groups_of
 
 
 def of(data: Any) -> dict[str, list[str]]:
     """group name -> member models of a parsed environment file ({} without groups)."""
-    groups = data.get("groups") if isinstance(data, dict) else None
-    if not isinstance(groups, dict):
-        return {}
-    return {str(g): [str(m) for m in members] for g, members in groups.items()
-            if isinstance(members, list)}
+    return groups_of(data)
 
 
 def group_of(groups: Mapping[str, list[str]], model: str) -> str | None:

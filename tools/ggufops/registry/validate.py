@@ -275,13 +275,14 @@ def _check_overrides(checker: Checker, state: State) -> None:
     """Overrides that do not fit their versions (max_tokens past the context, ...)."""
     versions = {(ref.name, ref.version): doc.data for ref, doc in state.versions.items()}
     for env, doc in state.environments.items():
-        for problem in overrides.problems(env, doc.data.get("models") or {}, versions):
+        models = environment_from_data(env, doc.data).models
+        for problem in overrides.problems(env, models, versions):
             checker.add(doc, list(problem.where), problem.message, "overrides")
-        for model, entry in (doc.data.get("models") or {}).items():
-            shadow = entry.get("shadow") if isinstance(entry, dict) else None
-            if isinstance(shadow, dict) and (model, shadow["version"]) not in versions:
+        for model, entry in models.items():
+            shadow = entry.shadow
+            if shadow is not None and (model, shadow.version) not in versions:
                 checker.add(doc, ["models", model, "shadow", "version"], f"{env} shadows "
-                            f"{model}@{shadow['version']}, which is not registered; register "
+                            f"{model}@{shadow.version}, which is not registered; register "
                             "it or pick a registered version", "reference")
         for problem in releasegroups.problems(env, doc.data):
             checker.add(doc, [int(k) if k.isdigit() else k for k in problem.where],
@@ -375,7 +376,8 @@ def _check_promotion(checker: Checker, state: State, base_sha: str) -> None:
         doc = state.environments.get(env)
         if doc is None:
             continue
-        entered = _entering(doc.data.get("models") or {}, _entries_at(root, base_sha, env))
+        entered = _entering(environment_from_data(env, doc.data).models,
+                            _entries_at(root, base_sha, env))
         if not entered:
             continue
         staged = _models_at(root, base_sha, previous_env)
@@ -389,13 +391,13 @@ def _check_promotion(checker: Checker, state: State, base_sha: str) -> None:
                         f"{' -> '.join(order)}); deploy it to {previous_env} first", "promotion")
 
 
-def _entering(models: dict[str, Any], before: dict[str, EnvEntry]
+def _entering(models: dict[str, EnvEntry], before: dict[str, EnvEntry]
               ) -> list[tuple[str, str, list[str]]]:
     """(model, version, path in the entry) of every version new to the environment:
     primary versions that changed, and canary versions it ran in no role before."""
     found: list[tuple[str, str, list[str]]] = []
-    for model, doc in models.items():
-        entry, old = EnvEntry.from_doc(doc), before.get(model, NO_ENTRY)
+    for model, entry in models.items():
+        old = before.get(model, NO_ENTRY)
         if old.version != entry.version:
             found.append((model, entry.version, ["version"]))
         canary = entry.canary_version

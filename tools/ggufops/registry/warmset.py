@@ -13,13 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ggufops import git
 from ggufops.errors import GitError
-from ggufops.registry.registry import (
-    VersionRef,
-    canary_version,
-    environment_models,
-    environment_models_in,
-    environment_relpath,
-)
+from ggufops.registry.records import EnvEntry, environment_from_data, environment_in
+from ggufops.registry.registry import VersionRef, environment_relpath
 
 if TYPE_CHECKING:
     from ggufops.registry.validate import Checker, State
@@ -33,10 +28,6 @@ def warm_count(policy: Any) -> int:
     section = policy.get("retention") if isinstance(policy, dict) else None
     warm = section.get("warm") if isinstance(section, dict) else None
     return warm if isinstance(warm, int) and warm >= 1 else DEFAULT_WARM
-
-
-def running(entry: dict[str, Any]) -> list[str]:
-    return [str(v) for v in (entry.get("version"), canary_version(entry)) if v is not None]
 
 
 def warm_versions(current: list[str], earlier: list[str], keep: int) -> list[str]:
@@ -56,21 +47,21 @@ def earlier_versions(root: Path, ref: str, env: str) -> dict[str, list[str]]:
         return {}
     found: dict[str, list[str]] = {}
     for _commit, raw in states:
-        for model, entry in environment_models_in(raw, env).items():
-            if entry.get("version") is not None:
-                found.setdefault(model, []).append(str(entry["version"]))
+        for model, entry in environment_in(raw, env).models.items():
+            if entry.version:
+                found.setdefault(model, []).append(entry.version)
     return found
 
 
-def warm_set(root: Path, ref: str, env: str, models: dict[str, dict[str, Any]],
+def warm_set(root: Path, ref: str, env: str, models: dict[str, EnvEntry],
              keep: int) -> dict[str, list[str]]:
     """model -> the versions of it `env` needs warm, from its history up to `ref`."""
     earlier = earlier_versions(root, ref, env)
-    return {model: warm_versions(running(entry), earlier.get(model, []), keep)
+    return {model: warm_versions(entry.running(), earlier.get(model, []), keep)
             for model, entry in models.items()}
 
 
-def holders(root: Path, ref: str, envs: dict[str, dict[str, dict[str, Any]]], keep: int,
+def holders(root: Path, ref: str, envs: dict[str, dict[str, EnvEntry]], keep: int,
             target: VersionRef) -> list[str]:
     """The environments whose warm set holds `target`."""
     return [env for env, models in envs.items() if target.name in models
@@ -85,9 +76,9 @@ def check_rollback_targets(checker: Checker, state: State, find_missing: Missing
     keep = warm_count(state.policy.data if state.policy else None)
     wanted: dict[VersionRef, tuple[str, Any]] = {}
     for env, doc in state.environments.items():
-        models = environment_models(doc.data)
+        models = environment_from_data(env, doc.data).models
         for model, versions in warm_set(state.root, "HEAD", env, models, keep).items():
-            for version in versions[len(running(models[model])):]:
+            for version in versions[len(models[model].running()):]:
                 ref = VersionRef(model, version)
                 if ref in state.versions:
                     wanted.setdefault(ref, (env, doc))
