@@ -42,8 +42,8 @@ LAZY = {
     ("ggufops.cli.fleet", "ggufops.fleet.ops"): "S3 and git code only when `fleet` runs",
     ("ggufops.cli.registry_cmds", "ggufops.fleet.compat"):
         "S3 code only for `validate --check-fleet`",
-    ("ggufops.llama.loadcheck", "ggufops.llama.llm"):
-        "register (core install) loads numpy and llama.cpp only when the [llama] extra is there",
+    ("ggufops.llama.loadchild", "ggufops.llama.llm"):
+        "register's load check child answers for a broken [llama] install instead of a traceback",
     ("ggufops.cli.fleet", "ggufops.fleet.view"): "S3 and git code only when `fleet` runs",
     ("ggufops.cli.gitops", "ggufops.fleet.ops"): "S3 code only for `history --hosts`",
     ("ggufops.cli.gitops", "ggufops.fleet.status"): "label parsing only for `rollback --selector`",

@@ -11,6 +11,7 @@ import pytest
 
 from ggufops.agent import triggers
 from ggufops.agent.triggers import TriggerPolicy
+from ggufops.agent.triggerwatch import PushSettings, TriggerWatch, Watched
 from ggufops.errors import InvalidDesiredState
 from ggufops.gitops import triggerrevert
 from testing.repos import (
@@ -183,3 +184,23 @@ def test_a_stale_host_converges_instead_of_pushing(tmp_path: Path,
     late = triggerrevert.push_revert(second, _revert("b"))
     assert late.pushed is None and "nothing pushed" in late.note
     assert len(git(remote, "log", "--format=%H", "--grep", "^Rollback-Trigger:").split()) == 1
+
+
+def test_an_agent_that_trusts_but_cannot_sign_pushes_no_revert_and_says_why(
+        tmp_path: Path) -> None:
+    """With --trust and no --signing-key, its revert would be unsigned and refused by every
+    trusting host: nothing is pushed, the event says what to do, once per version."""
+    push = PushSettings(str(tmp_path / "remote.git"), "main", "host-a", tmp_path / "revert.git",
+                        unsigned_refused=True)
+    notes: list[dict[str, Any]] = []
+    watch = TriggerWatch("production", "http://127.0.0.1:9", None, push, notify=notes.append)
+    watched = Watched(MODEL, "2.1.0", "2.0.0", NOW - 100, "c0ffee")
+    firing = triggers.Firing("error_rate", 0.5, 0.05, 60.0, triggers.ROLLBACK, MODEL, "2.1.0",
+                             20)
+    assert watch._roll_back(watched, firing, NOW) is False
+    assert watched.fired is firing  # not judged again: a person must act
+    (event,) = watch.events
+    assert event["outcome"] == "push failed" and notes == [event]
+    assert "runs with --trust but no --signing-key" in event["error"]
+    assert "ggufops rollback --env production --push" in event["error"]
+    assert not (tmp_path / "revert.git").exists()  # no clone made, nothing pushed

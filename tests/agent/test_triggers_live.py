@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from gguf import GGUFReader
 
 from ggufops.llama import toy
 from testing.repos import git
@@ -29,6 +31,7 @@ from testing.runtime import (
     serving_version,
     wait_for,
 )
+from testing.signing import allowed_signers, make_key, sign_with, signature
 from testing.toys import TOY_DIR
 from testing.webhook import webhook_receiver
 
@@ -55,16 +58,20 @@ class Traffic:
 
     url: str
     rate_low: str | None = None
+    prompts: tuple[str, ...] = (PROMPT,)  # sent in turn
     answered: dict[str, int] = field(default_factory=dict)  # version (display id) -> count
     statuses: list[int] = field(default_factory=list)
+    failures: list[tuple[int, str, str]] = field(default_factory=list)  # status, prompt, error
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         while not self.stop.is_set():
-            body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 8}
+            prompt = self.prompts[len(self.statuses) % len(self.prompts)]
+            body = {"model": MODEL, "prompt": prompt, "max_tokens": 8}
             status, reply = http("POST", f"{self.url}/v1/completions", body)
             self.statuses.append(status)
             if status != 200:
+                self.failures.append((status, prompt, str(reply["error"]["message"])))
                 continue
             shown = str(reply["model"])
             self.answered[shown] = self.answered.get(shown, 0) + 1
@@ -78,8 +85,9 @@ class Traffic:
 
 
 @contextlib.contextmanager
-def traffic(url: str, rate_low: str | None = None) -> Iterator[Traffic]:
-    sender = Traffic(url, rate_low)
+def traffic(url: str, rate_low: str | None = None,
+            prompts: tuple[str, ...] = (PROMPT,)) -> Iterator[Traffic]:
+    sender = Traffic(url, rate_low, prompts)
     thread = threading.Thread(target=sender.run, daemon=True)
     thread.start()
     try:
@@ -176,3 +184,75 @@ def test_low_ratings_roll_back_exactly_once_across_two_hosts(world: World,
     assert [e["outcome"] for e in events].count("pushed") == 1
     assert {e["outcome"] for e in events} <= {"pushed", "converged"}
     assert all(set(t.statuses) == {200} for t in (a, b))
+
+
+@pytest.mark.slow
+def test_an_agent_with_trust_applies_the_revert_it_signed_itself(world: World,
+                                                                 processes: Processes) -> None:
+    keys = world.state_dir.parent / "keys"
+    alice, agent_key = make_key(keys, "alice@example.invalid"), make_key(keys, "host-a@agents")
+    allowed = allowed_signers(keys / "allowed_signers", alice, agent_key)
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    _set_triggers(world, window_s=120, min_requests=5, min_rating=3.5, min_ratings=5)
+    sign_with(world.repo, alice)
+    world.deploy("2.0.0")
+    server, agent = _start(world, processes, "host-a", [
+        "--trust", str(allowed), "--push-url", str(world.remote),
+        "--signing-key", str(agent_key.private)])
+    assert "signed commits only" in agent.banner
+    with traffic(server.url, "2.1.0") as sender:
+        _deploy_under_traffic(world, [sender], baseline_requests=3)
+        wait_for(lambda: _rolled_back(world, server, agent), timeout=180, what="auto rollback")
+    (revert,) = _trigger_commits(world)
+    assert signature(world.remote, revert, allowed) == ("G", "host-a@agents")
+    status = get(f"{agent.url}/status")
+    assert (status["phase"], status["refused_commit"], status["refused_reason"]) == \
+        ("healthy", None, None)
+
+
+SHORT_CONTEXT = 128  # tokens
+
+
+@pytest.fixture(scope="module")
+def smollm2_short_context(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 as a careless re-conversion leaves it: the same weights, but a header that says
+    `llama.context_length` 128 (trained: 8192). The server sizes a model's context from its
+    header, so prompts longer than 128 tokens fail (400: "the prompt has N tokens but the
+    context holds 128") while short ones are answered."""
+    out = tmp_path_factory.mktemp("smollm2-ctx") / "smollm2-ctx128.gguf"
+    shutil.copy(smollm2, out)
+    reader = GGUFReader(out, "r+")
+    field = reader.fields["llama.context_length"]
+    field.parts[field.data[0]][...] = SHORT_CONTEXT
+    reader.data.flush()
+    del reader, field
+    return out
+
+
+@pytest.mark.slow
+def test_smollm2_failing_long_prompts_is_rolled_back_on_error_rate(
+        world: World, processes: Processes, smollm2: Path, smollm2_short_context: Path) -> None:
+    world.models.update(smollm2=smollm2, smollm2_ctx128=smollm2_short_context)
+    world.publish("2.0.0", "smollm2")
+    world.publish("2.1.0", "smollm2_ctx128")
+    _set_triggers(world, window_s=300, min_requests=8, error_rate=0.05)
+    world.deploy("2.0.0")
+    server, agent = _start(world, processes, "host-a")
+    long_prompt = "The quick brown fox jumps over the lazy dog. " * 20  # about 200 tokens
+    prompts = ("Hello, my name is", "The capital of France is", "Once upon a time",
+               long_prompt)
+    with traffic(server.url, prompts=prompts) as sender:
+        deploy = _deploy_under_traffic(world, [sender], baseline_requests=4)
+        wait_for(lambda: _rolled_back(world, server, agent), timeout=300, what="auto rollback")
+    trailer = _check_revert(world, deploy, "error_rate", {"host-a"})
+    assert float(trailer.split("value=")[1].split()[0]) > 0.05
+    assert sender.failures, "no request failed"
+    for status, prompt, error in sender.failures:  # only the long prompt failed, and why
+        assert (status, prompt) == (400, long_prompt)
+        assert "tokens but the context holds 128; shorten the prompt" in error, error
+    assert sender.count("2.1.0") >= 1  # short prompts were answered by the bad version
+    status, reply = http("POST", f"{server.url}/v1/completions",
+                         {"model": MODEL, "prompt": long_prompt, "max_tokens": 8})
+    assert status == 200 and "-v2.0.0-" in reply["model"]  # the old version answers it again
+    assert metrics(server.url)[PROMOTIONS] == 1

@@ -4,6 +4,7 @@ the GitHub webhook on POST /sync. Real ssh-keygen keys, real git, real HTTP."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,43 @@ def test_a_signing_failure_says_what_to_fix(scratch_s3: ScratchS3, tmp_path: Pat
                  "--push")
     assert result.exit_code == 1 and "signing the commit failed" in result.stderr
     assert scratch_s3.head() == head == scratch_s3.remote_head()  # nothing half-done
+
+
+# --- the agent's own signing key: the revert it pushes when a trigger fires ---------------------
+
+
+def _agent_start(tmp_path: Path, *extra: str) -> tuple[int, str]:
+    """`ggufops agent` with --trust and a push credential: what it says before starting."""
+    from click.testing import CliRunner
+
+    from ggufops.cli import main
+
+    args = ["agent", "--repo", str(tmp_path / "remote.git"), "--env", "production", "--store",
+            str(tmp_path / "store"), "--server", "http://127.0.0.1:9", "--state-dir",
+            str(tmp_path / "state"), "--status-port", "-1", "--no-fleet-status",
+            "--push-url", str(tmp_path / "remote.git"), *extra]
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, result.output
+
+
+def test_trust_and_a_push_credential_need_a_signing_key_that_trust_lists(
+        tmp_path: Path, keys: dict[str, SigningKey]) -> None:
+    allowed = allowed_signers(tmp_path / "allowed", keys["alice"])
+    code, output = _agent_start(tmp_path, "--trust", str(allowed))
+    assert code == 1
+    assert output.startswith(f"error: --trust {allowed.resolve()} with a trigger push credential")
+    assert output.strip().endswith("pass --signing-key PATH (GGUFOPS_SIGNING_KEY), an SSH key "
+                                   "listed there")
+    code, output = _agent_start(tmp_path, "--trust", str(allowed), "--signing-key",
+                                str(keys["mallory"].private))
+    assert code == 1
+    assert f"--signing-key {keys['mallory'].private}: its public key is not in --trust" in output
+    assert f"add the line 'ggufops-agent namespaces=\"git\" {keys['mallory'].public}'" in output
+    locked = tmp_path / "locked"
+    run = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(locked)]
+    subprocess.run(run, check=True)
+    code, output = _agent_start(tmp_path, "--signing-key", str(locked))
+    assert code == 1 and "not an unencrypted SSH private key" in output
 
 
 # --- the webhook --------------------------------------------------------------------------------

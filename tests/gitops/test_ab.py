@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from ggufops.artifacts.store import ArtifactStore, file_sha256
-from ggufops.gitops import abstats
+from ggufops.gitops import abshadow, abstats
 from ggufops.gitops.abtest import HostWindow, build_report
 from testing.repos import set_environment
-from testing.runtime import GGUFOPS, MODEL, TOKEN, Proc, free_port, http, serve_args
+from testing.runtime import GGUFOPS, MODEL, TOKEN, Proc, free_port, http, serve_args, wait_for
 
 # --- statistics ---------------------------------------------------------------------------
 
@@ -165,3 +165,106 @@ def test_ab_reports_what_each_version_served(canary_server: Any, registry_repo: 
                          check=False)
     assert bad.returncode == 1
     assert "cannot reach the server" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+# --- shadow versions ---------------------------------------------------------------------------
+
+
+def shadow_stats(version: str, mirrored: int, exact: int, overlap: float,
+                 shadow: list[float], primary: list[float], **counts: int) -> dict[str, Any]:
+    return {"version": version, "mirrored": mirrored, "exact_matches": exact,
+            "token_overlap_mean": overlap, "shadow_latency_s": shadow,
+            "primary_latency_s": primary, **counts}
+
+
+def test_shadow_figures_are_pooled_over_hosts() -> None:
+    hosts = [
+        abshadow.ShadowHost("http://a", 100, shadow_stats(
+            "2.1.0", 3, 3, 1.0, [0.1, 0.2, 0.3], [0.05, 0.05, 0.05], dropped=2, preempted=1)),
+        abshadow.ShadowHost("http://b", 50, shadow_stats(
+            "2.1.0", 1, 0, 0.6, [0.5], [0.15], errors=1, preempted=4)),
+        abshadow.ShadowHost("http://c", None, None),  # no shadow there
+    ]
+    (summary,) = abshadow.summarize(hosts)
+    assert (summary.version, summary.percent, summary.hosts) == ("2.1.0", [50, 100], 2)
+    assert (summary.mirrored, summary.dropped, summary.preempted, summary.errors) == (4, 2, 5, 1)
+    assert summary.exact_match_rate == 0.75
+    assert summary.token_overlap_mean == pytest.approx((3 * 1.0 + 0.6) / 4)
+    # percentiles of the pooled samples [0.1, 0.2, 0.3, 0.5], not means of per-host ones
+    assert summary.shadow_latency_p50_s == pytest.approx(0.25)
+    assert summary.shadow_latency_p95_s == pytest.approx(0.47)
+    assert summary.primary_latency_p50_s == pytest.approx(0.05)
+    assert abshadow.render(summary) == [
+        "shadow 2.1.0 (50%/100%, 2 hosts): 4 mirrored requests completed, 2 dropped (queue "
+        "full), 5 preempted, 1 errors",
+        "  agreement with the primary: exact match 75.0%, token overlap 0.900 (mean)",
+        "  latency p50/p95: shadow 0.250/0.470 s, primary on the same requests 0.050/0.135 s"]
+
+
+@pytest.fixture
+def shadow_servers(tmp_path: Path, runtime_models: dict[str, Path]) -> Any:
+    """Two `ggufops serve` hosts: toy baseline 2.0.0 as primary, degraded 2.1.0 as a 100%
+    shadow."""
+    (tmp_path / "token").write_text(TOKEN)
+    procs = []
+    try:
+        for host in ("a", "b"):
+            store = ArtifactStore(tmp_path / f"store-{host}")
+            store.prepare()
+            proc = Proc(serve_args(store.root, tmp_path / "token", port=free_port()),
+                        tmp_path / f"serve-{host}.log")
+            procs.append(proc)
+            for version, toy, role in (("2.0.0", "baseline", {}), ("2.1.0", "degraded", {
+                    "role": "shadow", "weight": 100})):
+                digest = file_sha256(runtime_models[toy])
+                shutil.copyfile(runtime_models[toy], store.path_for(digest))
+                body = {"name": MODEL, "version": version, "sha256": digest, **role,
+                        "inference": {"temperature": 0.0, "max_tokens": 6}}
+                assert http("POST", f"{proc.url}/admin/models", body, token=TOKEN)[0] == 201
+        yield procs, tmp_path / "token"
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def _shadow_report(url: str) -> dict[str, Any]:
+    status, body = http("GET", f"{url}/admin/shadow?model={MODEL}", token=TOKEN)
+    assert status == 200, body
+    return dict(body)
+
+
+def _finished(url: str) -> int:
+    """Mirrored requests the host's shadow finished with (completed, failed or preempted)."""
+    stats = _shadow_report(url)["stats"] or {}
+    return sum(int(stats.get(k) or 0) for k in ("mirrored", "errors", "preempted", "dropped"))
+
+
+def test_ab_shows_the_shadow_versions_figures(shadow_servers: Any, registry_repo: Path) -> None:
+    procs, token_file = shadow_servers
+    set_environment(registry_repo, "production", {MODEL: "2.0.0"})
+    # greedy answers of the two toys: the same after "q" and "self.", not after "(" and "im"
+    for proc, prompts in zip(procs, (["q", "(", "im"], ["self."]), strict=True):
+        for n, prompt in enumerate(prompts, 1):
+            status, _ = http("POST", f"{proc.url}/v1/completions",
+                             {"model": MODEL, "prompt": prompt})
+            assert status == 200
+            wait_for(lambda url=proc.url, n=n: _finished(url) >= n, what="the shadow's turn")
+    hosts = [_shadow_report(p.url)["stats"] for p in procs]
+    args = [str(GGUFOPS), "-C", str(registry_repo), "ab", "--env", "production", "--model",
+            MODEL, "--host", procs[0].url, "--host", procs[1].url, "--token-file",
+            str(token_file)]
+    done = subprocess.run([*args, "--json"], capture_output=True, text=True, check=True)
+    (shadow,) = json.loads(done.stdout)["shadows"]
+    assert (shadow["version"], shadow["percent"], shadow["hosts"]) == ("2.1.0", [100], 2)
+    assert shadow["mirrored"] == sum(h["mirrored"] for h in hosts) == 4  # nothing preempted
+    assert (shadow["errors"], shadow["dropped"], shadow["preempted"]) == (0, 0, 0)
+    assert sum(h["exact_matches"] for h in hosts) == 2 and shadow["exact_match_rate"] == 0.5
+    # overlaps 1 ("q"), 0 ("(": ")" vs "llllll"), 0 ("im": "e" vs nothing), 1 ("self.":
+    # whitespace alike); hosts round their means to 4 places
+    assert shadow["token_overlap_mean"] == pytest.approx(0.5, abs=1e-4)
+    assert 0 < shadow["shadow_latency_p50_s"] <= shadow["shadow_latency_p95_s"]
+    assert 0 < shadow["primary_latency_p50_s"] <= shadow["primary_latency_p95_s"]
+    text = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    assert "shadow 2.1.0 (100%, 2 hosts): 4 mirrored requests completed, 0 dropped (queue " \
+        "full), 0 preempted, 0 errors" in text
+    assert "agreement with the primary: exact match 50.0%, token overlap 0.500 (mean)" in text

@@ -181,3 +181,15 @@ def test_parameter_count_is_llama_cpp_s(toy_models: dict[str, Path]) -> None:
     with llm.load(toy_models["baseline"], n_ctx=64) as small, \
             llm.load(toy_models["slow"], n_ctx=64) as big:
         assert 100_000 < llm.n_params(small) < llm.n_params(big)
+
+
+def test_a_prompt_longer_than_the_context_is_a_plain_error(toy_models: dict[str, Path]) -> None:
+    """n_ctx 100: llama.cpp pads the context to 256, so llama-cpp-python's own check let a
+    150-token prompt through into a 100-token buffer (numpy: "could not broadcast")."""
+    with llm.serve_load(toy_models["baseline"], n_ctx=100, n_threads=1) as model:
+        answer = llm.complete(model, "x" * 40, {"max_tokens": 4, "temperature": 0.0},
+                              stream=False)
+        assert isinstance(answer, dict) and answer["usage"]["prompt_tokens"] == 41  # BOS too
+        with pytest.raises(LlamaError, match=r"baseline\.gguf: the prompt has 151 tokens but "
+                           r"the context holds 100; shorten the prompt"):
+            llm.complete(model, "x" * 150, {"max_tokens": 4}, stream=False)

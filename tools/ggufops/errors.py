@@ -57,6 +57,10 @@ class TruncatedGguf(BadGguf):
     """A GGUF file ends before its header or tensor data does."""
 
 
+class LoadCheckFailed(BadGguf):
+    """register's load check crashed (llama.cpp died by a signal) or gave no answer."""
+
+
 class HeaderMismatch(GgufopsError):
     """A command-line flag disagrees with what the GGUF header says."""
 

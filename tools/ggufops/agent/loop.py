@@ -56,7 +56,7 @@ from ggufops.agent.plan import Plan, Target, export_tree, plan_from_tree, prune_
 from ggufops.agent.retention import evictable, remember_desired
 from ggufops.agent.status import DEFAULT_STATUS_PORT, PHASES, Status, agent_metrics, serve_status
 from ggufops.agent.triggerwatch import PushSettings, TriggerWatch
-from ggufops.agent.trust import TrustPolicy
+from ggufops.agent.trust import TrustPolicy, check_signing_key
 from ggufops.agent.trust import verify as verify_commit
 from ggufops.agent.webhook import WebhookReceiver
 from ggufops.artifacts import s3config
@@ -122,6 +122,7 @@ class AgentConfig:
     watch: str = "git"  # or the s3:// URL of a head pointer (headpointer.py, docs/scale.md)
     push_url: str | None = None  # where a fired rollback trigger pushes its revert (--repo)
     push_token_file: Path | None = None  # its credential (an http(s) URL's password)
+    signing_key: Path | None = None  # signs that revert (SSH, unencrypted): --trust needs it
     notify: NotifyConfig | None = None  # webhook for fired and alert-only triggers
 
     def check(self) -> None:
@@ -137,6 +138,8 @@ class AgentConfig:
             raise UsageError("--heartbeat must be positive seconds")
         if not 0 <= self.jitter < 1:
             raise UsageError("--jitter must be a fraction from 0 to below 1, e.g. 0.1")
+        check_signing_key(self.signing_key, self.trust,
+                          pushes=self.push_url is not None or self.push_token_file is not None)
 
     @property
     def server(self) -> str:
@@ -250,7 +253,9 @@ class Agent:
         self._lagging: tuple[str, str] | None = None  # (pointer, applied descendant of it)
         self.triggers = TriggerWatch(config.env, config.server, config.admin_token, PushSettings(
             config.repo_url, config.branch, config.host_name or fleetstatus.default_host_name(),
-            config.state_dir / "revert.git", config.push_url, config.push_token_file),
+            config.state_dir / "revert.git", config.push_url, config.push_token_file,
+            config.signing_key, config.trust.allowed_signers is not None
+            and config.signing_key is None),
             notify=Notifier(config.notify).send if config.notify else None)
 
     def _fleet_publisher(self) -> fleetstatus.Publisher:

@@ -52,6 +52,8 @@ class PushSettings:
     clone: Path
     push_url: str | None = None
     token_file: Path | None = None
+    signing_key: Path | None = None  # the agent's own SSH key: the revert is signed with it
+    unsigned_refused: bool = False  # --trust without --signing-key: an unsigned revert is refused
 
     def url(self) -> str:
         """Where reverts are pushed: --push-url (default the --repo URL), with the token of
@@ -141,8 +143,11 @@ class TriggerWatch:
             f"{fired.threshold:g} over {fired.window_s:g} s", self.push.branch)
         log.warning("rollback trigger fired for %s@%s: %s", watched.model, watched.version,
                     fired.trailer(host))
+        if self.push.unsigned_refused:
+            return self._cannot_sign(watched, fired, now)
         try:
-            triggerrevert.prepare_clone(self.push.clone, self.push.url(), host)
+            triggerrevert.prepare_clone(self.push.clone, self.push.url(), host,
+                                        signing_key=self.push.signing_key)
             outcome = triggerrevert.push_revert(self.push.clone, revert)
         except (GgufopsError, OSError) as e:
             message = redact(str(e))
@@ -155,6 +160,17 @@ class TriggerWatch:
                              "note": outcome.note, "trailer": revert.trailer}, now)
         log.warning("rollback trigger: %s", outcome.note)
         return True
+
+    def _cannot_sign(self, watched: Watched, fired: Firing, now: float) -> bool:
+        """Said once per version: the rule is not judged again, a person must act."""
+        message = (f"not pushed: this agent runs with --trust but no --signing-key, so every "
+                   f"trusting host, this one too, would refuse an unsigned revert; revert "
+                   f"with a signed `ggufops rollback --env {self.env} --push`, and give the "
+                   "agent a key its --trust file lists (--signing-key, docs/trust.md)")
+        log.error("rollback trigger: %s", message)
+        watched.fired = fired
+        self._record(fired, {"outcome": "push failed", "error": message}, now)
+        return False
 
     def _record(self, firing: Firing, extra: dict[str, Any], now: float) -> None:
         event = {**firing.as_dict(), **extra, "host": self.push.host, "at": rfc3339(now)}

@@ -27,6 +27,7 @@ import logging
 import re
 import shlex
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,13 +53,18 @@ def _is_base64(text: str) -> bool:
         return False
 
 
-def _line_has_key(line: str) -> bool:
+def _line_keys(line: str) -> list[tuple[str, str]]:
+    """The (key type, base64 key) pairs on one allowed_signers line."""
     try:
         tokens = shlex.split(line)
     except ValueError:
-        return False
+        return []
     pairs = itertools.pairwise(tokens[1:])  # the principals come first
-    return any(_KEY_TYPE.match(kind) and _is_base64(blob) for kind, blob in pairs)
+    return [(kind, blob) for kind, blob in pairs if _KEY_TYPE.match(kind) and _is_base64(blob)]
+
+
+def _line_has_key(line: str) -> bool:
+    return bool(_line_keys(line))
 
 
 def check_allowed_signers(path: Path) -> int:
@@ -105,6 +111,49 @@ class TrustPolicy:
         require_ssh_keygen()
         check_allowed_signers(trust)
         return cls(trust.resolve(), allow_rewrite)  # git runs in the mirror, not here
+
+
+# --- the agent's own signing key (the revert a rollback trigger pushes) ----------------------
+
+
+def public_key(private: Path) -> tuple[str, str]:
+    """(key type, base64 key) of an unencrypted SSH private key, as `ssh-keygen -y` derives
+    it; TrustError when it is not one (git signs with it unattended, so no passphrase)."""
+    require_ssh_keygen()
+    proc = subprocess.run(["ssh-keygen", "-y", "-P", "", "-f", str(private)], check=False,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+    fields = proc.stdout.split()
+    if proc.returncode != 0 or len(fields) < 2:
+        said = proc.stderr.strip().splitlines()[-1:] or ["no public key"]
+        raise TrustError(f"--signing-key {private}: not an unencrypted SSH private key "
+                         f"(ssh-keygen -y: {said[0]}); the agent signs unattended: give it its "
+                         "own key without a passphrase (ssh-keygen -t ed25519 -N '')")
+    return fields[0], fields[1]
+
+
+def listed_keys(allowed_signers: Path) -> set[tuple[str, str]]:
+    """Every (key type, base64 key) an allowed_signers file lists."""
+    lines = allowed_signers.read_text(encoding="utf-8").splitlines()
+    return {key for line in lines if not line.strip().startswith("#")
+            for key in _line_keys(line.strip())}
+
+
+def check_signing_key(key: Path | None, policy: TrustPolicy, *, pushes: bool) -> None:
+    """At start: an agent with --trust that may push a trigger's revert must sign it with a
+    key --trust lists, or every such host, itself included, would refuse that revert."""
+    signer = public_key(key) if key is not None else None
+    trust = policy.allowed_signers
+    if trust is None or not pushes:
+        return
+    if signer is None:
+        raise TrustError(f"--trust {trust} with a trigger push credential (--push-url or "
+                         "--push-token-file): the revert this agent pushes when a rollback "
+                         "trigger fires would be unsigned and refused, here too; pass "
+                         "--signing-key PATH (GGUFOPS_SIGNING_KEY), an SSH key listed there")
+    if signer not in listed_keys(trust):
+        raise TrustError(f"--signing-key {key}: its public key is not in --trust {trust}, so "
+                         "the revert it signs would be refused; add the line "
+                         f"'ggufops-agent namespaces=\"git\" {' '.join(signer)}' there")
 
 
 # --- verdicts ---------------------------------------------------------------------------------

@@ -222,6 +222,9 @@ def _admin_where(app: Any, token: str | None) -> str:
               default=None, envvar="GGUFOPS_PUSH_TOKEN_FILE",
               help="File holding the token that may push to the branch (the password of an "
               "http(s) --push-url; never logged).")
+@click.option("--signing-key", type=_FILE, default=None, envvar="GGUFOPS_SIGNING_KEY",
+              help="SSH private key (no passphrase) that signs the revert a rollback trigger "
+              "pushes; with --trust it must be listed there (docs/trust.md).")
 @click.option("--notify-url", metavar="URL", default=None, envvar="GGUFOPS_NOTIFY_URL",
               help="Webhook POSTed a JSON event for every fired and alert-only rollback "
               "trigger (in the background).")
@@ -273,6 +276,7 @@ def agent(ctx: click.Context, /, **options: Any) -> None:
         webhook_secret=read_secret(secret) if (secret := options["webhook_secret_file"]) else None,
         watch=options["watch"],
         push_url=options["push_url"], push_token_file=options["push_token_file"],
+        signing_key=options["signing_key"],
         notify=NotifyConfig(options["notify_url"], options["notify_secret_file"],
                             options["notify_format"]) if options["notify_url"]
         else None,

@@ -4,7 +4,8 @@ standby) compare, from the request windows of every host (GET /admin/requests).
 Per version: requests, error rate, latency p50/p95, tokens per request, ratings. Each other
 version is compared with the environment's primary: Mann-Whitney for latency (answered
 requests), a two-proportion z-test for error rates (abstats.py), and a sample-size warning
-when a test has too few requests to say anything.
+when a test has too few requests to say anything. Then each shadow version's agreement,
+latency, errors and drops (GET /admin/shadow, abshadow.py).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import statistics
 import time
 import urllib.parse
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ggufops.errors import AbError
-from ggufops.gitops import abstats
+from ggufops.gitops import abshadow, abstats
+from ggufops.gitops.abstats import percentile
 from ggufops.httpjson import request_json
 
 SIGNIFICANT = 0.05
@@ -65,6 +66,7 @@ class AbReport:
     since: float
     versions: list[VersionSummary]
     comparisons: list[Comparison]
+    shadows: list[abshadow.ShadowSummary] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,13 +98,6 @@ def fetch_window(url: str, model: str, since: float, token: str, *,
         hint = "check --token-file" if reply.status in (401, 403) else "is it `ggufops serve`?"
         raise AbError(f"{target}: answered HTTP {reply.status}; {hint}")
     return HostWindow(url, data["requests"], list(data.get("ratings") or []))
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    index = (len(ordered) - 1) * q / 100
-    lo, hi = int(index), min(int(index) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (index - lo)
 
 
 def _by_version(windows: list[HostWindow], key: str) -> dict[str, list[tuple[str, Any]]]:
@@ -184,7 +179,9 @@ def collect(env: str, model: str, primary: str | None, *, hosts: list[str], toke
             window_s: float) -> AbReport:
     since = time.time() - window_s
     windows = [fetch_window(url, model, since, token) for url in hosts]
-    return build_report(env, model, primary, since, windows)
+    report = build_report(env, model, primary, since, windows)
+    report.shadows = abshadow.collect(model, hosts, token)
+    return report
 
 
 # --- text -----------------------------------------------------------------------------------
@@ -210,6 +207,8 @@ def render(report: AbReport) -> str:
         lines += [f"  warning: {w}" for w in c.warnings]
     if not report.versions:
         lines.append("no requests in the window on these hosts")
+    for shadow in report.shadows:
+        lines += abshadow.render(shadow)
     return "\n".join(lines)
 
 

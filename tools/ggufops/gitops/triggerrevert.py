@@ -45,8 +45,10 @@ class RevertOutcome:
         return self.pushed is None
 
 
-def prepare_clone(clone: Path, push_url: str, host: str) -> None:
-    """A bare clone whose `origin` is `push_url` (credentials stay in its config only)."""
+def prepare_clone(clone: Path, push_url: str, host: str, *,
+                  signing_key: Path | None = None) -> None:
+    """A bare clone whose `origin` is `push_url` (credentials stay in its config only); its
+    commits are signed with the SSH key `signing_key` when given (an agent with --trust)."""
     if not (clone / "HEAD").exists():
         clone.parent.mkdir(parents=True, exist_ok=True)
         git.run(["init", "--quiet", "--bare", str(clone)], clone.parent)
@@ -56,6 +58,18 @@ def prepare_clone(clone: Path, push_url: str, host: str) -> None:
         git.run(["remote", "set-url", REMOTE, push_url], clone)
     git.run(["config", "user.name", f"ggufops agent ({host})"], clone)
     git.run(["config", "user.email", f"ggufops-agent@{host}"], clone)
+    _sign_with(clone, signing_key)
+
+
+def _sign_with(clone: Path, key: Path | None) -> None:
+    """Signing set in the clone's own config, so `git.commit_tree` signs with `key`; without
+    one, what an earlier run set is removed (the host user's git config then decides)."""
+    if key is None:
+        git.run(["config", "--unset", "commit.gpgSign"], clone, check=False)
+        return
+    git.run(["config", "gpg.format", "ssh"], clone)
+    git.run(["config", "user.signingKey", str(key.resolve())], clone)
+    git.run(["config", "commit.gpgSign", "true"], clone)
 
 
 def push_revert(clone: Path, revert: TriggerRevert,

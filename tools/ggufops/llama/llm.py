@@ -835,6 +835,17 @@ def _guard_stream(model: Model, chunks: Iterator[dict[str, Any]]) -> Iterator[di
         model.llama.trace = None
 
 
+def _check_prompt_fits(model: Model, prompt: str) -> None:
+    """llama.cpp pads a context to a multiple of 256 tokens and llama-cpp-python checks a
+    prompt against that padded size, but sizes its token buffer by the n_ctx asked for: a
+    prompt in between failed with numpy's "could not broadcast input array". Say it plainly,
+    counting tokens as llama-cpp-python's create_completion does."""
+    n_tokens = len(model.llama.tokenize(prompt.encode("utf-8"), special=True))
+    if n_tokens >= model.n_ctx:
+        raise LlamaError(f"{model.path.name}: the prompt has {n_tokens} tokens but the context "
+                         f"holds {model.n_ctx}; shorten the prompt")
+
+
 def complete(model: Model, prompt: str, params: dict[str, Any], *, stream: bool,
              trace: Trace | None = None, reuse_prefix: bool = False,
              should_stop: Callable[[], bool] | None = None,
@@ -842,6 +853,7 @@ def complete(model: Model, prompt: str, params: dict[str, Any], *, stream: bool,
     """An OpenAI text completion (a dict), or an iterator of its chunks when streaming.
     `should_stop` (non-streamed only) is asked before the prompt and at every token; True
     raises GenerationAborted."""
+    _check_prompt_fits(model, prompt)
     return _openai(model, model.llama.create_completion, stream, trace, reuse_prefix,
                    should_stop=should_stop, prompt=prompt, **params)
 

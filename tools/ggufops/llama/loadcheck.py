@@ -1,20 +1,40 @@
 """Does the installed llama-cpp-python load a GGUF? `register` asks before it writes anything.
 
 The answer becomes the version's `requires.validated_with` (registry/compat.py). The file is
-loaded in process with a tiny context (weights are memory-mapped, so this reads little);
-llama.cpp reports a file it cannot load as an error, which is returned as the reason.
+loaded in a child process (loadchild.py: a tiny context, weights memory-mapped, so this reads
+little), so a llama.cpp crash or abort on a bad file cannot take `register` down with it, and
+register itself never imports numpy or llama.cpp. One child answers every check of a
+process, so a caller that registers many files pays its start (the numpy and llama.cpp
+imports, about a second) once; a child that died is started again for the next check.
+
+llama.cpp refusing the file is an answer (`loaded` false, with its reason); the child dying
+by a signal, hanging, or ending without an answer is `LoadCheckFailed`, and register writes
+nothing.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
+import resource
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import IO
 
-from ggufops.errors import LlamaError
+from ggufops import procs
+from ggufops.errors import LoadCheckFailed
 
 DISTRIBUTION = "llama_cpp_python"
-LOAD_CONTEXT = 16  # tokens: enough to build a context, nothing to evaluate
+CHILD_MODULE = "ggufops.llama.loadchild"
+TIMEOUT_S = 600.0  # a memory-mapped load of a large model on a busy host, with room to spare
 
 
 @dataclass(frozen=True)
@@ -32,17 +52,124 @@ def installed_version() -> str | None:
         return None
 
 
+class Checker:
+    """The child that loads files for us, one JSON line each way; thread-safe."""
+
+    def __init__(self, runtime: str) -> None:
+        self.runtime = runtime
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[str] | None = None
+        self._stderr: IO[str] | None = None
+
+    def check(self, path: Path) -> LoadCheck:
+        with self._lock:
+            proc = self._running()
+            try:
+                self._send(proc, path)
+            except BrokenPipeError:  # it died while idle, between two polls: start another
+                self._forget()
+                proc = self._running()
+                self._send(proc, path)
+            return self._answer(path, proc)
+
+    @staticmethod
+    def _send(proc: subprocess.Popen[str], path: Path) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({"path": str(path)}) + "\n")
+        proc.stdin.flush()
+
+    def _running(self) -> subprocess.Popen[str]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._forget()
+            self._stderr = tempfile.TemporaryFile(  # noqa: SIM115 - closed by _forget()
+                "w+", encoding="utf-8", errors="replace")
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", CHILD_MODULE, self.runtime], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=self._stderr, encoding="utf-8",
+                preexec_fn=_child_setup)  # noqa: PLW1509 - prctl and setrlimit only, no locks
+        return self._proc
+
+    def _answer(self, path: Path, proc: subprocess.Popen[str]) -> LoadCheck:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT_S)
+        line = proc.stdout.readline() if ready else None
+        if line:
+            answer = json.loads(line)
+            return LoadCheck(answer.get("runtime"), bool(answer["loaded"]),
+                             answer.get("reason"))
+        if line is None:
+            proc.kill()
+        proc.wait()
+        said = self._death(proc.returncode, timed_out=line is None)
+        self._forget()
+        raise LoadCheckFailed(f"{path}: {said}; nothing was registered: the file is corrupt "
+                              "or needs another llama.cpp: convert or download it again")
+
+    def _death(self, returncode: int, *, timed_out: bool) -> str:
+        """How the child ended, in words."""
+        runtime = f"llama-cpp-python {self.runtime}"
+        if timed_out:
+            return f"{runtime} did not finish loading it in {TIMEOUT_S:.0f} s"
+        if returncode < 0:
+            try:
+                name = signal.Signals(-returncode).name
+            except ValueError:
+                name = f"signal {-returncode}"
+            return f"llama.cpp ({runtime}) crashed with {name} while loading it"
+        return f"the load check with {runtime} failed (exit {returncode}: {self._last_error()})"
+
+    def _last_error(self) -> str:
+        if self._stderr is None:
+            return "no output"
+        self._stderr.seek(0)
+        lines = self._stderr.read().strip().splitlines()
+        return lines[-1] if lines else "no output"
+
+    def _forget(self) -> None:
+        """Let go of a finished (or dead) child and its stderr file."""
+        if self._proc is not None:
+            for stream in (self._proc.stdin, self._proc.stdout):
+                # a dead child leaves what we wrote unflushed: closing then raises
+                # BrokenPipeError, which says nothing new
+                with contextlib.suppress(BrokenPipeError):
+                    if stream is not None:
+                        stream.close()
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+        if self._stderr is not None:
+            self._stderr.close()
+        self._proc = self._stderr = None
+
+
+    def close(self) -> None:
+        with self._lock:
+            self._forget()
+
+
+def _child_setup() -> None:
+    """In the child before it runs: it dies with us, and a crash on a bad file leaves no
+    core file behind (in the registry, its working directory)."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    die_with_parent = procs.die_with_parent()
+    if die_with_parent is not None:
+        die_with_parent()
+
+
+_CHECKERS: dict[str, Checker] = {}
+
+
+@atexit.register
+def _close_all() -> None:
+    for checker in _CHECKERS.values():
+        checker.close()
+
+
 def check_loads(path: Path) -> LoadCheck:
-    """Load `path` with the installed runtime and free it again."""
+    """Load `path` with the installed runtime, in the child process; LoadCheckFailed when
+    the child crashes, hangs or ends without an answer."""
     runtime = installed_version()
     if runtime is None:
         return LoadCheck(None, False, "llama-cpp-python is not installed (the [llama] extra)")
-    try:
-        from ggufops.llama import llm  # numpy and llama.cpp load only when a file is checked
-    except ImportError as e:  # a broken or partial [llama] install: no check, say why
-        return LoadCheck(None, False, f"llama-cpp-python cannot be imported ({e})")
-    try:
-        with llm.load(path, n_ctx=LOAD_CONTEXT, n_threads=1):
-            return LoadCheck(runtime, True, None)
-    except LlamaError as e:
-        return LoadCheck(runtime, False, str(e))
+    checker = _CHECKERS.setdefault(runtime, Checker(runtime))
+    return checker.check(path)

@@ -533,8 +533,9 @@ class ServeHandler(JsonHandler):
             self.send_json(200, app.admin_state())
         elif path == "/admin/shadow":
             app.authorize(self.headers.get("Authorization"))
-            model = parse_qs(urlsplit(self.path).query).get("model", [""])[0]
-            self.send_json(200, app.generator.shadow.report(model))
+            query = parse_qs(urlsplit(self.path).query)
+            samples = query.get("samples", ["0"])[0] == "1"
+            self.send_json(200, app.generator.shadow.report(query.get("model", [""])[0], samples))
         elif path == "/admin/requests":
             app.authorize(self.headers.get("Authorization"))
             model, since = requestwindow.parse_query(parse_qs(urlsplit(self.path).query))

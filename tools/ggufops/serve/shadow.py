@@ -91,6 +91,8 @@ class ShadowStats:
     mirrored: int = 0
     errors: int = 0
     exact: int = 0
+    dropped: int = 0  # offered while the queue was full
+    preempted: int = 0  # aborted because a client request arrived
     overlap_sum: float = 0.0
     shadow_latency: list[float] = field(default_factory=list)
     primary_latency: list[float] = field(default_factory=list)
@@ -103,15 +105,22 @@ class ShadowStats:
             samples.append(value)
             del samples[:-LATENCY_SAMPLES]
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, samples: bool = False) -> dict[str, Any]:
+        """The figures; `samples` adds the latency samples (`ggufops ab` pools them over
+        hosts, as percentiles cannot be averaged)."""
         done = self.mirrored
-        return {"version": self.version, "mirrored": done, "errors": self.errors,
+        body = {"version": self.version, "mirrored": done, "errors": self.errors,
+                "dropped": self.dropped, "preempted": self.preempted, "exact_matches": self.exact,
                 "exact_match_rate": round(self.exact / done, 4) if done else None,
                 "token_overlap_mean": round(self.overlap_sum / done, 4) if done else None,
                 "shadow_latency_p50_s": _pct(self.shadow_latency, 50),
                 "shadow_latency_p95_s": _pct(self.shadow_latency, 95),
                 "primary_latency_p50_s": _pct(self.primary_latency, 50),
                 "primary_latency_p95_s": _pct(self.primary_latency, 95)}
+        if samples:
+            body["shadow_latency_s"] = [round(v, 6) for v in self.shadow_latency]
+            body["primary_latency_s"] = [round(v, 6) for v in self.primary_latency]
+        return body
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -171,6 +180,7 @@ class ShadowMirror:
         except queue.Full:
             with self._lock:
                 self._dropped[job.name] = self._dropped.get(job.name, 0) + 1
+                self._stats_for(job.name, shadow.request.version).dropped += 1
             self.metrics.inc("ggufops_shadow_dropped_total", (job.name,))
 
     def _work(self) -> None:
@@ -191,7 +201,7 @@ class ShadowMirror:
         except HttpError:
             return  # the shadow went away meanwhile
         except llm.GenerationAborted:
-            self._count_preempted(job.name)
+            self._count_preempted(job.name, shadow.request.version)
             return
         except GgufopsError as e:
             self._error(job.name, str(e))
@@ -217,10 +227,11 @@ class ShadowMirror:
                                       stream=False, trace=trace, should_stop=stop)
         return answer_text(result) if isinstance(result, dict) else ""
 
-    def _count_preempted(self, name: str) -> None:
+    def _count_preempted(self, name: str, version: str) -> None:
         self.metrics.inc("ggufops_shadow_preempted_total", (name,))
         with self._lock:  # after the metric, as in _record
             self._preempted[name] = self._preempted.get(name, 0) + 1
+            self._stats_for(name, version).preempted += 1
 
     def _error(self, name: str, message: str) -> None:
         shadow = self.table.shadow(name)
@@ -249,14 +260,14 @@ class ShadowMirror:
             stats = self._stats[name] = ShadowStats(version)
         return stats
 
-    def report(self, name: str) -> dict[str, Any]:
-        """GET /admin/shadow?model=NAME."""
+    def report(self, name: str, samples: bool = False) -> dict[str, Any]:
+        """GET /admin/shadow?model=NAME[&samples=1]."""
         shadow = self.table.shadow(name)
         if self.table.get(name) is None:
             raise HttpError(404, f"model {name!r} is not served", "not_found_error")
         with self._lock:
             stats = self._stats.get(name)
-            body = stats.as_dict() if stats is not None else None
+            body = stats.as_dict(samples) if stats is not None else None
             dropped = self._dropped.get(name, 0)
             preempted = self._preempted.get(name, 0)
         return {"model": name, "shadow": None if shadow is None else {
