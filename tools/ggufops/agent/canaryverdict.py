@@ -6,14 +6,15 @@ same window (the step's commit time to now), read from its server's request wind
 
     canary_analysis:
       production:
-        min_requests: 50         # per role (canary and primary) before any verdict
+        min_requests: 50         # per role (canary and primary) before any verdict (>= 20)
         alpha: 0.05              # one-sided significance level of every test
         error_rate_margin: 0.01  # the canary may fail this much more often (absolute)
         max_p95_ratio: 1.5       # canary p95 / primary p95 above this (and slower: MW)
         max_rating_drop: 0.5     # primary mean rating - canary mean rating above this
         min_ratings: 20          # ratings per role before the rating test runs
 
-The verdict is `wait` (too few requests on either side: no decision, never a pass), `fail`
+The verdict is `wait` (fewer than `min_requests` on either side, and never fewer than the 20
+answered requests the latency test needs: no decision, never a pass), `fail`
 (the first metric that fails, with its figures) or `pass`:
 
 - error rate: a one-sided two-proportion test of H0 `p_canary - p_primary <= margin`
@@ -155,10 +156,10 @@ def judge(policy: CanaryPolicy, canary: Sample, primary: Sample, window_s: float
 
 def _outcome(policy: CanaryPolicy, v: Verdict) -> tuple[str, str | None, str]:
     """(outcome, the failed metric, why) of the figures in `v`."""
-    if min(v.canary_requests, v.primary_requests) < policy.min_requests:
+    needed = max(policy.min_requests, abstats.MIN_LATENCY_SAMPLES)
+    if min(v.canary_requests, v.primary_requests) < needed:
         return WAIT, None, (f"too few requests: {v.canary_requests} canary, "
-                            f"{v.primary_requests} primary; {policy.min_requests} of each "
-                            "are needed")
+                            f"{v.primary_requests} primary; {needed} of each are needed")
     if v.error_rate_p is not None and v.error_rate_p < policy.alpha:
         return FAIL, "error_rate", (
             f"error rate {v.canary_error_rate:.2%} vs {v.primary_error_rate:.2%} (margin "
