@@ -136,3 +136,27 @@ def test_a_slow_canary_waits_for_traffic_then_is_aborted_by_one_commit(
     assert "canary" not in serving(server.url)[MODEL] or \
         serving(server.url)[MODEL]["canary"] is None
     assert set(sender.statuses) == {200}
+
+
+@pytest.mark.slow
+def test_a_good_canary_of_the_real_smollm2_is_promoted(world: World, processes: Processes,
+                                                       smollm2: Path,
+                                                       smollm2_relabelled_copy: Path) -> None:
+    """The promise on a real model: 2.1.0 is SmolLM2 under another name (the same weights
+    and speed, another file); at 50% it compares well and is promoted by one commit."""
+    world.models.update(smollm2=smollm2, smollm2_copy=smollm2_relabelled_copy)
+    world.publish("2.0.0", "smollm2")
+    world.publish("2.1.0", "smollm2_copy")
+    _set_policy(world, min_requests=20)
+    world.deploy("2.0.0")
+    server, agent = _start(world, processes, "host-a")
+    with traffic(server.url, max_tokens=4) as sender:
+        start = _deploy_planned_canary(world, "2.1.0", [50, 100], interval=2)
+        wait_for(lambda: _decisions(world, start), timeout=600, what="the decision")
+        wait_for(lambda: _applied_head(world, agent), timeout=120, what="the promotion applied")
+        wait_for(lambda: serving(server.url)[MODEL]["version"] == "2.1.0", timeout=120,
+                 what="2.1.0 serving")
+    ((subject, analysis),) = _decisions(world, start)
+    assert subject == f"promote(production): {MODEL} 2.0.0 -> 2.1.0 (canary analysis)"
+    assert analysis.startswith("verdict=pass requests=")
+    assert sender.count("2.1.0") >= 20 and set(sender.statuses) == {200}
