@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,10 @@ def test_promote_and_abort_commits_and_their_history(staged: Scratch) -> None:
     rows = data if isinstance(data, list) else data["deployments"]
     assert [r["kind"] for r in rows][-3:] == ["abort", "canary", "promote"]
     assert rows[-1]["analysis"] == ANALYSIS
+    db = staged.tmp / "deployments.sqlite"
+    assert cli(staged.root, "history", "--env", "production", "--sqlite", str(db)).exit_code == 0
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("SELECT kind, analysis FROM deployments WHERE kind IN "
+                              "('canary-step', 'abort', 'promote') ORDER BY id").fetchall()
+    assert [k for k, _ in stored] == ["canary-step", "abort", "promote"]
+    assert all(a and a.startswith("verdict=") for _, a in stored)

@@ -451,7 +451,8 @@ CREATE TABLE IF NOT EXISTS deployments (
     subject TEXT NOT NULL,
     canary_version TEXT,
     canary_weight INTEGER,
-    config_change TEXT
+    config_change TEXT,
+    analysis TEXT
 );
 CREATE INDEX IF NOT EXISTS deployments_env_model ON deployments (env, model_name, deployed_at);
 """
@@ -459,9 +460,9 @@ CREATE INDEX IF NOT EXISTS deployments_env_model ON deployments (env, model_name
 _COLUMNS = ("env", "model_name", "version", "deployed_at", "rolled_back", "metrics", "kind",
             "from_version", "commit_sha", "author", "authored_at", "pr", "rollback_of",
             "rolled_back_by", "reason", "subject", "canary_version", "canary_weight",
-            "config_change")
+            "config_change", "analysis")
 _ADDED_COLUMNS = {"canary_version": "TEXT", "canary_weight": "INTEGER",
-                  "config_change": "TEXT"}  # newer than the table
+                  "config_change": "TEXT", "analysis": "TEXT"}  # newer than the table
 
 
 def write_sqlite(path: Path, env: str, deployments: list[Deployment]) -> int:
@@ -496,7 +497,7 @@ def _row(d: Deployment) -> tuple[Any, ...]:
             json.dumps(d.metrics, sort_keys=True) if d.metrics is not None else None, d.kind,
             d.from_version, d.commit, d.author, d.authored_at, d.pr, d.rollback_of,
             d.rolled_back_by, d.reason, d.subject, d.canary_version, d.canary_weight,
-            d.config_change)
+            d.config_change, d.analysis)
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
