@@ -9,7 +9,7 @@ window; `pass` and `fail` are pushed as one commit built on the commit this host
 (gitops/canarystep: the push is the compare-and-swap, so one host decides each step). A
 refused push means another host decided: the agent applies the new tip like any commit,
 and the next step is timed from it. State lives in memory; an agent restarted mid-step
-times the step from the commit it applied.
+finds the step's time again in git.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +27,7 @@ from ggufops.agent import canaryverdict
 from ggufops.agent.canaryverdict import CanaryPolicy, Verdict
 from ggufops.agent.triggerwatch import PushSettings
 from ggufops.errors import GgufopsError, YamlError
-from ggufops.gitops import canarystep, triggerrevert
+from ggufops.gitops import canarystep, history, triggerrevert
 from ggufops.httpjson import error_message, request_json, rfc3339
 from ggufops.redact import redact
 from ggufops.registry import canaryplan
@@ -78,8 +79,8 @@ class CanaryWatch:
                 old.commit, old.decided = commit, False  # same step, another change landed
                 kept[model] = old
             else:
-                started = git.commit_time(mirror, commit) or time.time()
-                kept[model] = Analysed(model, primary, canary, commit, float(started))
+                started = step_time(mirror, self.env, commit, model, canary)
+                kept[model] = Analysed(model, primary, canary, commit, started)
         self.analysed = kept
 
     def check(self, now: float | None = None) -> bool:
@@ -162,6 +163,22 @@ def decision_of(env: str, item: Analysed, verdict: Verdict,
     return canarystep.Decision(env, item.model, item.primary, item.canary.version,
                                item.canary.weight, kind, weight, verdict.trailer(push.host),
                                f"{reason} on {push.host}", item.commit, push.branch)
+
+
+def step_time(mirror: Path, env: str, commit: str, model: str, canary: Canary) -> float:
+    """When the weight in force was set: the time the newest change that set this canary
+    at this weight reached the branch (its merge's, for a pull request), from git; the
+    applied commit's committer time when history does not say (a shallow mirror)."""
+    try:
+        events = history.read_history(mirror, env, commit, model=model, with_metrics=False)
+    except GgufopsError as e:
+        log.warning("canary analysis: cannot read the history of %s: %s", env, e)
+        events = []
+    setting = [e for e in events if (e.canary_version, e.canary_weight) ==
+               (canary.version, canary.weight)]
+    if setting:
+        return datetime.fromisoformat(setting[-1].deployed_at).timestamp()
+    return float(git.commit_time(mirror, commit) or time.time())
 
 
 def _shown(item: Analysed) -> dict[str, Any]:
