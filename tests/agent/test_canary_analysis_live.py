@@ -1,7 +1,7 @@
 """Canary analysis end to end with real processes: `ggufops serve` + `ggufops agent`, a bare
 git remote and SeaweedFS, toy models (and SmolLM2) under real traffic, a short interval.
 A good canary walks 10 -> 25 -> 50 and is promoted by commits, exactly one per step with two
-hosts on one remote; a 2x slower one is aborted by one commit, and not before it has had
+hosts on one remote; a 4x slower one is aborted by one commit, and not before it has had
 enough traffic."""
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ STEPS = [10, 25, 50, 100]
 
 
 @pytest.fixture(scope="module")
-def slow2x() -> Path:
-    return toy.build_toy_set(TOY_DIR, names=["slow2x"])["slow2x"]
+def slow() -> Path:
+    """The `slow` toy: baseline's answers about 4x slower (slow2x, 1.5x slower in generation
+    with a cached prompt, sits on the 1.5 limit itself: a coin toss under load)."""
+    return toy.build_toy_set(TOY_DIR, names=["slow"])["slow"]
 
 
 def _set_policy(world: World, **rules: Any) -> None:
@@ -110,10 +112,10 @@ def test_a_good_canary_walks_the_steps_and_is_promoted_once_per_step_by_two_host
 
 @pytest.mark.slow
 def test_a_slow_canary_waits_for_traffic_then_is_aborted_by_one_commit(
-        world: World, processes: Processes, slow2x: Path) -> None:
-    world.models["slow2x"] = slow2x
+        world: World, processes: Processes, slow: Path) -> None:
+    world.models["slow"] = slow
     world.publish("2.0.0", "baseline")
-    world.publish("2.1.0", "slow2x")
+    world.publish("2.1.0", "slow")
     _set_policy(world, min_requests=20)
     world.deploy("2.0.0")
     server, agent = _start(world, processes, "host-a")
@@ -128,7 +130,8 @@ def test_a_slow_canary_waits_for_traffic_then_is_aborted_by_one_commit(
         wait_for(lambda: _decisions(world, start), timeout=600, what="the abort")
         wait_for(lambda: _applied_head(world, agent), timeout=120, what="the abort applied")
     ((subject, analysis),) = _decisions(world, start)
-    assert subject == f"abort(production): {MODEL} canary 2.1.0 removed (canary analysis)"
+    assert subject == f"abort(production): {MODEL} canary 2.1.0 removed (canary analysis)", \
+        analysis
     assert analysis.startswith("verdict=fail metric=p95_ratio requests=")
     assert float(analysis.split(" p95_ratio=")[1].split()[0]) > 1.5
     message = git(world.remote, "log", "-1", "--format=%B", "main")
