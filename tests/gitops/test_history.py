@@ -260,8 +260,9 @@ def test_sqlite_written_by_an_older_version_gets_the_new_columns(
     db = tmp_path / "old.sqlite"
     old_schema = history._SCHEMA.replace(",\n    canary_version TEXT,\n"
                                          "    canary_weight INTEGER", "").replace(
-                                             ",\n    config_change TEXT", "")
-    assert "canary" not in old_schema
+                                             ",\n    config_change TEXT", "").replace(
+                                             ",\n    analysis TEXT", "")
+    assert "canary" not in old_schema and "analysis" not in old_schema
     with sqlite3.connect(db) as conn:
         conn.executescript(old_schema)
     assert cli(canary_story.root, "history", "--env", "production", "--sqlite",
@@ -269,5 +270,6 @@ def test_sqlite_written_by_an_older_version_gets_the_new_columns(
     with sqlite3.connect(db) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(deployments)")]
         weights = [r[0] for r in conn.execute("SELECT canary_weight FROM deployments")]
-    assert columns[-4:] == ["subject", "canary_version", "canary_weight", "config_change"]
+    assert columns[-5:] == ["subject", "canary_version", "canary_weight", "config_change",
+                            "analysis"]
     assert weights == [None, 10, 50, 10, None]

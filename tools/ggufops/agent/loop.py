@@ -51,6 +51,7 @@ from typing import Any
 
 from ggufops import git
 from ggufops.agent import applylog
+from ggufops.agent.canarywatch import CanaryWatch
 from ggufops.agent.download import Download
 from ggufops.agent.plan import Plan, Target, export_tree, plan_from_tree, prune_trees
 from ggufops.agent.retention import evictable, remember_desired
@@ -251,12 +252,15 @@ class Agent:
         self.pointer = None if config.watch == "git" else \
             PointerWatch(config.watch, config.s3_endpoint)
         self._lagging: tuple[str, str] | None = None  # (pointer, applied descendant of it)
-        self.triggers = TriggerWatch(config.env, config.server, config.admin_token, PushSettings(
+        push = PushSettings(
             config.repo_url, config.branch, config.host_name or fleetstatus.default_host_name(),
             config.state_dir / "revert.git", config.push_url, config.push_token_file,
             config.signing_key, config.trust.allowed_signers is not None
-            and config.signing_key is None),
-            notify=Notifier(config.notify).send if config.notify else None)
+            and config.signing_key is None)
+        notify = Notifier(config.notify).send if config.notify else None
+        self.triggers = TriggerWatch(config.env, config.server, config.admin_token, push,
+                                     notify=notify)
+        self.canaries = CanaryWatch(config.env, config.server, config.admin_token, push)
 
     def _fleet_publisher(self) -> fleetstatus.Publisher:
         c = self.config
@@ -355,7 +359,7 @@ class Agent:
         once (the next tick, without waiting for the interval)."""
         with self._lock:
             healthy = self.status.phase == "healthy"
-        if healthy and self.triggers.check():
+        if healthy and (self.triggers.check() | self.canaries.check()):
             self.trigger()
 
     def _check_remote(self, *, quiet: bool = False) -> str | None:
@@ -823,6 +827,7 @@ class Agent:
         self.triggers.applied(plan.tree, plan.commit, before=_versions(previous),
                               after={n: t.version for n, t in plan.targets.items()},
                               is_rollback=self._is_rollback(plan.commit), now=now)
+        self.canaries.applied(plan.tree, self.mirror, plan.commit)
         self._applied = plan
         self._applied_targets = {n: t.load_request() for n, t in plan.targets.items()}
         self._retain(plan, previous, now)  # done before anyone is told it is healthy
@@ -930,6 +935,7 @@ class Agent:
         with self._lock:
             data = self.status.as_dict()
         data["triggers"] = self.triggers.report()
+        data["canary_analysis"] = self.canaries.report()
         if self.fleet is not None:
             data["fleet"] = self.fleet.snapshot_state()
         return dict(redact_data(data))

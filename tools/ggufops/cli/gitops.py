@@ -21,6 +21,8 @@ from ggufops.gitops import deploy as deploy_api
 from ggufops.gitops import github, grouprollback, lifecyclehistory
 from ggufops.gitops import history as history_api
 from ggufops.gitops import rollback as rollback_api
+from ggufops.registry import canaryplan
+from ggufops.registry.records import CanaryAnalysis
 from ggufops.registry.registry import VersionRef
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,29 +50,51 @@ def git_target_options(func: F) -> F:
 @click.option("--canary", "canary", type=click.IntRange(1, 99), default=None,
               metavar="PERCENT", help="Start (or ramp) a canary: send PERCENT of the traffic "
               "to NAME@X.Y.Z, keeping the primary version. Deploy without it to promote.")
+@click.option("--steps", "steps", default=None, metavar="W1,W2,...,100",
+              help="Canary analysis: the weights the agents walk (the first is --canary, the "
+              "last 100: the promotion), one step per --analysis-interval when the canary "
+              "compares well with the primary; it is aborted when it does not.")
+@click.option("--analysis-interval", "interval", type=click.FloatRange(min=1), default=None,
+              metavar="SECONDS", help="Canary analysis: seconds from a step's commit to its "
+              "analysis (default 60 with --steps).")
 @git_target_options
 @dry_run_option
 @json_option
 @click.pass_context
 def deploy(ctx: click.Context, *, ref: VersionRef, env: str, push: bool, pr: bool, direct: bool,
-           canary: int | None, remote: str, default_branch: str, dry_run: bool,
-           as_json: bool) -> None:
+           canary: int | None, steps: str | None, interval: float | None, remote: str,
+           default_branch: str, dry_run: bool, as_json: bool) -> None:
     """Deploy NAME@X.Y.Z to an environment: a commit on branch deploy/ENV/NAME-X.Y.Z.
 
     Checks that the version is registered on the default branch, that the promotion
     policy allows it, that the local default branch is not behind its remote and that
     the working tree is clean. The checkout is never switched. With --canary PERCENT the
-    commit sets the model's canary instead (branch deploy/ENV/NAME-X.Y.Z-canary-PERCENT).
+    commit sets the model's canary instead (branch deploy/ENV/NAME-X.Y.Z-canary-PERCENT);
+    with --steps the agents then analyse it and step it up, promote or abort it by commits.
     """
     root = registry_from(ctx).root
     plan = deploy_api.plan_deploy(root, ref, env, remote=remote, default_branch=default_branch,
-                                  direct=direct, push=push, pr=pr, canary=canary)
+                                  direct=direct, push=push, pr=pr, canary=canary,
+                                  analysis=_analysis(steps, interval))
     if dry_run:
         _show(as_json, {**plan.as_dict(), "dry_run": True}, deploy_api.describe(plan))
         return
     landing = deploy_api.apply_deploy(root, plan)
     _show(as_json, {**plan.as_dict(), "dry_run": False, "result": landing.as_dict()},
           deploy_api.describe(plan) + "\n" + _landing_text(landing, plan.remote))
+
+
+def _analysis(steps: str | None, interval: float | None) -> CanaryAnalysis | None:
+    """The --steps/--analysis-interval plan (None without either)."""
+    if steps is None:
+        if interval is not None:
+            raise UsageError("--analysis-interval needs --steps (the weights to walk)")
+        return None
+    try:
+        return CanaryAnalysis(canaryplan.parse_steps(steps), 60.0 if interval is None
+                              else interval)
+    except ValueError as e:
+        raise UsageError(f"--steps: {e}") from None
 
 
 @click.command("rollback")

@@ -35,7 +35,8 @@ from ggufops.errors import (
     UsageError,
 )
 from ggufops.gitops import envfile, github, history
-from ggufops.registry import lifecycle
+from ggufops.registry import canaryplan, lifecycle
+from ggufops.registry.records import CanaryAnalysis
 from ggufops.registry.registry import (
     Registry,
     VersionRef,
@@ -222,10 +223,12 @@ def promotion_check(root: Path, env: str, ref: VersionRef, base: Base, *,
 
 def plan_deploy(root: Path, ref: VersionRef, env: str, *, remote: str = "origin",
                 default_branch: str = "main", direct: bool = False, push: bool = False,
-                pr: bool = False, canary: int | None = None) -> DeployPlan:
+                pr: bool = False, canary: int | None = None,
+                analysis: CanaryAnalysis | None = None) -> DeployPlan:
     """Every check a deploy needs, and exactly what it would commit; changes nothing.
 
-    `canary` (a weight, 1-99 percent) starts or ramps a canary of `ref` instead.
+    `canary` (a weight, 1-99 percent) starts or ramps a canary of `ref` instead;
+    `analysis` gives it a plan the agents walk (canary analysis).
     """
     if direct and pr:
         raise UsageError("--direct commits on the default branch; it cannot open a pull "
@@ -233,6 +236,7 @@ def plan_deploy(root: Path, ref: VersionRef, env: str, *, remote: str = "origin"
     if canary is not None and not 1 <= canary <= 99:
         raise UsageError(f"--canary {canary}: the weight is a percent of traffic from 1 to "
                          "99 (deploy the version without --canary to send it all)")
+    _check_analysis(canary, analysis)
     push = push or pr
     require_clean(root)
     base = resolve_base(root, remote, default_branch, need_remote=push)
@@ -246,7 +250,7 @@ def plan_deploy(root: Path, ref: VersionRef, env: str, *, remote: str = "origin"
         change = _plain_change(text, ref, path=path, env=env, current=current, where=where)
     else:
         change = _canary_change(text, ref, path=path, env=env, entry=entry, weight=canary,
-                                where=where)
+                                where=where, analysis=analysis)
     promotion_check(root, env, ref, base, canary=canary is not None)
     lifecycle_warnings = lifecycle.deploy_guard(root, base.commit, ref, env)
     branch = default_branch if direct else f"deploy/{env}/{ref.name}-{ref.version}" + (
@@ -283,8 +287,24 @@ def _plain_change(text: str, ref: VersionRef, *, path: str, env: str, current: s
                    history.format_message(history.DEPLOY, env, ref.name, current, ref.version))
 
 
+def _check_analysis(canary: int | None, analysis: CanaryAnalysis | None) -> None:
+    if analysis is None:
+        return
+    if canary is None:
+        raise UsageError("--steps and --analysis-interval plan a canary: add --canary PERCENT "
+                         "(the first step)")
+    if analysis.steps[0] != canary:
+        raise UsageError(f"--steps {','.join(map(str, analysis.steps))}: the first step must "
+                         f"be the --canary weight {canary}")
+    problems = canaryplan.plan_problems(canary, analysis)
+    if problems:
+        option = "--analysis-interval" if problems[0][0] == "interval" else "--steps"
+        raise UsageError(f"{option}: {problems[0][1]}")
+
+
 def _canary_change(text: str, ref: VersionRef, *, path: str, env: str,
-                   entry: dict[str, Any], weight: int, where: str) -> _Change:
+                   entry: dict[str, Any], weight: int, where: str,
+                   analysis: CanaryAnalysis | None = None) -> _Change:
     current = str(entry["version"]) if "version" in entry else None
     if current is None:
         raise PromotionRefused(f"{env} runs no version of {ref.name} {where}, so it cannot get a "
@@ -296,11 +316,15 @@ def _canary_change(text: str, ref: VersionRef, *, path: str, env: str,
         raise AlreadyDeployed(f"{env} already runs {ref} as a canary at {weight}% {where}; "
                               "nothing to deploy (pick another --canary weight to ramp it)")
     canary = (ref.version, weight)
+    body = "" if analysis is None else (
+        f"Canary analysis: steps {','.join(map(str, analysis.steps))}, one every "
+        f"{analysis.interval:g} s; the agents step it up, promote it or abort it.")
     message = history.format_message(
         history.DEPLOY, env, ref.name, current, current, canary=canary,
-        change=f"canary {ref.version} ({weight}%)")
-    return _Change(current, envfile.set_canary(text, ref.name, ref.version, weight, path),
-                   message, canary)
+        change=f"canary {ref.version} ({weight}%)", body=body)
+    new_text = envfile.set_canary(text, ref.name, ref.version, weight, path,
+                                  analysis=None if analysis is None else analysis.as_doc())
+    return _Change(current, new_text, message, canary)
 
 
 # --- apply -------------------------------------------------------------------------------

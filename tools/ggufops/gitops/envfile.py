@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import CommentMark, YAMLError
 from ruamel.yaml.scalarstring import ScalarString
 from ruamel.yaml.tokens import CommentToken
@@ -59,11 +59,13 @@ def canary(entry: dict[str, Any]) -> tuple[str, int] | None:
     return (found.version, found.weight) if found is not None else None
 
 
-def set_canary(text: str, model: str, version: str, weight: int, where: str) -> str:
+def set_canary(text: str, model: str, version: str, weight: int, where: str, *,
+               analysis: dict[str, Any] | None = None) -> str:
     """`text` with `model`'s `canary:` set to `version` at `weight` percent.
 
-    An existing block is updated in place (its comments and quotes kept); a new one goes
-    right after the entry's `version:`. The model must already run a primary version.
+    An existing block is updated in place (its comments and quotes kept, and its
+    `analysis:` plan unless `analysis` replaces it); a new one goes right after the entry's
+    `version:`. The model must already run a primary version.
     """
     def edit(doc: CommentedMap) -> None:
         entry = _entry_map(_models_map(doc, where), model, where)
@@ -71,11 +73,13 @@ def set_canary(text: str, model: str, version: str, weight: int, where: str) -> 
         if isinstance(block, CommentedMap):
             block["version"] = _same_style(block.get("version"), version)
             block["weight"] = weight
-            return
-        new = CommentedMap([("version", version), ("weight", weight)])
-        if entry.fa.flow_style():
-            new.fa.set_flow_style()
-        _insert_after(entry, "version", "canary", new)
+        else:
+            block = CommentedMap([("version", version), ("weight", weight)])
+            if entry.fa.flow_style():
+                block.fa.set_flow_style()
+            _insert_after(entry, "version", "canary", block)
+        if analysis is not None:
+            block["analysis"] = _flow_map(analysis)
 
     return _checked_edit(text, where, edit, model)
 
@@ -253,6 +257,20 @@ def _append_comment(mapping: CommentedMap, key: str, lines: str) -> None:
         slot[2] = CommentToken("\n" + lines, CommentMark(0), None)
     else:
         slot[2].value += lines
+
+
+def _flow_map(values: dict[str, Any]) -> CommentedMap:
+    """`{steps: [10, 25, 50, 100], interval: 60}` on one line."""
+    block = CommentedMap((k, _flow_seq(v) if isinstance(v, list) else v)
+                         for k, v in values.items())
+    block.fa.set_flow_style()
+    return block
+
+
+def _flow_seq(values: list[Any]) -> CommentedSeq:
+    seq = CommentedSeq(values)
+    seq.fa.set_flow_style()
+    return seq
 
 
 def _same_style(old: Any, new: str) -> Any:

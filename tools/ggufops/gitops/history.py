@@ -47,6 +47,8 @@ REASON = "Reason"
 CANARY_VERSION = "Canary-Version"
 CANARY_WEIGHT = "Canary-Weight"
 CONFIG_CHANGE = "Config-Change"  # a change of the entry's inference overrides alone
+CANARY_STEP = "Canary-Step"  # the weight a canary analysis set (100: promoted, 0: aborted)
+CANARY_ANALYSIS = "Canary-Analysis"  # its figures (gitops/canarystep.py)
 NO_VERSION = "none"  # From-Version of a model's first deploy
 
 DEPLOY = "deploy"
@@ -54,6 +56,10 @@ CANARY = "canary"  # a canary started, ramped (primary version unchanged)
 ROLLBACK = "rollback"
 CONFIG = "config"  # only inference overrides changed (applied without a model load)
 EDIT = "edit"  # a change without ggufops trailers (hand edit, merge resolution, ...)
+CANARY_STEP_KIND = "canary-step"  # canary analysis: the weight stepped up
+PROMOTE = "promote"  # canary analysis: the canary became the primary
+ABORT = "abort"  # canary analysis: the canary was removed
+ANALYSIS_KINDS = (CANARY_STEP_KIND, PROMOTE, ABORT)
 
 _FIELDS = ("%H", "%P", "%an", "%aI", "%cI", "%s", "%(trailers:unfold,only)", "%b")
 _FORMAT = "--format=" + "%x1f".join(_FIELDS) + "%x1e"
@@ -117,6 +123,7 @@ class Deployment:
     canary_weight: int | None = None  # its weight after the change; 0: removed
     status: str | None = None  # kind lifecycle: deprecated, archived or restored
     config_change: str | None = None  # overrides changed: `max_tokens 16 -> 8`
+    analysis: str | None = None  # a canary analysis's figures (Canary-Analysis trailer)
 
     @property
     def rolled_back(self) -> bool:
@@ -243,7 +250,16 @@ def _from_trailers(commit: _Commit, walk: _Walk, env: str) -> Deployment | None:
     if canary is not None:
         event.canary_version, event.canary_weight = canary
     event.config_change = config or None
+    _mark_analysis(event, commit)
     return event
+
+
+def _mark_analysis(event: Deployment, commit: _Commit) -> None:
+    """A canary analysis's commit: its kind from the subject, its figures from the trailer."""
+    figures = commit.trailers.get(CANARY_ANALYSIS.lower())
+    kind = commit.subject.split("(", 1)[0]
+    if figures and kind in ANALYSIS_KINDS:
+        event.kind, event.analysis = kind, figures
 
 
 def _canary_trailers(trailers: dict[str, str]) -> Canary | None:
@@ -391,6 +407,8 @@ def change_text(d: Deployment) -> str:
     text = f"{d.from_version or '(new)'} -> {d.to_version or '(removed)'}"
     if d.config_change:
         text += f" [{d.config_change}]"
+    if d.analysis:
+        text += f" [{d.analysis}]"
     if d.canary_version is None:
         return text
     if d.canary_weight:
@@ -433,7 +451,8 @@ CREATE TABLE IF NOT EXISTS deployments (
     subject TEXT NOT NULL,
     canary_version TEXT,
     canary_weight INTEGER,
-    config_change TEXT
+    config_change TEXT,
+    analysis TEXT
 );
 CREATE INDEX IF NOT EXISTS deployments_env_model ON deployments (env, model_name, deployed_at);
 """
@@ -441,9 +460,9 @@ CREATE INDEX IF NOT EXISTS deployments_env_model ON deployments (env, model_name
 _COLUMNS = ("env", "model_name", "version", "deployed_at", "rolled_back", "metrics", "kind",
             "from_version", "commit_sha", "author", "authored_at", "pr", "rollback_of",
             "rolled_back_by", "reason", "subject", "canary_version", "canary_weight",
-            "config_change")
+            "config_change", "analysis")
 _ADDED_COLUMNS = {"canary_version": "TEXT", "canary_weight": "INTEGER",
-                  "config_change": "TEXT"}  # newer than the table
+                  "config_change": "TEXT", "analysis": "TEXT"}  # newer than the table
 
 
 def write_sqlite(path: Path, env: str, deployments: list[Deployment]) -> int:
@@ -478,7 +497,7 @@ def _row(d: Deployment) -> tuple[Any, ...]:
             json.dumps(d.metrics, sort_keys=True) if d.metrics is not None else None, d.kind,
             d.from_version, d.commit, d.author, d.authored_at, d.pr, d.rollback_of,
             d.rolled_back_by, d.reason, d.subject, d.canary_version, d.canary_weight,
-            d.config_change)
+            d.config_change, d.analysis)
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:

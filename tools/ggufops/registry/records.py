@@ -21,11 +21,26 @@ ENTRY_KEYS = ("version", "canary", "overrides", "shadow", "segments", "prompt")
 
 
 @dataclass(frozen=True)
+class CanaryAnalysis:
+    """A canary's analysis plan: the weights it walks (the last, 100, is the promotion)
+    and the seconds between two analyses (docs/progressive-delivery.md#canary-analysis)."""
+
+    steps: tuple[int, ...]
+    interval: float
+
+    def as_doc(self) -> dict[str, Any]:
+        interval = int(self.interval) if self.interval.is_integer() else self.interval
+        return {"steps": list(self.steps), "interval": interval}
+
+
+@dataclass(frozen=True)
 class Canary:
-    """A canary of an environment entry: its version and its share of traffic (0-100)."""
+    """A canary of an environment entry: its version and its share of traffic (0-100),
+    and the analysis plan that ramps it automatically (None: ramped by hand)."""
 
     version: str
     weight: int
+    analysis: CanaryAnalysis | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +105,21 @@ def _canary(spec: Any) -> Canary | None:
     if not isinstance(spec, dict) or spec.get("version") is None:
         return None
     weight = spec.get("weight")
-    return Canary(str(spec["version"]), weight if isinstance(weight, int) else 0)
+    return Canary(str(spec["version"]), weight if isinstance(weight, int) else 0,
+                  _analysis(spec.get("analysis")))
+
+
+def _analysis(spec: Any) -> CanaryAnalysis | None:
+    """The lenient reader of `canary.analysis`: None unless it has a list of integer
+    steps and a numeric interval (validate reports what is wrong with it)."""
+    if not isinstance(spec, dict):
+        return None
+    steps, interval = spec.get("steps"), spec.get("interval")
+    if not isinstance(steps, list) or not all(type(s) is int for s in steps) or not steps:
+        return None
+    if isinstance(interval, bool) or not isinstance(interval, int | float):
+        return None
+    return CanaryAnalysis(tuple(steps), float(interval))
 
 
 def _shadow(spec: Any) -> Shadow | None:

@@ -20,7 +20,15 @@ from typing import Any
 from ggufops import git, yamlio
 from ggufops.errors import YamlError
 from ggufops.hashing import file_sha256
-from ggufops.registry import compat, lifecyclecheck, overrides, releasegroups, schemas, warmset
+from ggufops.registry import (
+    canaryplan,
+    compat,
+    lifecyclecheck,
+    overrides,
+    releasegroups,
+    schemas,
+    warmset,
+)
 from ggufops.registry.dvcpointer import pointer_from_yaml, scan_pointer
 from ggufops.registry.records import NO_ENTRY, EnvEntry, environment_from_data, environment_in
 from ggufops.registry.registry import (
@@ -263,12 +271,25 @@ def _check_references(checker: Checker, state: State) -> None:
                                 f"is not registered (no {REGISTRY_DIR}/{model}/{version}.yaml)"
                                 "; register it or pick a registered version", "reference")
     _check_overrides(checker, state)
+    _check_canary_plans(checker, state)
     if state.policy is not None:
         for env in state.policy.data["promotion"]["order"]:
             if not (state.root / ENVIRONMENTS_DIR / f"{env}.yaml").is_file():
                 checker.add(state.policy, ["promotion", "order"], f"promotion.order names "
                             f"{env!r} but {ENVIRONMENTS_DIR}/{env}.yaml does not exist; create "
                             "it or remove the name", "reference")
+
+
+def _check_canary_plans(checker: Checker, state: State) -> None:
+    """Canary analysis plans whose steps, weight or interval break the rules."""
+    for env, doc in state.environments.items():
+        for model, entry in environment_from_data(env, doc.data).models.items():
+            canary = entry.canary
+            if canary is None or canary.analysis is None:
+                continue
+            for key, message in canaryplan.plan_problems(canary.weight, canary.analysis):
+                checker.add(doc, ["models", model, "canary", "analysis", key],
+                            f"models.{model}.canary.analysis: {message}", "canary")
 
 
 def _check_overrides(checker: Checker, state: State) -> None:

@@ -1,0 +1,60 @@
+"""When a canary step is due: the time its weight was set, read from git, the same on every
+host whatever commit it applied (a real repository with a bare remote)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from ggufops import git as gitcalls
+from ggufops.agent import canaryverdict
+from ggufops.agent.canaryverdict import Verdict
+from ggufops.agent.canarywatch import Analysed, CanaryWatch, step_time
+from ggufops.agent.triggerwatch import PushSettings
+from ggufops.registry.records import Canary, CanaryAnalysis
+from testing.repos import git
+from testing.scratch import MODEL, OTHER, Scratch, cli, ship
+
+PLAN = CanaryAnalysis((10, 25, 50, 100), 60.0)
+
+
+def test_the_step_time_is_the_commit_that_set_the_weight(scratch: Scratch) -> None:
+    s = scratch
+    ship(s.root, f"{MODEL}@1.0.0")
+    ship(s.root, f"{MODEL}@2.0.0", "staging")
+    env = {"GIT_COMMITTER_DATE": "2026-11-30T10:00:00+00:00"}
+    result = cli(s.root, "deploy", f"{MODEL}@2.0.0", "--env", "production", "--canary", "10",
+                 "--steps", "10,25,50,100", "--direct")
+    assert result.exit_code == 0, result.output + result.stderr
+    subprocess.run(["git", "commit", "-q", "--amend", "--no-edit"], cwd=s.root, check=True,
+                   env={**os.environ, **env})  # a known committer time
+    step = git(s.root, "rev-parse", "HEAD")
+    ship(s.root, f"{OTHER}@1.0.0")  # an unrelated change of production lands later
+    later = git(s.root, "rev-parse", "HEAD")
+    canary = Canary("2.0.0", 10, PLAN)
+    expected = gitcalls.commit_time(s.root, step)
+    assert expected == 1796032800  # 2026-11-30T10:00:00Z
+    assert step_time(s.root, "production", later, MODEL, canary) == expected
+    assert step_time(s.root, "production", step, MODEL, canary) == expected
+    # a weight no change set: the applied commit's own time
+    assert step_time(s.root, "production", later, MODEL, Canary("2.0.0", 25, PLAN)) == \
+        gitcalls.commit_time(s.root, later)
+
+
+def test_an_agent_that_trusts_but_cannot_sign_pushes_no_decision_and_says_why(
+        tmp_path: Path) -> None:
+    """With --trust and no --signing-key, a step/promote/abort commit would be unsigned and
+    refused by every trusting host: nothing is pushed, the event says what to do, once."""
+    push = PushSettings(str(tmp_path / "remote.git"), "main", "host-a", tmp_path / "revert.git",
+                        unsigned_refused=True)
+    watch = CanaryWatch("production", "http://127.0.0.1:9", None, push)
+    item = Analysed(MODEL, "1.0.0", Canary("2.0.0", 10, PLAN), "c0ffee", 1796032800.0)
+    verdict = Verdict(canaryverdict.GOOD, None, 40, 200, 0.0, 0.0, None, 0.1, 0.1, 1.0, None,
+                      None, None, None, 60.0, "passed")
+    assert watch._decide(item, verdict, 1796032900.0) is False
+    assert item.decided  # not judged again: a person must act
+    (event,) = watch.events
+    assert event["outcome"] == "push failed" and event["kind"] == "canary-step"
+    assert "runs with --trust but no --signing-key" in event["error"]
+    assert not (tmp_path / "revert.git").exists()  # no clone made, nothing pushed

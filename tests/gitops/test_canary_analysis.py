@@ -1,0 +1,220 @@
+"""Canary analysis in git: `deploy --steps` writes the plan, `validate` rejects bad plans
+with file:line, the agent's decision commits (step, promote, abort) are pushed once on the
+analysed commit, and `history` shows them. Real git repositories with a bare remote."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ggufops.gitops import canarystep, history, triggerrevert
+from ggufops.registry.validate import validate_repo
+from testing.repos import git
+from testing.scratch import MODEL, Scratch, cli, ship
+
+ANALYSIS = "verdict=pass requests=60/540 error_rate=0.0000/0.0000 p95_ratio=1.01 " \
+    "rating=-/- window=61s host=host-a"
+
+
+@pytest.fixture
+def staged(scratch: Scratch) -> Scratch:
+    ship(scratch.root, f"{MODEL}@1.0.0")
+    ship(scratch.root, f"{MODEL}@2.0.0", "staging")
+    return scratch
+
+
+def _deploy_planned(s: Scratch, *extra: str) -> None:
+    result = cli(s.root, "deploy", f"{MODEL}@2.0.0", "--env", "production", "--canary", "10",
+                 "--steps", "10,25,50,100", "--analysis-interval", "60", "--direct", "--push",
+                 *extra)
+    assert result.exit_code == 0, result.output + result.stderr
+
+
+def test_deploy_with_steps_writes_the_plan_into_the_entry(staged: Scratch) -> None:
+    _deploy_planned(staged)
+    assert staged.canaries("production") == {MODEL: {
+        "version": "2.0.0", "weight": 10,
+        "analysis": {"steps": [10, 25, 50, 100], "interval": 60}}}
+    assert "      analysis: {steps: [10, 25, 50, 100], interval: 60}\n" in \
+        staged.env_text("production")
+    body = git(staged.root, "log", "-1", "--format=%B")
+    assert "Canary analysis: steps 10,25,50,100, one every 60 s" in body
+    assert validate_repo(staged.root) == []
+
+
+@pytest.mark.parametrize(("steps", "interval", "message"), [
+    ("10,50,25,100", "60", "--steps: steps 10,50,25,100 must be strictly increasing"),
+    ("25,50,100", "60", "the first step must be the --canary weight 10"),
+    ("10,25,50", "60", "--steps: steps 10,25,50 must end with 100"),
+    ("10,x", "60", "--steps: '10,x' is not a comma-separated list"),
+    ("10,100", "0.5", "0.5 is not in the range x>=1"),
+])
+def test_bad_plans_are_refused_before_anything_is_written(staged: Scratch, steps: str,
+                                                          interval: str, message: str) -> None:
+    before = staged.head()
+    result = cli(staged.root, "deploy", f"{MODEL}@2.0.0", "--env", "production", "--canary",
+                 "10", "--steps", steps, "--analysis-interval", interval)
+    assert result.exit_code == 2
+    assert message in result.output + result.stderr
+    assert staged.head() == before
+    assert git(staged.root, "branch", "--list", "deploy/*") == ""
+
+
+def test_steps_need_a_canary(staged: Scratch) -> None:
+    result = cli(staged.root, "deploy", f"{MODEL}@2.0.0", "--env", "production", "--steps",
+                 "10,100")
+    assert result.exit_code == 2
+    assert "--steps and --analysis-interval plan a canary: add --canary" in result.stderr
+
+
+def _write_plan(s: Scratch, canary: dict[str, object]) -> Path:
+    path = s.root / "environments" / "production.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["models"][MODEL]["canary"] = canary
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(("weight", "analysis", "message"), [
+    (10, {"steps": [10, 50, 25, 100], "interval": 60}, "must be strictly increasing"),
+    (10, {"steps": [10, 25, 50], "interval": 60}, "must end with 100 (the promotion)"),
+    (30, {"steps": [10, 25, 50, 100], "interval": 60}, "the canary's weight 30 is not one of"),
+    (10, {"steps": [10, 100], "interval": 0.5}, "0.5 is less than the minimum of 1"),
+])
+def test_validate_names_the_line_of_a_bad_plan(staged: Scratch, weight: int,
+                                               analysis: dict[str, object], message: str) -> None:
+    path = _write_plan(staged, {"version": "2.0.0", "weight": weight, "analysis": analysis})
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1)
+                if text.strip().startswith("steps:" if "interval" not in message
+                                           and "minimum" not in message else "interval:"))
+    (problem,) = [str(p) for p in validate_repo(staged.root)]
+    assert problem.startswith(f"environments/production.yaml:{line}:")
+    assert message in problem
+
+
+# --- the decision commits -----------------------------------------------------------------
+
+
+def _clone(s: Scratch, host: str) -> Path:
+    clone = s.tmp / f"revert-{host}.git"
+    triggerrevert.prepare_clone(clone, str(s.remote), host)
+    return clone
+
+
+def _decision(s: Scratch, kind: str, weight: int, next_weight: int) -> canarystep.Decision:
+    return canarystep.Decision("production", MODEL, "1.0.0", "2.0.0", weight, kind, next_weight,
+                               ANALYSIS, "canary analysis passed at 10%", s.remote_head())
+
+
+def test_a_step_commit_sets_the_next_weight_and_keeps_the_plan(staged: Scratch) -> None:
+    _deploy_planned(staged)
+    analysed = staged.remote_head()
+    outcome = canarystep.push_decision(_clone(staged, "host-a"),
+                                       _decision(staged, canarystep.STEP, 10, 25))
+    assert outcome.pushed == staged.remote_head()
+    assert git(staged.remote, "rev-parse", "main^") == analysed
+    git(staged.root, "pull", "-q", "--ff-only")
+    assert staged.canaries("production")[MODEL] == {
+        "version": "2.0.0", "weight": 25,
+        "analysis": {"steps": [10, 25, 50, 100], "interval": 60}}
+    message = git(staged.remote, "log", "-1", "--format=%B")
+    assert message.startswith(f"canary-step(production): {MODEL} canary 2.0.0 10% -> 25%\n")
+    assert "Canary-Step: 25\n" in message and f"Canary-Analysis: {ANALYSIS}" in message
+
+
+def test_two_hosts_deciding_on_one_commit_push_exactly_one(staged: Scratch) -> None:
+    _deploy_planned(staged)
+    decision = _decision(staged, canarystep.STEP, 10, 25)
+    first = canarystep.push_decision(_clone(staged, "host-a"), decision)
+    second = canarystep.push_decision(_clone(staged, "host-b"), decision)
+    assert first.pushed is not None and second.pushed is None
+    assert "moved from" in second.note
+    assert git(staged.remote, "rev-list", "--count", f"{decision.analysed}..main") == "1"
+
+
+def test_a_push_losing_the_race_after_the_fetch_is_refused(staged: Scratch,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The compare-and-swap itself: host B fetched the analysed tip, host A pushed before
+    B's push; the remote refuses B's commit (no force) and B converges."""
+    _deploy_planned(staged)
+    decision = _decision(staged, canarystep.STEP, 10, 25)
+    clone_a, clone_b = _clone(staged, "host-a"), _clone(staged, "host-b")
+    real_fetch = canarystep.git.fetch_branch
+
+    def fetch_then_lose(clone: Path, remote: str, branch: str, timeout: float = 300) -> None:
+        real_fetch(clone, remote, branch, timeout)
+        if clone == clone_b:
+            assert canarystep.push_decision(clone_a, decision).pushed is not None
+
+    monkeypatch.setattr(canarystep.git, "fetch_branch", fetch_then_lose)
+    on_b = dataclasses.replace(decision, analysis=ANALYSIS.replace("host-a", "host-b"))
+    outcome = canarystep.push_decision(clone_b, on_b)
+    assert outcome.pushed is None and "another host decided first" in outcome.note
+    assert git(staged.remote, "rev-list", "--count", f"{decision.analysed}..main") == "1"
+    assert "host=host-a" in git(staged.remote, "log", "-1", "--format=%B")
+
+
+def test_the_same_commit_pushed_twice_counts_once(staged: Scratch) -> None:
+    """Two hosts that build byte-identical commits (same figures, same identity, same
+    second): the second push is "up to date", and only the first says it pushed."""
+    _deploy_planned(staged)
+    decision = _decision(staged, canarystep.STEP, 10, 25)
+    clone = _clone(staged, "host-a")
+    assert canarystep.push_decision(clone, decision).pushed is not None
+    git(clone, "update-ref", "refs/remotes/origin/main", decision.analysed)
+    again = canarystep.git.push(clone, "origin", staged.remote_head(), "main")
+    assert again.ok and "up to date" in again.detail
+
+
+def test_promote_and_abort_commits_and_their_history(staged: Scratch) -> None:
+    _deploy_planned(staged)
+    started = staged.remote_head()
+    canarystep.push_decision(_clone(staged, "host-a"), _decision(staged, canarystep.STEP, 10, 25))
+    abort = canarystep.Decision("production", MODEL, "1.0.0", "2.0.0", 25, canarystep.ABORT, 0,
+                                ANALYSIS.replace("verdict=pass", "verdict=fail metric=p95_ratio"),
+                                "canary analysis failed on p95_ratio", staged.remote_head())
+    outcome = canarystep.push_decision(_clone(staged, "host-b"), abort)
+    assert outcome.pushed is not None
+    message = git(staged.remote, "log", "-1", "--format=%B")
+    assert message.startswith(f"abort(production): {MODEL} canary 2.0.0 removed")
+    assert f"Rollback-Of: {started}\n" in message and "Canary-Step: 0\n" in message
+    git(staged.root, "pull", "-q", "--ff-only")
+    assert staged.canaries("production") == {}
+    assert staged.running("production")[MODEL] == "1.0.0"
+
+    _deploy_planned(staged)
+    promote = canarystep.Decision("production", MODEL, "1.0.0", "2.0.0", 50,
+                                  canarystep.PROMOTE, 100, ANALYSIS, "passed",
+                                  staged.remote_head())
+    assert canarystep.push_decision(_clone(staged, "host-a"), promote).pushed is not None
+    git(staged.root, "pull", "-q", "--ff-only")
+    assert staged.canaries("production") == {}
+    assert staged.running("production")[MODEL] == "2.0.0"
+
+    events = history.read_history(staged.root, "production", "main", model=MODEL,
+                                  with_metrics=False)
+    kinds = [(e.kind, e.from_version, e.to_version, e.canary_weight) for e in events[-5:]]
+    assert kinds == [("canary", "1.0.0", "1.0.0", 10), ("canary-step", "1.0.0", "1.0.0", 25),
+                     ("abort", "1.0.0", "1.0.0", 0), ("canary", "1.0.0", "1.0.0", 10),
+                     ("promote", "1.0.0", "2.0.0", None)]
+    assert events[-5].rolled_back_by == events[-3].commit
+    assert all(e.analysis and "host=host-a" in e.analysis for e in (events[-4], events[-1]))
+    shown = cli(staged.root, "history", "--env", "production")
+    assert "canary-step" in shown.output and "[verdict=pass requests=60/540" in shown.output
+    data = json.loads(cli(staged.root, "history", "--env", "production", "--json").output)
+    rows = data if isinstance(data, list) else data["deployments"]
+    assert [r["kind"] for r in rows][-3:] == ["abort", "canary", "promote"]
+    assert rows[-1]["analysis"] == ANALYSIS
+    db = staged.tmp / "deployments.sqlite"
+    assert cli(staged.root, "history", "--env", "production", "--sqlite", str(db)).exit_code == 0
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("SELECT kind, analysis FROM deployments WHERE kind IN "
+                              "('canary-step', 'abort', 'promote') ORDER BY id").fetchall()
+    assert [k for k, _ in stored] == ["canary-step", "abort", "promote"]
+    assert all(a and a.startswith("verdict=") for _, a in stored)

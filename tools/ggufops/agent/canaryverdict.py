@@ -1,0 +1,205 @@
+"""Canary analysis: the verdict on one interval of a canary against the primary.
+
+The agent compares, on its own host, the canary's requests with the primary's over the
+same window (the step's commit time to now), read from its server's request window (GET
+/admin/requests). Thresholds per environment in `registry/policy.yaml`:
+
+    canary_analysis:
+      production:
+        min_requests: 50         # per role (canary and primary) before any verdict (>= 20)
+        alpha: 0.05              # one-sided significance level of every test
+        error_rate_margin: 0.01  # the canary may fail this much more often (absolute)
+        max_p95_ratio: 1.5       # canary p95 / primary p95 above this (and slower: MW)
+        max_rating_drop: 0.5     # primary mean rating - canary mean rating above this
+        min_ratings: 20          # ratings per role before the rating test runs
+
+The verdict is `wait` (fewer than `min_requests` on either side, and never fewer than the 20
+answered requests the latency test needs: no decision, never a pass), `fail`
+(the first metric that fails, with its figures) or `pass`:
+
+- error rate: a one-sided two-proportion test of H0 `p_canary - p_primary <= margin`
+  against H1 `> margin`, Agresti-Caffo adjusted (one success and one failure added to each
+  side: its standard error is never 0, and it stays honest at 0 errors); fail when
+  p < alpha.
+- latency: fail when the canary's p95 is above `max_p95_ratio` times the primary's (the
+  size of the effect that matters) AND a one-sided Mann-Whitney test says the canary's
+  latencies are larger (p < alpha), so a few outliers in a small sample cannot abort.
+- ratings: when both sides have `min_ratings`, a one-sided Welch z-test of H0
+  `mean_primary - mean_canary <= max_rating_drop`; fail when p < alpha. Fewer ratings:
+  not judged (many applications send none); requests alone then decide.
+
+Pure functions: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from ggufops.agent.triggers import percentile
+from ggufops.errors import InvalidDesiredState
+from ggufops.gitops import abstats
+
+WAIT = "wait"
+GOOD = "pass"
+FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class CanaryPolicy:
+    min_requests: int = 50
+    alpha: float = 0.05
+    error_rate_margin: float = 0.01
+    max_p95_ratio: float = 1.5
+    max_rating_drop: float = 0.5
+    min_ratings: int = 20
+
+    @classmethod
+    def of_environment(cls, policy: Any, env: str) -> CanaryPolicy:
+        """The environment's thresholds from a parsed policy.yaml (defaults when absent)."""
+        table = policy.get("canary_analysis") if isinstance(policy, dict) else None
+        entry = table.get(env) if isinstance(table, dict) else None
+        if entry is None:
+            return cls()
+        if not isinstance(entry, dict) or not set(entry) <= set(cls.__dataclass_fields__):
+            raise InvalidDesiredState(
+                f"registry/policy.yaml: canary_analysis.{env} must be a mapping of "
+                f"{', '.join(cls.__dataclass_fields__)}; got {entry!r}")
+        return cls(**{k: v for k, v in entry.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One role's records over the window."""
+
+    requests: int
+    errors: int
+    latencies: list[float]  # answered requests
+    ratings: list[int]
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def p95(self) -> float | None:
+        return percentile(self.latencies, 0.95) if self.latencies else None
+
+    def mean_rating(self) -> float | None:
+        return statistics.fmean(self.ratings) if self.ratings else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # wait, pass or fail
+    metric: str | None  # the metric that failed (fail only)
+    canary_requests: int
+    primary_requests: int
+    canary_error_rate: float
+    primary_error_rate: float
+    error_rate_p: float | None  # one-sided, against the margin
+    canary_p95_s: float | None
+    primary_p95_s: float | None
+    p95_ratio: float | None
+    latency_p: float | None
+    canary_rating: float | None
+    primary_rating: float | None
+    rating_p: float | None
+    window_s: float
+    note: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def trailer(self, host: str) -> str:
+        """The value of the commit trailer `Canary-Analysis:`."""
+        failed = f" metric={self.metric}" if self.metric else ""
+        return (f"verdict={self.outcome}{failed} requests={self.canary_requests}/"
+                f"{self.primary_requests} error_rate={self.canary_error_rate:.4f}/"
+                f"{self.primary_error_rate:.4f} p95_ratio={_g(self.p95_ratio)} "
+                f"rating={_g(self.canary_rating)}/{_g(self.primary_rating)} "
+                f"window={self.window_s:.0f}s host={host}")
+
+
+def _g(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def sample(window: dict[str, Any], version: str, role: str, since: float) -> Sample:
+    """`version`'s records in `role` since `since` (ratings of that version since then)."""
+    rows = [r for r in _rows(window, "requests") if r.get("version") == version
+            and r.get("role") == role and float(r.get("ts", 0)) >= since]
+    answered = [float(r["latency_s"]) for r in rows if r.get("ok")]
+    ratings = [int(r["rating"]) for r in _rows(window, "ratings")
+               if r.get("version") == version and float(r.get("ts", 0)) >= since]
+    return Sample(len(rows), len(rows) - len(answered), answered, ratings)
+
+
+def _rows(window: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    rows = window.get(key)
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+def judge(policy: CanaryPolicy, canary: Sample, primary: Sample, window_s: float) -> Verdict:
+    """The verdict on one interval; see the module's docstring."""
+    p95_c, p95_p = canary.p95(), primary.p95()
+    figures = Verdict(
+        WAIT, None, canary.requests, primary.requests, canary.error_rate, primary.error_rate,
+        _error_rate_p(policy, canary, primary), p95_c, p95_p,
+        p95_c / p95_p if p95_c is not None and p95_p else None,
+        _slower_p(canary.latencies, primary.latencies), canary.mean_rating(),
+        primary.mean_rating(), _rating_p(policy, canary, primary), window_s, "")
+    outcome, metric, note = _outcome(policy, figures)
+    return replace(figures, outcome=outcome, metric=metric, note=note)
+
+
+def _outcome(policy: CanaryPolicy, v: Verdict) -> tuple[str, str | None, str]:
+    """(outcome, the failed metric, why) of the figures in `v`."""
+    needed = max(policy.min_requests, abstats.MIN_LATENCY_SAMPLES)
+    if min(v.canary_requests, v.primary_requests) < needed:
+        return WAIT, None, (f"too few requests: {v.canary_requests} canary, "
+                            f"{v.primary_requests} primary; {needed} of each are needed")
+    if v.error_rate_p is not None and v.error_rate_p < policy.alpha:
+        return FAIL, "error_rate", (
+            f"error rate {v.canary_error_rate:.2%} vs {v.primary_error_rate:.2%} (margin "
+            f"{policy.error_rate_margin:g}, p={v.error_rate_p:.3g})")
+    if v.p95_ratio is not None and v.p95_ratio > policy.max_p95_ratio \
+            and v.latency_p is not None and v.latency_p < policy.alpha:
+        return FAIL, "p95_ratio", (f"p95 {v.p95_ratio:.2f}x the primary's (limit "
+                                   f"{policy.max_p95_ratio:g}, Mann-Whitney "
+                                   f"p={v.latency_p:.3g})")
+    if v.rating_p is not None and v.rating_p < policy.alpha:
+        return FAIL, "rating", (f"mean rating {v.canary_rating:.2f} vs {v.primary_rating:.2f}"
+                                f" (drop limit {policy.max_rating_drop:g}, p={v.rating_p:.3g})")
+    return GOOD, None, "no metric worse than its limit"
+
+
+def _error_rate_p(policy: CanaryPolicy, canary: Sample, primary: Sample) -> float:
+    """One-sided p of H1 `p_canary - p_primary > margin` (Agresti-Caffo adjusted Wald)."""
+    pc = (canary.errors + 1) / (canary.requests + 2)
+    pp = (primary.errors + 1) / (primary.requests + 2)
+    se = math.sqrt(pc * (1 - pc) / (canary.requests + 2) + pp * (1 - pp) / (primary.requests + 2))
+    return abstats.normal_sf((pc - pp - policy.error_rate_margin) / se)
+
+
+def _slower_p(canary: list[float], primary: list[float]) -> float | None:
+    """One-sided Mann-Whitney p of H1 `the canary's latencies are larger`."""
+    if min(len(canary), len(primary)) < abstats.MIN_LATENCY_SAMPLES:
+        return None
+    test = abstats.mann_whitney(canary, primary)
+    larger = test.statistic > len(canary) * len(primary) / 2
+    return test.p_value / 2 if larger else 1 - test.p_value / 2
+
+
+def _rating_p(policy: CanaryPolicy, canary: Sample, primary: Sample) -> float | None:
+    """One-sided Welch z p of H1 `mean_primary - mean_canary > max_rating_drop`."""
+    if min(len(canary.ratings), len(primary.ratings)) < max(policy.min_ratings, 2):
+        return None
+    drop = statistics.fmean(primary.ratings) - statistics.fmean(canary.ratings)
+    spread = statistics.variance(canary.ratings) / len(canary.ratings) + \
+        statistics.variance(primary.ratings) / len(primary.ratings)
+    excess = drop - policy.max_rating_drop
+    if spread == 0:
+        return 0.0 if excess > 0 else 1.0  # every rating equal on both sides: no noise
+    return abstats.normal_sf(excess / math.sqrt(spread))

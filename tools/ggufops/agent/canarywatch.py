@@ -1,0 +1,227 @@
+"""The agent's side of canary analysis: time each step, judge it, push the decision.
+
+After an apply, every model whose canary has an `analysis:` plan is analysed. A step is due
+`interval` seconds after the committer time of the commit that set its weight (every host
+reads the same time from git, so all agree when it is due). When it is due, the agent reads
+its server's request window since that time and judges the canary against the primary
+(agent/canaryverdict). `wait` (too few requests) is judged again next tick, over a longer
+window; `pass` and `fail` are pushed as one commit built on the commit this host analysed
+(gitops/canarystep: the push is the compare-and-swap, so one host decides each step). A
+refused push means another host decided: the agent applies the new tip like any commit,
+and the next step is timed from it. State lives in memory; an agent restarted mid-step
+finds the step's time again in git.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from ggufops import git, yamlio
+from ggufops.agent import canaryverdict
+from ggufops.agent.canaryverdict import CanaryPolicy, Verdict
+from ggufops.agent.triggerwatch import PushSettings
+from ggufops.errors import GgufopsError, YamlError
+from ggufops.gitops import canarystep, history, triggerrevert
+from ggufops.httpjson import error_message, request_json, rfc3339
+from ggufops.redact import redact
+from ggufops.registry import canaryplan
+from ggufops.registry.records import Canary, environment_in
+from ggufops.registry.registry import environment_relpath
+
+log = logging.getLogger("ggufops.agent")
+
+@dataclass
+class Analysed:
+    """One model's canary under analysis on this host."""
+
+    model: str
+    primary: str
+    canary: Canary
+    commit: str  # the applied commit (what a decision is built on)
+    started: float  # the committer time of the commit that set this weight
+    decided: bool = False
+    last: Verdict | None = None
+
+    def due(self) -> float:
+        assert self.canary.analysis is not None
+        return self.started + self.canary.analysis.interval
+
+    def same_step(self, primary: str, canary: Canary) -> bool:
+        return (self.primary, self.canary) == (primary, canary)
+
+
+class CanaryWatch:
+    """Checked every agent tick; `report()` goes into GET /status `canary_analysis`."""
+
+    def __init__(self, env: str, server: str, token: str | None, push: PushSettings) -> None:
+        self.env = env
+        self.server = server
+        self.token = token
+        self.push = push
+        self.policy = CanaryPolicy()
+        self.analysed: dict[str, Analysed] = {}
+        self.events: list[dict[str, Any]] = []
+
+    def applied(self, tree: Path, mirror: Path, commit: str) -> None:
+        """A commit was applied: (re)read the plans and the policy from its tree."""
+        self.policy = _policy(tree, self.env)
+        entries = _entries(tree, self.env)
+        kept: dict[str, Analysed] = {}
+        for model, (primary, canary) in entries.items():
+            old = self.analysed.get(model)
+            if old is not None and old.same_step(primary, canary):
+                old.commit, old.decided = commit, False  # same step, another change landed
+                kept[model] = old
+            else:
+                started = step_time(mirror, self.env, commit, model, canary)
+                kept[model] = Analysed(model, primary, canary, commit, started)
+        self.analysed = kept
+
+    def check(self, now: float | None = None) -> bool:
+        """Judge every due step; True when a decision was pushed (or found pushed)."""
+        now = time.time() if now is None else now
+        acted = False
+        for item in list(self.analysed.values()):
+            if not item.decided and now >= item.due():
+                acted = self._analyse(item, now) or acted
+        return acted
+
+    def _analyse(self, item: Analysed, now: float) -> bool:
+        window = self._window(item.model, item.started)
+        if window is None:
+            return False
+        verdict = canaryverdict.judge(
+            self.policy, canaryverdict.sample(window, item.canary.version, "canary", item.started),
+            canaryverdict.sample(window, item.primary, "primary", item.started),
+            now - item.started)
+        item.last = verdict
+        if verdict.outcome == canaryverdict.WAIT:
+            return False
+        return self._decide(item, verdict, now)
+
+    def _decide(self, item: Analysed, verdict: Verdict, now: float) -> bool:
+        decision = decision_of(self.env, item, verdict, self.push)
+        log.warning("canary analysis of %s@%s at %d%%: %s (%s)", item.model,
+                    item.canary.version, item.canary.weight, decision.kind, verdict.note)
+        if self.push.unsigned_refused:
+            message = ("not pushed: this agent runs with --trust but no --signing-key, so every "
+                       "trusting host would refuse an unsigned decision; give the agent a key "
+                       "its --trust file lists (--signing-key, docs/trust.md)")
+            log.error("canary analysis: %s", message)
+            item.decided = True  # said once: a person must act (deploy or roll back, signed)
+            self._record(decision, verdict, {"outcome": "push failed", "error": message}, now)
+            return False
+        try:
+            triggerrevert.prepare_clone(self.push.clone, self.push.url(), self.push.host,
+                                        signing_key=self.push.signing_key)
+            outcome = canarystep.push_decision(self.push.clone, decision)
+        except (GgufopsError, OSError) as e:
+            message = redact(str(e))
+            log.error("canary analysis: pushing the %s failed: %s", decision.kind, message)
+            self._record(decision, verdict, {"outcome": "push failed", "error": message}, now)
+            return False  # judged again next tick
+        item.decided = True
+        self._record(decision, verdict, {"outcome": "pushed" if outcome.pushed else "converged",
+                                         "commit": outcome.pushed, "note": outcome.note}, now)
+        log.warning("canary analysis: %s", outcome.note)
+        return True
+
+    def _window(self, model: str, since: float) -> dict[str, Any] | None:
+        url = f"{self.server}/admin/requests?model={quote(model)}&since={since:.3f}"
+        try:
+            reply = request_json("GET", url, token=self.token, timeout=10.0)
+        except OSError as e:
+            log.warning("canary analysis: cannot read %s: %s", url, e)
+            return None
+        if reply.status != 200 or not isinstance(reply.data, dict):
+            log.warning("canary analysis: %s answered %s", url, error_message(reply))
+            return None
+        return reply.data
+
+    def _record(self, decision: canarystep.Decision, verdict: Verdict, extra: dict[str, Any],
+                now: float) -> None:
+        event = {"kind": decision.kind, "model": decision.model, "canary": decision.canary,
+                 "weight": decision.weight, "next_weight": decision.next_weight,
+                 "verdict": verdict.as_dict(), "trailer": decision.analysis, **extra,
+                 "host": self.push.host, "at": rfc3339(now)}
+        self.events = [*self.events, event][-20:]
+
+    def report(self) -> dict[str, Any]:
+        return {"policy": self.policy.__dict__,
+                "analysing": {m: _shown(a) for m, a in dict(self.analysed).items()},
+                "events": list(self.events)}
+
+
+def decision_of(env: str, item: Analysed, verdict: Verdict,
+                push: PushSettings) -> canarystep.Decision:
+    """The commit a verdict asks for: the next step, the promotion or the abort."""
+    assert item.canary.analysis is not None
+    if verdict.outcome == canaryverdict.FAIL:
+        kind, weight = canarystep.ABORT, 0
+        reason = f"canary analysis failed on {verdict.metric}: {verdict.note}"
+    else:
+        weight = canaryplan.next_step(item.canary.weight, item.canary.analysis)
+        kind = canarystep.PROMOTE if weight >= canaryplan.FINAL_STEP else canarystep.STEP
+        reason = f"canary analysis passed at {item.canary.weight}%: {verdict.note}"
+    return canarystep.Decision(env, item.model, item.primary, item.canary.version,
+                               item.canary.weight, kind, weight, verdict.trailer(push.host),
+                               f"{reason} on {push.host}", item.commit, push.branch)
+
+
+def step_time(mirror: Path, env: str, commit: str, model: str, canary: Canary) -> float:
+    """When the weight in force was set: the time the newest change that set this canary
+    at this weight reached the branch (its merge's, for a pull request), from git; the
+    applied commit's committer time when history does not say (a shallow mirror)."""
+    try:
+        events = history.read_history(mirror, env, commit, model=model, with_metrics=False)
+    except GgufopsError as e:
+        log.warning("canary analysis: cannot read the history of %s: %s", env, e)
+        events = []
+    setting = [e for e in events if (e.canary_version, e.canary_weight) ==
+               (canary.version, canary.weight)]
+    if setting:
+        return datetime.fromisoformat(setting[-1].deployed_at).timestamp()
+    return float(git.commit_time(mirror, commit) or time.time())
+
+
+def _shown(item: Analysed) -> dict[str, Any]:
+    return {"primary": item.primary, "canary": item.canary.version,
+            "weight": item.canary.weight, "step_started": rfc3339(item.started),
+            "due": rfc3339(item.due()), "decided": item.decided,
+            "last": None if item.last is None else item.last.as_dict()}
+
+
+def _entries(tree: Path, env: str) -> dict[str, tuple[str, Canary]]:
+    """model -> (primary, canary) for every canary with a valid analysis plan."""
+    path = tree / environment_relpath(env)
+    try:
+        environment = environment_in(path.read_bytes(), str(path))
+    except OSError:
+        return {}
+    found: dict[str, tuple[str, Canary]] = {}
+    for model, entry in environment.models.items():
+        canary = entry.canary
+        if canary is None or canary.analysis is None or not canary.weight:
+            continue
+        if canaryplan.plan_problems(canary.weight, canary.analysis):
+            log.error("canary analysis of %s is off: its plan in %s is invalid (run "
+                      "`ggufops validate`)", model, path)
+            continue
+        found[model] = (entry.version, canary)
+    return found
+
+
+def _policy(tree: Path, env: str) -> CanaryPolicy:
+    path = tree / "registry" / "policy.yaml"
+    try:
+        return CanaryPolicy.of_environment(yamlio.load(path), env) if path.is_file() \
+            else CanaryPolicy()
+    except (GgufopsError, YamlError) as e:
+        log.error("canary analysis uses the default thresholds: %s", e)
+        return CanaryPolicy()

@@ -1,0 +1,131 @@
+"""The commit a canary analysis makes: the next step, the promotion, or the abort.
+
+One host decides at a time, with the push as compare-and-swap: the commit is built on the
+very commit the host analysed (the remote's tip, fetched again just before), and pushed
+without force. When the remote refuses it as non-fast-forward, another host decided first
+(or someone changed the environment): nothing is retried; the agent applies the new tip
+like any commit and times the next step from it. A host that sees a tip other than the one
+it analysed pushes nothing.
+
+Subjects and trailers (read back by `ggufops history`, kinds canary-step, promote, abort):
+
+    canary-step(production): llama3-instruct canary 2.1.0 10% -> 25%
+    promote(production): llama3-instruct 2.0.0 -> 2.1.0 (canary analysis)
+    abort(production): llama3-instruct canary 2.1.0 removed (canary analysis: p95_ratio)
+
+    Canary-Step: 25                 (100 for a promotion, 0 for an abort)
+    Canary-Analysis: verdict=pass requests=57/512 error_rate=0.0000/0.0000 ... host=host-a
+
+An abort also names the commit that started the canary (`Rollback-Of:`) and a `Reason:`,
+so the hosts apply it as a rollback (waves are skipped) and history marks the canary's
+deploy rolled back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ggufops import git
+from ggufops.errors import PushRejected
+from ggufops.gitops import envfile, history
+from ggufops.gitops.triggerrevert import REMOTE
+from ggufops.redact import redact
+from ggufops.registry.registry import environment_relpath
+
+STEP, PROMOTE, ABORT = history.CANARY_STEP_KIND, history.PROMOTE, history.ABORT
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a host decided for one model's canary, on the commit it analysed."""
+
+    env: str
+    model: str
+    primary: str
+    canary: str
+    weight: int  # the weight analysed
+    kind: str  # STEP, PROMOTE or ABORT
+    next_weight: int  # STEP: the new weight; PROMOTE: 100; ABORT: 0
+    analysis: str  # the value of Canary-Analysis
+    reason: str  # one line, for the abort's Reason and the logs
+    analysed: str  # the commit the host analysed (the parent of the new one)
+    branch: str = "main"
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    pushed: str | None  # the commit this host pushed, or None
+    note: str
+
+
+def push_decision(clone: Path, decision: Decision) -> StepOutcome:
+    """Fetch the tip; when it is the analysed commit, commit the decision on it and push
+    without force. PushRejected when the remote refuses for another reason than a race."""
+    git.fetch_branch(clone, REMOTE, decision.branch, timeout=60)
+    tip = git.rev_parse(clone, f"refs/remotes/{REMOTE}/{decision.branch}")
+    if tip != decision.analysed:
+        return StepOutcome(None, f"nothing pushed: {decision.branch} moved from "
+                           f"{decision.analysed[:12]} to {tip[:12]}; converging to it")
+    path = environment_relpath(decision.env)
+    text = (git.show_file(clone, tip, path) or b"").decode()
+    message = commit_message(decision, _started_by(clone, decision))
+    commit = git.commit_files(clone, tip, {path: new_text(text, decision, path).encode()},
+                              message)
+    outcome = git.push(clone, REMOTE, commit, decision.branch, timeout=60)
+    if outcome.non_fast_forward or "up to date" in outcome.detail:
+        # "up to date": the same commit byte for byte was pushed by another host first
+        return StepOutcome(None, f"nothing pushed: another host decided first "
+                           f"({outcome.detail}); converging to it")
+    if not outcome.ok:
+        raise PushRejected(f"the remote refused the {decision.kind} commit for "
+                           f"{decision.model}: {redact(outcome.detail)}; check the push "
+                           "credential (--push-token-file) and branch protection")
+    return StepOutcome(commit, f"pushed {commit[:12]}: {decision.model} {summary(decision)}")
+
+
+def new_text(text: str, decision: Decision, path: str) -> str:
+    """The environment file after the decision."""
+    if decision.kind == STEP:
+        return envfile.set_canary(text, decision.model, decision.canary, decision.next_weight,
+                                  path)
+    if decision.kind == PROMOTE:
+        return envfile.set_version(text, decision.model, decision.canary, path)
+    return envfile.remove_canary(text, decision.model, path)
+
+
+def summary(decision: Decision) -> str:
+    """What the decision does: the subject's text after the model."""
+    if decision.kind == STEP:
+        return f"canary {decision.canary} {decision.weight}% -> {decision.next_weight}%"
+    if decision.kind == PROMOTE:
+        return f"{decision.primary} -> {decision.canary} (canary analysis)"
+    return f"canary {decision.canary} removed (canary analysis)"
+
+
+def commit_message(decision: Decision, started_by: str | None) -> str:
+    promoted = decision.kind == PROMOTE
+    to_version = decision.canary if promoted else decision.primary
+    canary = None if promoted else (decision.canary, decision.next_weight)
+    body = f"Decided by the sync agent's canary analysis: {decision.reason}."
+    message = history.format_message(
+        decision.kind, decision.env, decision.model, decision.primary, to_version,
+        rollback_of=started_by if decision.kind == ABORT else None,
+        reason=decision.reason if decision.kind == ABORT else None, body=body, canary=canary,
+        change=summary(decision))
+    return message.rstrip("\n") + (f"\n{history.CANARY_STEP}: {decision.next_weight}\n"
+                                   f"{history.CANARY_ANALYSIS}: {decision.analysis}\n")
+
+
+def _started_by(clone: Path, decision: Decision) -> str | None:
+    """The commit that started this canary (the oldest of the run of changes that had it)."""
+    if decision.kind != ABORT:
+        return None
+    events = history.read_history(clone, decision.env, decision.analysed, model=decision.model,
+                                  with_metrics=False)
+    start = None
+    for event in reversed(events):
+        if event.canary_version != decision.canary or not event.canary_weight:
+            break
+        start = event.commit
+    return start
