@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from ggufops import git as gitcalls
+from ggufops import notify
 from ggufops.agent import canaryverdict
 from ggufops.agent.canaryverdict import Verdict
 from ggufops.agent.canarywatch import Analysed, CanaryWatch, step_time
@@ -48,7 +50,8 @@ def test_an_agent_that_trusts_but_cannot_sign_pushes_no_decision_and_says_why(
     refused by every trusting host: nothing is pushed, the event says what to do, once."""
     push = PushSettings(str(tmp_path / "remote.git"), "main", "host-a", tmp_path / "revert.git",
                         unsigned_refused=True)
-    watch = CanaryWatch("production", "http://127.0.0.1:9", None, push)
+    notes: list[dict[str, Any]] = []
+    watch = CanaryWatch("production", "http://127.0.0.1:9", None, push, notify=notes.append)
     item = Analysed(MODEL, "1.0.0", Canary("2.0.0", 10, PLAN), "c0ffee", 1796032800.0)
     verdict = Verdict(canaryverdict.GOOD, None, 40, 200, 0.0, 0.0, None, 0.1, 0.1, 1.0, None,
                       None, None, None, 60.0, "passed")
@@ -56,5 +59,9 @@ def test_an_agent_that_trusts_but_cannot_sign_pushes_no_decision_and_says_why(
     assert item.decided  # not judged again: a person must act
     (event,) = watch.events
     assert event["outcome"] == "push failed" and event["kind"] == "canary-step"
+    assert notes == [event]  # sent to the webhook too
+    assert notify.slack_text(event) == (
+        f"ggufops canary analysis canary-step: {MODEL} canary 2.0.0 at 10% -> 25% on host-a: "
+        "passed - push failed")
     assert "runs with --trust but no --signing-key" in event["error"]
     assert not (tmp_path / "revert.git").exists()  # no clone made, nothing pushed

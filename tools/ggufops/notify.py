@@ -57,12 +57,21 @@ class NotifyConfig:
 
 
 def slack_text(event: dict[str, Any]) -> str:
-    """One line a person reads in a channel."""
+    """One line a person reads in a channel: a trigger's event or a canary decision's."""
+    if "verdict" in event:
+        return _canary_text(event)
     what = "rolled back" if event.get("action") == "rollback" else "alert"
     return (f"ggufops {what}: {event.get('model')}@{event.get('version')} on "
             f"{event.get('host')}: {event.get('metric')} = {event.get('value'):.4g} "
             f"(threshold {event.get('threshold')}, window {event.get('window_s')} s) "
             f"- {event.get('outcome')}")
+
+
+def _canary_text(event: dict[str, Any]) -> str:
+    verdict = event["verdict"]
+    return (f"ggufops canary analysis {event.get('kind')}: {event.get('model')} canary "
+            f"{event.get('canary')} at {event.get('weight')}% -> {event.get('next_weight')}% on "
+            f"{event.get('host')}: {verdict.get('note')} - {event.get('outcome')}")
 
 
 class Notifier:

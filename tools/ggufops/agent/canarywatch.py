@@ -25,7 +25,7 @@ from urllib.parse import quote
 from ggufops import git, yamlio
 from ggufops.agent import canaryverdict
 from ggufops.agent.canaryverdict import CanaryPolicy, Verdict
-from ggufops.agent.triggerwatch import PushSettings
+from ggufops.agent.triggerwatch import Notify, PushSettings
 from ggufops.errors import GgufopsError, YamlError
 from ggufops.gitops import canarystep, history, triggerrevert
 from ggufops.httpjson import error_message, request_json, rfc3339
@@ -59,8 +59,10 @@ class Analysed:
 class CanaryWatch:
     """Checked every agent tick; `report()` goes into GET /status `canary_analysis`."""
 
-    def __init__(self, env: str, server: str, token: str | None, push: PushSettings) -> None:
+    def __init__(self, env: str, server: str, token: str | None, push: PushSettings,
+                 notify: Notify | None = None) -> None:
         self.env = env
+        self.notify = notify  # every decision (pushed, converged or not pushed) is sent
         self.server = server
         self.token = token
         self.push = push
@@ -151,6 +153,8 @@ class CanaryWatch:
                  "verdict": verdict.as_dict(), "trailer": decision.analysis, **extra,
                  "host": self.push.host, "at": rfc3339(now)}
         self.events = [*self.events, event][-20:]
+        if self.notify is not None:
+            self.notify(event)
 
     def report(self) -> dict[str, Any]:
         return {"policy": self.policy.__dict__,

@@ -260,7 +260,8 @@ class Agent:
         notify = Notifier(config.notify).send if config.notify else None
         self.triggers = TriggerWatch(config.env, config.server, config.admin_token, push,
                                      notify=notify)
-        self.canaries = CanaryWatch(config.env, config.server, config.admin_token, push)
+        self.canaries = CanaryWatch(config.env, config.server, config.admin_token, push,
+                                    notify=notify)
 
     def _fleet_publisher(self) -> fleetstatus.Publisher:
         c = self.config
