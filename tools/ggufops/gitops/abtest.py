@@ -67,6 +67,7 @@ class AbReport:
     versions: list[VersionSummary]
     comparisons: list[Comparison]
     shadows: list[abshadow.ShadowSummary] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # hosts without shadow figures
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,7 +181,7 @@ def collect(env: str, model: str, primary: str | None, *, hosts: list[str], toke
     since = time.time() - window_s
     windows = [fetch_window(url, model, since, token) for url in hosts]
     report = build_report(env, model, primary, since, windows)
-    report.shadows = abshadow.collect(model, hosts, token)
+    report.shadows, report.warnings = abshadow.collect(model, hosts, token)
     return report
 
 
@@ -209,6 +210,7 @@ def render(report: AbReport) -> str:
         lines.append("no requests in the window on these hosts")
     for shadow in report.shadows:
         lines += abshadow.render(shadow)
+    lines += [f"warning: {w}" for w in report.warnings]
     return "\n".join(lines)
 
 
