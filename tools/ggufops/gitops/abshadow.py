@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ggufops.errors import AbError
-from ggufops.gitops.abstats import percentile
 from ggufops.httpjson import request_json
+from ggufops.percentile import interpolated
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def _total(stats: list[dict[str, Any]], key: str) -> int:
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    return percentile(values, q) if values else None
+    return interpolated(values, q) if values else None
 
 
 def collect(model: str, hosts: list[str], token: str) -> tuple[list[ShadowSummary], list[str]]:

@@ -19,8 +19,8 @@ from typing import Any
 
 from ggufops.errors import AbError
 from ggufops.gitops import abshadow, abstats
-from ggufops.gitops.abstats import percentile
 from ggufops.httpjson import request_json
+from ggufops.percentile import interpolated
 
 SIGNIFICANT = 0.05
 
@@ -121,8 +121,8 @@ def summarize(version: str, rows: list[tuple[str, Any]],
         version=version, roles=sorted({str(r["role"]) for r in records}),
         hosts=len({url for url, _ in rows}), requests=len(records), errors=errors,
         error_rate=errors / len(records) if records else 0.0,
-        latency_p50_s=percentile(latencies, 50) if latencies else None,
-        latency_p95_s=percentile(latencies, 95) if latencies else None,
+        latency_p50_s=interpolated(latencies, 50) if latencies else None,
+        latency_p95_s=interpolated(latencies, 95) if latencies else None,
         tokens_per_request=statistics.fmean(tokens) if tokens else None,
         ratings=len(scores), mean_rating=statistics.fmean(scores) if scores else None)
 

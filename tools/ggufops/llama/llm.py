@@ -450,11 +450,6 @@ def request_latency_ms(model: Model, prompt: bytes, max_tokens: int, *,
     return (clock() - start) * 1000.0
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100)."""
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 

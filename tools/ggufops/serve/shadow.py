@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ggufops.errors import GgufopsError
 from ggufops.httpjson import HttpError, rfc3339
 from ggufops.llama import llm
+from ggufops.percentile import interpolated
 from ggufops.serve import configswap, protocol
 from ggufops.serve.yielding import PrimaryTraffic
 
@@ -124,7 +125,7 @@ class ShadowStats:
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    return round(llm.percentile(values, q), 4) if values else None
+    return round(interpolated(values, q), 4) if values else None
 
 
 @dataclass(frozen=True)
