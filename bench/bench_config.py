@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from ggufops.percentile import interpolated
 from ggufops.registry.registry import display_id
 from testing.runtime import (
     MODEL,
@@ -36,13 +37,6 @@ from testing.runtime import (
     standalone_world,
     wait_for,
 )
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = (len(ordered) - 1) * q / 100
-    lo, hi = int(index), min(int(index) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (index - lo)
 
 
 def push_entry(world: World, entry: dict[str, Any]) -> str:
@@ -101,7 +95,7 @@ def admin_times(server: Proc, world: World, rounds: int
 
 def row(label: str, times: list[float]) -> str:
     return (f"{label:<30}{statistics.median(times) * 1000:>9.1f}"
-            f"{percentile(times, 95) * 1000:>9.1f}{max(times) * 1000:>9.1f}")
+            f"{interpolated(times, 95) * 1000:>9.1f}{max(times) * 1000:>9.1f}")
 
 
 def main() -> int:
@@ -142,7 +136,7 @@ def main() -> int:
         print(row("POST /admin/models: swap", admin_swap))
         ratio = statistics.median(config) / statistics.median(swap)
         print(f"push -> served, config p50 / swap p50: {ratio:.2f}x")
-        p95 = percentile(admin_config, 95) * 1000
+        p95 = interpolated(admin_config, 95) * 1000
         extra = (statistics.median(admin_config) - statistics.median(admin_same)) * 1000
         print(f"config apply over the no-change round trip: p50 +{extra:.1f} ms; "
               f"round trip p95 {p95:.1f} ms: goal <= 50 ms {'met' if p95 <= 50 else 'NOT met'}")

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_rollback import percentile
+from ggufops.percentile import interpolated
 from testing.multihost import Fleet, NetHost, fleet
 from testing.runtime import standalone_world, wait_for
 
@@ -55,8 +55,8 @@ def main() -> int:
         print(f"fleet rollback, {args.hosts} hosts ({f.mode}"
               + (f": {f.reason}" if f.reason else "") + f"), polling every "
               f"{args.interval:g} s ±10%, {args.rounds} rollbacks")
-        print(f"  push -> every host serving the old version: p50 {percentile(times, 50):.2f} s,"
-              f" p95 {percentile(times, 95):.2f} s, max {max(times):.2f} s (goal p95 <= 2 s)")
+        print(f"  push -> every host serving the old version: p50 {interpolated(times, 50):.2f} s,"
+              f" p95 {interpolated(times, 95):.2f} s, max {max(times):.2f} s (goal p95 <= 2 s)")
         print("  each: " + " ".join(f"{t:.2f}" for t in times))
     return 0
 

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ggufops.percentile import interpolated
 from testing.repos import git
 from testing.runtime import (
     Proc,
@@ -36,13 +37,6 @@ from testing.runtime import (
 )
 
 SLOW_RATE = 3000  # bytes/s, as in the probe of issue 15
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = (len(ordered) - 1) * q / 100
-    lo, hi = int(index), min(int(index) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (index - lo)
 
 
 def rolled_back(world: World, server_url: str, agent_url: str, revert: str) -> bool:
@@ -87,7 +81,7 @@ def rollback_during_download(world: World, server: Proc, agent: Proc,
 
 
 def row(label: str, times: list[float]) -> str:
-    return (f"{label:<22}{statistics.median(times):>8.3f}{percentile(times, 95):>8.3f}"
+    return (f"{label:<22}{statistics.median(times):>8.3f}{interpolated(times, 95):>8.3f}"
             f"{min(times):>8.3f}{max(times):>8.3f}")
 
 
@@ -124,7 +118,7 @@ def main() -> int:
         proxy.down()
         ratio = statistics.median(slow) / statistics.median(synced)
         print(f"slow-download rollback p50 / POST /sync p50: {ratio:.2f}x")
-        worst = max(percentile(t, 95) for t in (polled, synced, slow))
+        worst = max(interpolated(t, 95) for t in (polled, synced, slow))
         print(f"goal p95 < 2 s: {'met' if worst < 2.0 else 'NOT met'}")
     return 0
 

@@ -27,17 +27,11 @@ from pathlib import Path
 from ggufops.artifacts.store import ArtifactStore
 from ggufops.hashing import file_sha256
 from ggufops.llama import toy
+from ggufops.percentile import interpolated
 from testing.runtime import TOKEN, Proc, http, serve_args
 from testing.toys import TOY_DIR
 
 MODEL = "llama3-instruct"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = (len(ordered) - 1) * q / 100
-    lo, hi = int(index), min(int(index) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (index - lo)
 
 
 def client(url: str, stop: threading.Event, out: list[float], failed: list[int]) -> None:
@@ -76,8 +70,8 @@ def load(url: str, version: str, digest: str, role: str = "primary") -> None:
 def ratio_interval(with_shadow: list[float], without: list[float],
                    rounds: int = 1000) -> tuple[float, float]:
     rng = random.Random(12)
-    ratios = sorted(percentile(rng.choices(with_shadow, k=len(with_shadow)), 95)
-                    / percentile(rng.choices(without, k=len(without)), 95)
+    ratios = sorted(interpolated(rng.choices(with_shadow, k=len(with_shadow)), 95)
+                    / interpolated(rng.choices(without, k=len(without)), 95)
                     for _ in range(rounds))
     return ratios[int(rounds * 0.025)], ratios[int(rounds * 0.975)]
 
@@ -129,8 +123,8 @@ def main() -> int:
     print(f"{'condition':<22}{'requests':>9}{'p50 ms':>9}{'p95 ms':>9}")
     for label, values in (("no shadow", off), ("shadow 100%", on)):
         print(f"{label:<22}{len(values):>9}{statistics.median(values) * 1000:>9.2f}"
-              f"{percentile(values, 95) * 1000:>9.2f}")
-    ratio = percentile(on, 95) / percentile(off, 95)
+              f"{interpolated(values, 95) * 1000:>9.2f}")
+    ratio = interpolated(on, 95) / interpolated(off, 95)
     lo, hi = ratio_interval(on, off)
     print(f"primary p95 ratio shadow/none: {ratio:.3f} (bootstrap 95% interval {lo:.3f}-"
           f"{hi:.3f}); goal <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'}")

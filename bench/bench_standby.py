@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_rollback import percentile, push_revert, rolled_back
+from bench.bench_rollback import push_revert, rolled_back
+from ggufops.percentile import interpolated
 from testing.realmodels import smollm2_path, smollm2_twin
 from testing.runtime import (
     Processes,
@@ -49,7 +50,7 @@ def one_rollback(world: World, server_url: str, agent_url: str, trigger: bool,
 
 
 def row(label: str, times: list[float]) -> str:
-    return (f"{label:<38}{statistics.median(times):>8.3f}{percentile(times, 95):>8.3f}"
+    return (f"{label:<38}{statistics.median(times):>8.3f}{interpolated(times, 95):>8.3f}"
             f"{min(times):>8.3f}{max(times):>8.3f}")
 
 
@@ -90,9 +91,9 @@ def main() -> int:
         hot = measure(world, procs, "auto", args)
         cold = measure(world, procs, "off", args)
         for label in hot:
-            ratio = percentile(cold[label], 95) / percentile(hot[label], 95)
+            ratio = interpolated(cold[label], 95) / interpolated(hot[label], 95)
             print(f"{label}: p95 without standby / with standby = {ratio:.1f}x")
-        sync, poll = (percentile(hot[k], 95) for k in ("POST /sync", next(iter(hot))))
+        sync, poll = (interpolated(hot[k], 95) for k in ("POST /sync", next(iter(hot))))
         print(f"goals (with standby): /sync p95 {sync:.3f} s <= 0.5 s "
               f"{'met' if sync <= 0.5 else 'NOT met'}; polling p95 {poll:.3f} s <= 1.5 s "
               f"{'met' if poll <= 1.5 else 'NOT met'}")

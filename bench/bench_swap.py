@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import shutil
 import statistics
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 from ggufops.artifacts.store import ArtifactStore
 from ggufops.hashing import file_sha256
 from ggufops.llama import toy
+from ggufops.percentile import interpolated
 from testing.runtime import TOKEN, Proc, http, serve_args
 from testing.toys import TOY_DIR
 
@@ -40,15 +42,6 @@ class Result:
     start: float
     end: float
     ok: bool
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = (len(ordered) - 1) * q / 100
-    lo, hi = int(index), min(int(index) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (index - lo)
 
 
 def client(url: str, stop: threading.Event, results: list[Result]) -> None:
@@ -166,14 +159,15 @@ def report(results: list[Result], steady_end: float, windows: list[tuple[float, 
     swap_times = [end - start for start, end in windows]
     print(f"{args.swaps} swaps under {args.clients} back-to-back clients (16 tokens/request)")
     print(f"requests served: {len(results) - len(failed)}   failed: {len(failed)} (goal 0)")
-    print(f"swap (verify + load + smoke test + switch): p50 {percentile(swap_times, 50) * 1e3:.0f}"
+    swap_p50 = interpolated(swap_times, 50) * 1e3
+    print(f"swap (verify + load + smoke test + switch): p50 {swap_p50:.0f}"
           f" ms, max {max(swap_times) * 1e3:.0f} ms")
     print(f"{'latency':<28}{'requests':>9}{'p50 ms':>9}{'p95 ms':>9}")
     summary = {"served": float(len(results) - len(failed)), "failed": float(len(failed))}
     for label, key, group in (("steady state", "steady", steady),
                               ("overlapping a swap", "swap", during)):
         lat = [(r.end - r.start) * 1e3 for r in group]
-        p50, p95 = percentile(lat, 50), percentile(lat, 95)
+        p50, p95 = (interpolated(lat, 50), interpolated(lat, 95)) if lat else (math.nan,) * 2
         print(f"{label:<28}{len(group):>9}{p50:>9.1f}{p95:>9.1f}")
         summary.update({f"{key}_p50": p50, f"{key}_p95": p95})
     return summary

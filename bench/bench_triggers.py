@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.bench_rollback import percentile
+from ggufops.percentile import interpolated
 from testing.repos import git
 from testing.runtime import MODEL, World, http, serving_version, standalone_world, wait_for
 
@@ -79,7 +79,7 @@ def main() -> int:
               f"{args.min_requests}), agent polling every {args.interval:g} s, toys, "
               f"{args.rounds} rounds")
         print("fault start (2.1.0 serving) -> 2.0.0 answering again: "
-              f"p50 {statistics.median(times):.3f} s, p95 {percentile(times, 95):.3f} s, "
+              f"p50 {statistics.median(times):.3f} s, p95 {interpolated(times, 95):.3f} s, "
               f"min {min(times):.3f} s, max {max(times):.3f} s; requests per round "
               f"p50 {statistics.median(n for _, n in rounds):.0f}")
     return 0

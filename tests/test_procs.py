@@ -17,6 +17,7 @@ from ggufops.procs import free_port, run_python
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tools" / "ggufops"
 TESTING = Path(__file__).resolve().parents[1] / "testing"
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 # A parent that starts a grandchild with die_with_parent, waits until the grandchild has
 # installed its SIGTERM handler (else the signal could kill it before), prints its pid and
@@ -116,16 +117,18 @@ COPIES = {
     "a free port helper": re.compile(r"def _?free_port\("),
     "a parent-death signal": re.compile(r"prctl\("),
     "a whole-file sha256": re.compile(r"sha256\([^)]*read_bytes\(\)"),
+    "a percentile": re.compile(r"def _?(percentile|interpolated|nearest_rank)\("),
 }
 HOMES = {"a sha256 pattern": "hashing.py", "a free port helper": "procs.py",
-         "a parent-death signal": "procs.py", "a whole-file sha256": ""}
+         "a parent-death signal": "procs.py", "a whole-file sha256": "",
+         "a percentile": "percentile.py"}
 
 
 @pytest.mark.parametrize("what", sorted(COPIES))
 def test_one_home_each(what: str) -> None:
     """No module but its home writes it again (tests may hash small byte strings)."""
     pattern = COPIES[what]
-    found = [f"{p.relative_to(PACKAGE.parents[1])}" for root in (PACKAGE, TESTING)
+    found = [f"{p.relative_to(PACKAGE.parents[1])}" for root in (PACKAGE, TESTING, BENCH)
              for p in sorted(root.rglob("*.py")) if pattern.search(p.read_text())]
     home = [f"tools/ggufops/{HOMES[what]}"] if HOMES[what] else []
     assert found == home

@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -98,3 +100,32 @@ def test_a_crashing_load_check_leaves_no_core_file(toy_models: dict[str, Path],
                           text=True, check=False)
     assert done.returncode == 1 and "crashed with SIGABRT" in done.stderr
     assert list(work.iterdir()) == []
+
+
+def test_a_checker_started_by_a_thread_that_ended_still_answers(
+        toy_models: dict[str, Path]) -> None:
+    """PR_SET_PDEATHSIG fires when the forking *thread* exits: a child started from a
+    worker thread must not get it, or the next check would read a SIGTERM as a crash."""
+    runtime = loadcheck.installed_version()
+    assert runtime is not None
+    checker = loadcheck.Checker(runtime)
+    try:
+        first: list[loadcheck.LoadCheck] = []
+        worker = threading.Thread(target=lambda: first.append(checker.check(
+            toy_models["baseline"])))
+        worker.start()
+        worker.join()
+        assert first[0].loaded, first
+        time.sleep(0.5)  # a death signal, had it been set, is delivered by now
+        assert checker.check(toy_models["baseline"]).loaded  # the same child, alive
+    finally:
+        checker.close()
+
+
+def test_a_child_that_ends_without_an_answer_is_not_called_a_corrupt_file() -> None:
+    checker = loadcheck.Checker("0.3.36")
+    ended = checker._death(3, timed_out=False)
+    assert ended == ("the load check child with llama-cpp-python 0.3.36 ended without an "
+                     "answer (exit 3: no output); fix what that says and run register again")
+    assert "corrupt" in checker._death(-6, timed_out=False)  # a crash on the file is
+    assert "run register again" in checker._death(0, timed_out=True)

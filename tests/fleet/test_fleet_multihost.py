@@ -78,6 +78,11 @@ def test_three_hosts_converge_through_deploys_rollbacks_kills_and_cut_links(
     rollback = world.revert(broken)
     serving_everywhere([h1, h3], "2.0.0")
     assert h2.version() == "2.2.0"
+    # what a host serves and what it has published are two signals: a host's object in S3
+    # follows its apply by up to a heartbeat, so read the report only once h1 and h3 have
+    # published the rollback (reading it at once saw h1 still "drift" on a busy machine)
+    for host in (h1, h3):
+        wait_published(world, host.name, commit=rollback, phase="healthy")
 
     def h2_reports_git_down() -> dict[str, Any] | None:
         code, report = fleet_status(world)

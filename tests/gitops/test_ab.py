@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +201,36 @@ def test_shadow_figures_are_pooled_over_hosts() -> None:
         "full), 5 preempted, 1 errors",
         "  agreement with the primary: exact match 75.0%, token overlap 0.900 (mean)",
         "  latency p50/p95: shadow 0.250/0.470 s, primary on the same requests 0.050/0.135 s"]
+
+
+def test_a_host_older_than_shadow_stats_is_a_warning_not_a_failure() -> None:
+    """A server without GET /admin/shadow (an older ggufops serve) answers 404/405/...: its
+    A/B figures still count; only its shadow section is missing, with a warning. A stats
+    block without `exact_matches` (older still) shows no exact-match rate, not 0%."""
+
+    class Old(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(405)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Old)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        summaries, warnings = abshadow.collect(MODEL, [url], TOKEN)
+    finally:
+        server.shutdown()
+    assert summaries == []
+    (warning,) = warnings
+    assert warning.startswith(f"{url}/admin/shadow?model={MODEL}&samples=1 answered HTTP 405")
+    stats = shadow_stats("2.1.0", 2, 0, 0.5, [0.1], [0.1])
+    del stats["exact_matches"]
+    (summary,) = abshadow.summarize([abshadow.ShadowHost("http://a", 10, stats)])
+    assert summary.exact_match_rate is None and summary.mirrored == 2
 
 
 @pytest.fixture

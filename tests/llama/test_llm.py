@@ -193,3 +193,18 @@ def test_a_prompt_longer_than_the_context_is_a_plain_error(toy_models: dict[str,
         with pytest.raises(LlamaError, match=r"baseline\.gguf: the prompt has 151 tokens but "
                            r"the context holds 100; shorten the prompt"):
             llm.complete(model, "x" * 150, {"max_tokens": 4}, stream=False)
+
+
+def test_a_chat_longer_than_the_context_is_a_plain_error(toy_models: dict[str, Path]) -> None:
+    """The same for a chat turn, whose prompt the template renders: the check sits where
+    both pass their final tokens."""
+    with llm.serve_load(toy_models["baseline"], n_ctx=100, n_threads=1,
+                        chat_template="chatml") as model:
+        with pytest.raises(LlamaError, match=r"baseline\.gguf: the prompt has \d+ tokens but "
+                           r"the context holds 100; shorten the prompt"):
+            llm.chat(model, [{"role": "user", "content": "x" * 150}], {"max_tokens": 4},
+                     stream=False)
+        stream = llm.chat(model, [{"role": "user", "content": "x" * 150}], {"max_tokens": 4},
+                          stream=True)
+        with pytest.raises(LlamaError, match="the context holds 100; shorten the prompt"):
+            list(stream)  # type: ignore[arg-type]

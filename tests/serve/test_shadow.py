@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +16,8 @@ from ggufops.artifacts.store import ArtifactStore
 from ggufops.hashing import file_sha256
 from ggufops.serve import app as server
 from ggufops.serve import protocol, shadow
+from ggufops.serve.modeltable import ModelTable
+from ggufops.serve.shadow import ShadowMirror, ShadowStats
 from testing.runtime import (
     MODEL,
     TOKEN,
@@ -172,3 +175,19 @@ def _shadow_outcomes(url: str) -> float:
     return sum(v for k, v in metrics(url).items()
                if k.startswith(f'ggufops_shadow_requests_total{{model="{MODEL}",')
                and k.endswith(',version="2.1.0"}'))
+
+
+def test_a_late_shadow_error_counts_for_its_own_version_only() -> None:
+    """An error of a job that ran on 2.1.0, reported after 2.2.0 became the shadow, goes to
+    2.1.0's metric; 2.2.0's stats block neither gains it nor is reset by it."""
+    counters = server.server_metrics()
+    table = ModelTable(lambda _: None)
+    mirror = ShadowMirror(table, counters)
+    current = SimpleNamespace(request=SimpleNamespace(version="2.2.0"))
+    table.shadow = lambda name: current  # type: ignore[method-assign]
+    mirror._stats["m"] = ShadowStats("2.2.0", errors=0)
+    mirror._error("m", "2.1.0", "boom")
+    assert mirror._stats["m"].version == "2.2.0" and mirror._stats["m"].errors == 0
+    assert counters.value("ggufops_shadow_requests_total", ("m", "2.1.0", "error")) == 1
+    mirror._error("m", "2.2.0", "boom")
+    assert mirror._stats["m"].errors == 1

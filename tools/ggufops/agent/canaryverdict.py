@@ -38,9 +38,9 @@ import statistics
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from ggufops.agent.triggers import percentile
 from ggufops.errors import InvalidDesiredState
 from ggufops.gitops import abstats
+from ggufops.percentile import nearest_rank
 
 WAIT = "wait"
 GOOD = "pass"
@@ -84,7 +84,7 @@ class Sample:
         return self.errors / self.requests if self.requests else 0.0
 
     def p95(self) -> float | None:
-        return percentile(self.latencies, 0.95) if self.latencies else None
+        return nearest_rank(self.latencies, 95) if self.latencies else None
 
     def mean_rating(self) -> float | None:
         return statistics.fmean(self.ratings) if self.ratings else None

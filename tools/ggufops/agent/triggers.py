@@ -19,11 +19,11 @@ previous version's last `window_s` of records on the same host. Pure functions: 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from ggufops.errors import InvalidDesiredState
+from ggufops.percentile import nearest_rank
 
 ROLLBACK = "rollback"
 ALERT = "alert"
@@ -150,10 +150,10 @@ def _p95(policy: TriggerPolicy, judged: Judged) -> Firing | None:
     before = [float(r["latency_s"]) for r in judged.previous if r.get("ok")]
     if min(len(now), len(before)) < policy.min_requests:
         return None
-    base = percentile(before, 0.95)
+    base = nearest_rank(before, 95)
     if base <= 0:
         return None
-    ratio = percentile(now, 0.95) / base
+    ratio = nearest_rank(now, 95) / base
     return _firing(policy, judged, "p95_ratio", ratio, threshold=policy.p95_ratio) \
         if ratio > policy.p95_ratio else None
 
@@ -178,10 +178,3 @@ def _tokens(policy: TriggerPolicy, judged: Judged) -> Firing | None:
         return None
     return _firing(policy, judged, "tokens_ratio", ratio, threshold=policy.tokens_ratio,
                    action=ALERT)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..1) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[rank - 1]

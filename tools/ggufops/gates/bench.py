@@ -30,6 +30,7 @@ from ggufops.atomic import atomic_write_text
 from ggufops.errors import BenchError, EvalSetError
 from ggufops.gates.cache import BenchCache
 from ggufops.llama import llm
+from ggufops.percentile import interpolated
 from ggufops.registry import schemas
 from ggufops.registry.records import VersionRecord
 from ggufops.registry.registry import EVALS_DIR, Registry, VersionRef, version_relpath
@@ -209,8 +210,8 @@ class SpeedSamples:
         return {
             "pp_tokens_per_s": llm.median([x for r in self.pp for x in r]),
             "tg_tokens_per_s": llm.median([x for r in self.tg for x in r]),
-            "latency_p50_ms": llm.percentile(lat, 50),
-            "latency_p95_ms": llm.percentile(lat, 95),
+            "latency_p50_ms": interpolated(lat, 50),
+            "latency_p95_ms": interpolated(lat, 95),
         }
 
 

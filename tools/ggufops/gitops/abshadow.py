@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ggufops.errors import AbError
-from ggufops.gitops.abstats import percentile
 from ggufops.httpjson import request_json
+from ggufops.percentile import interpolated
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class ShadowHost:
     url: str
     percent: int | None
     stats: dict[str, Any] | None
+    warning: str | None = None  # why this host has no shadow figures although it answered
 
 
 @dataclass
@@ -57,9 +58,11 @@ def fetch(url: str, model: str, token: str, *, timeout: float = 10.0) -> ShadowH
     if reply.status == 404:  # the host does not serve the model (now): nothing to show
         return ShadowHost(url, None, None)
     data = reply.data if isinstance(reply.data, dict) else {}
-    if reply.status != 200 or "stats" not in data:
-        raise AbError(f"{target}: answered HTTP {reply.status}; is it `ggufops serve` with "
-                      "shadow traffic (GET /admin/shadow)?")
+    if reply.status != 200 or "stats" not in data:  # e.g. a server older than shadows:
+        # its A/B figures still count, only its shadow section is missing
+        return ShadowHost(url, None, None, f"{target} answered HTTP {reply.status}: no shadow "
+                          "figures from this host (a ggufops serve without GET /admin/shadow? "
+                          "upgrade it)")
     shadow = data.get("shadow")
     percent = int(shadow["percent"]) if isinstance(shadow, dict) else None
     stats = data["stats"] if isinstance(data["stats"], dict) else None
@@ -85,7 +88,8 @@ def _summary(version: str, group: list[ShadowHost]) -> ShadowSummary:
         version=version, percent=sorted({h.percent for h in group if h.percent is not None}),
         hosts=len(group), mirrored=mirrored, dropped=_total(stats, "dropped"),
         preempted=_total(stats, "preempted"), errors=_total(stats, "errors"),
-        exact_match_rate=_total(stats, "exact_matches") / mirrored if mirrored else None,
+        exact_match_rate=_total(stats, "exact_matches") / mirrored
+        if mirrored and all("exact_matches" in s for s in stats) else None,
         token_overlap_mean=overlap / mirrored if mirrored else None,
         shadow_latency_p50_s=_pct(shadow, 50), shadow_latency_p95_s=_pct(shadow, 95),
         primary_latency_p50_s=_pct(primary, 50), primary_latency_p95_s=_pct(primary, 95))
@@ -96,11 +100,13 @@ def _total(stats: list[dict[str, Any]], key: str) -> int:
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    return percentile(values, q) if values else None
+    return interpolated(values, q) if values else None
 
 
-def collect(model: str, hosts: list[str], token: str) -> list[ShadowSummary]:
-    return summarize([fetch(url, model, token) for url in hosts])
+def collect(model: str, hosts: list[str], token: str) -> tuple[list[ShadowSummary], list[str]]:
+    """The shadow sections and a warning per host that could not give one."""
+    found = [fetch(url, model, token) for url in hosts]
+    return summarize(found), [h.warning for h in found if h.warning is not None]
 
 
 # --- text -----------------------------------------------------------------------------------

@@ -27,14 +27,6 @@ class TestResult:
     p_value: float
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100) of a non-empty sample."""
-    ordered = sorted(values)
-    index = (len(ordered) - 1) * q / 100
-    lo, hi = int(index), min(int(index) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (index - lo)
-
-
 def normal_sf(z: float) -> float:
     """P(Z > z) for a standard normal Z."""
     return 0.5 * math.erfc(z / math.sqrt(2))

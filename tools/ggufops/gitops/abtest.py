@@ -19,8 +19,8 @@ from typing import Any
 
 from ggufops.errors import AbError
 from ggufops.gitops import abshadow, abstats
-from ggufops.gitops.abstats import percentile
 from ggufops.httpjson import request_json
+from ggufops.percentile import interpolated
 
 SIGNIFICANT = 0.05
 
@@ -67,6 +67,7 @@ class AbReport:
     versions: list[VersionSummary]
     comparisons: list[Comparison]
     shadows: list[abshadow.ShadowSummary] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # hosts without shadow figures
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,8 +121,8 @@ def summarize(version: str, rows: list[tuple[str, Any]],
         version=version, roles=sorted({str(r["role"]) for r in records}),
         hosts=len({url for url, _ in rows}), requests=len(records), errors=errors,
         error_rate=errors / len(records) if records else 0.0,
-        latency_p50_s=percentile(latencies, 50) if latencies else None,
-        latency_p95_s=percentile(latencies, 95) if latencies else None,
+        latency_p50_s=interpolated(latencies, 50) if latencies else None,
+        latency_p95_s=interpolated(latencies, 95) if latencies else None,
         tokens_per_request=statistics.fmean(tokens) if tokens else None,
         ratings=len(scores), mean_rating=statistics.fmean(scores) if scores else None)
 
@@ -180,7 +181,7 @@ def collect(env: str, model: str, primary: str | None, *, hosts: list[str], toke
     since = time.time() - window_s
     windows = [fetch_window(url, model, since, token) for url in hosts]
     report = build_report(env, model, primary, since, windows)
-    report.shadows = abshadow.collect(model, hosts, token)
+    report.shadows, report.warnings = abshadow.collect(model, hosts, token)
     return report
 
 
@@ -209,6 +210,7 @@ def render(report: AbReport) -> str:
         lines.append("no requests in the window on these hosts")
     for shadow in report.shadows:
         lines += abshadow.render(shadow)
+    lines += [f"warning: {w}" for w in report.warnings]
     return "\n".join(lines)
 
 

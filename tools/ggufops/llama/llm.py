@@ -450,11 +450,6 @@ def request_latency_ms(model: Model, prompt: bytes, max_tokens: int, *,
     return (clock() - start) * 1000.0
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100)."""
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
@@ -721,6 +716,7 @@ def _tracing_llama() -> Any:
         def generate(self, tokens: Sequence[int], *args: Any,
                      **kwargs: Any) -> Iterator[int]:
             trace, stop = self.trace, self.should_stop
+            _check_prompt_fits(self, len(tokens))
             if trace is not None:
                 trace.prompt_tokens = len(tokens)
             _check_stop(stop)
@@ -835,15 +831,16 @@ def _guard_stream(model: Model, chunks: Iterator[dict[str, Any]]) -> Iterator[di
         model.llama.trace = None
 
 
-def _check_prompt_fits(model: Model, prompt: str) -> None:
+def _check_prompt_fits(llama: Any, n_tokens: int) -> None:
     """llama.cpp pads a context to a multiple of 256 tokens and llama-cpp-python checks a
     prompt against that padded size, but sizes its token buffer by the n_ctx asked for: a
-    prompt in between failed with numpy's "could not broadcast input array". Say it plainly,
-    counting tokens as llama-cpp-python's create_completion does."""
-    n_tokens = len(model.llama.tokenize(prompt.encode("utf-8"), special=True))
-    if n_tokens >= model.n_ctx:
-        raise LlamaError(f"{model.path.name}: the prompt has {n_tokens} tokens but the context "
-                         f"holds {model.n_ctx}; shorten the prompt")
+    prompt in between failed with numpy's "could not broadcast input array". Said plainly
+    here, where completions and chat turns (whose template renders the prompt) both pass
+    with their final tokens; `_openai` names the file."""
+    capacity = int(llama.input_ids.shape[0])
+    if n_tokens >= capacity:
+        raise ValueError(f"the prompt has {n_tokens} tokens but the context holds "
+                         f"{capacity}; shorten the prompt")
 
 
 def complete(model: Model, prompt: str, params: dict[str, Any], *, stream: bool,
@@ -853,7 +850,6 @@ def complete(model: Model, prompt: str, params: dict[str, Any], *, stream: bool,
     """An OpenAI text completion (a dict), or an iterator of its chunks when streaming.
     `should_stop` (non-streamed only) is asked before the prompt and at every token; True
     raises GenerationAborted."""
-    _check_prompt_fits(model, prompt)
     return _openai(model, model.llama.create_completion, stream, trace, reuse_prefix,
                    should_stop=should_stop, prompt=prompt, **params)
 

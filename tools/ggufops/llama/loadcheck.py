@@ -83,10 +83,15 @@ class Checker:
             self._forget()
             self._stderr = tempfile.TemporaryFile(  # noqa: SIM115 - closed by _forget()
                 "w+", encoding="utf-8", errors="replace")
+            # PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, so only a
+            # child forked by the main thread (which lives as long as we do) gets it; one
+            # forked by another thread ends when its stdin closes (loadchild reads to EOF).
+            setup = _child_setup if threading.current_thread() is threading.main_thread() \
+                else _no_core_file
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", CHILD_MODULE, self.runtime], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=self._stderr, encoding="utf-8",
-                preexec_fn=_child_setup)  # noqa: PLW1509 - prctl and setrlimit only, no locks
+                preexec_fn=setup)  # noqa: PLW1509 - prctl and setrlimit only, no locks
         return self._proc
 
     def _answer(self, path: Path, proc: subprocess.Popen[str]) -> LoadCheck:
@@ -102,21 +107,24 @@ class Checker:
         proc.wait()
         said = self._death(proc.returncode, timed_out=line is None)
         self._forget()
-        raise LoadCheckFailed(f"{path}: {said}; nothing was registered: the file is corrupt "
-                              "or needs another llama.cpp: convert or download it again")
+        raise LoadCheckFailed(f"{path}: {said}; nothing was registered")
 
     def _death(self, returncode: int, *, timed_out: bool) -> str:
         """How the child ended, in words."""
         runtime = f"llama-cpp-python {self.runtime}"
         if timed_out:
-            return f"{runtime} did not finish loading it in {TIMEOUT_S:.0f} s"
+            return (f"{runtime} did not finish loading it in {TIMEOUT_S:.0f} s (a slow disk or "
+                    "a busy machine? run register again; a file llama.cpp hangs on is corrupt)")
         if returncode < 0:
             try:
                 name = signal.Signals(-returncode).name
             except ValueError:
                 name = f"signal {-returncode}"
-            return f"llama.cpp ({runtime}) crashed with {name} while loading it"
-        return f"the load check with {runtime} failed (exit {returncode}: {self._last_error()})"
+            return (f"llama.cpp ({runtime}) crashed with {name} while loading it: the file is "
+                    "corrupt or needs another llama.cpp; convert or download it again")
+        return (f"the load check child with {runtime} ended without an answer (exit "
+                f"{returncode}: {self._last_error()}); fix what that says and run register "
+                "again")
 
     def _last_error(self) -> str:
         if self._stderr is None:
@@ -147,10 +155,15 @@ class Checker:
             self._forget()
 
 
-def _child_setup() -> None:
-    """In the child before it runs: it dies with us, and a crash on a bad file leaves no
-    core file behind (in the registry, its working directory)."""
+def _no_core_file() -> None:
+    """In the child before it runs: a crash on a bad file leaves no core file behind (in
+    the registry, its working directory)."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _child_setup() -> None:
+    """_no_core_file, and the child dies with us."""
+    _no_core_file()
     die_with_parent = procs.die_with_parent()
     if die_with_parent is not None:
         die_with_parent()

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ggufops.errors import GgufopsError
 from ggufops.httpjson import HttpError, rfc3339
 from ggufops.llama import llm
+from ggufops.percentile import interpolated
 from ggufops.serve import configswap, protocol
 from ggufops.serve.yielding import PrimaryTraffic
 
@@ -124,7 +125,7 @@ class ShadowStats:
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    return round(llm.percentile(values, q), 4) if values else None
+    return round(interpolated(values, q), 4) if values else None
 
 
 @dataclass(frozen=True)
@@ -193,8 +194,10 @@ class ShadowMirror:
                 log.exception("shadow request for %s failed", job.name)
 
     def _run(self, job: _Job) -> None:
+        version: str | None = None  # the shadow version this job ran on, once it has one
         try:
             with self.table.use_shadow(job.name) as shadow:
+                version = shadow.request.version
                 start = time.perf_counter()
                 text = self._generate(shadow, job)
                 elapsed = time.perf_counter() - start
@@ -204,7 +207,7 @@ class ShadowMirror:
             self._count_preempted(job.name, shadow.request.version)
             return
         except GgufopsError as e:
-            self._error(job.name, str(e))
+            self._error(job.name, version, str(e))
             return
         finally:
             self._running = None
@@ -233,10 +236,18 @@ class ShadowMirror:
             self._preempted[name] = self._preempted.get(name, 0) + 1
             self._stats_for(name, version).preempted += 1
 
-    def _error(self, name: str, message: str) -> None:
+    def _error(self, name: str, version: str | None, message: str) -> None:
+        """Counted for the version that failed, not whichever is the shadow by now: the
+        metric carries its version; the stats block (the current shadow's) only counts it
+        when that version is still the shadow, so a late error neither lands on the new
+        shadow nor resets its figures."""
         shadow = self.table.shadow(name)
-        version = shadow.request.version if shadow else "?"
+        current = shadow.request.version if shadow else None
+        version = version or current or "?"  # it failed before it ran on any version
         self.metrics.inc("ggufops_shadow_requests_total", (name, version, "error"))
+        if version != current:
+            log.info("shadow %s@%s (no longer the shadow) failed: %s", name, version, message)
+            return
         with self._lock:
             self._stats_for(name, version).errors += 1
         log.info("shadow of %s failed: %s", name, message)
