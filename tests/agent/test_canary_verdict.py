@@ -47,6 +47,22 @@ def test_the_minimum_is_never_below_what_the_latency_test_needs() -> None:
     assert judge(lax, requests(20, latency=0.2), requests(100), 60).metric == "p95_ratio"
 
 
+def test_latency_is_judged_on_answered_requests_or_the_verdict_waits() -> None:
+    """Many errors on both sides (equal rates) leave 10 answered canary requests: a 10x
+    slower canary must not pass with its latency unjudged; with 20 answered it fails."""
+    canary, primary = requests(100, errors=90, latency=1.0), requests(1000, errors=900)
+    verdict = judge(POLICY, canary, primary, 60)
+    assert verdict.error_rate_p is not None and verdict.error_rate_p > 0.05
+    assert verdict.latency_p is None and verdict.outcome == "wait"
+    assert verdict.note == ("too few answered requests to judge latency: 10 canary, 100 "
+                            "primary; 20 of each are needed")
+    more = judge(POLICY, requests(200, errors=180, latency=1.0), primary, 120)
+    assert (more.outcome, more.metric) == ("fail", "p95_ratio")
+    # a failing metric still fails before 20 answers: errors are evidence enough
+    broken = judge(POLICY, requests(100, errors=95), requests(1000, errors=10), 60)
+    assert (broken.outcome, broken.metric) == ("fail", "error_rate")
+
+
 def test_an_equal_canary_passes() -> None:
     verdict = judge(POLICY, requests(60), requests(540), 60)
     assert (verdict.outcome, verdict.metric) == ("pass", None)

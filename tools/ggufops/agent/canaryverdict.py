@@ -13,9 +13,12 @@ same window (the step's commit time to now), read from its server's request wind
         max_rating_drop: 0.5     # primary mean rating - canary mean rating above this
         min_ratings: 20          # ratings per role before the rating test runs
 
-The verdict is `wait` (fewer than `min_requests` on either side, and never fewer than the 20
-answered requests the latency test needs: no decision, never a pass), `fail`
-(the first metric that fails, with its figures) or `pass`:
+The verdict is `wait` (fewer than `min_requests` requests on either side, never fewer than
+20; or, when nothing failed, fewer than the 20 answered requests of each role the latency
+test needs: no decision, never a pass), `fail` (the first metric that fails, with its
+figures) or `pass`. Errors and ratings can fail a canary before 20 answers; only a pass
+waits for latency to be judged, so a much slower canary failing many requests (as the
+primary does) cannot pass unjudged:
 
 - error rate: a one-sided two-proportion test of H0 `p_canary - p_primary <= margin`
   against H1 `> margin`, Agresti-Caffo adjusted (one success and one failure added to each
@@ -160,6 +163,12 @@ def judge(policy: CanaryPolicy, canary: Sample, primary: Sample, window_s: float
         _tail_p(policy, canary.latencies, primary.latencies), canary.mean_rating(),
         primary.mean_rating(), _rating_p(policy, canary, primary), window_s, "")
     outcome, metric, note = _outcome(policy, figures)
+    answered = min(len(canary.latencies), len(primary.latencies))
+    if outcome == GOOD and answered < abstats.MIN_LATENCY_SAMPLES:
+        outcome, note = WAIT, (
+            f"too few answered requests to judge latency: {len(canary.latencies)} canary, "
+            f"{len(primary.latencies)} primary; {abstats.MIN_LATENCY_SAMPLES} of each are "
+            "needed")
     return replace(figures, outcome=outcome, metric=metric, note=note)
 
 
