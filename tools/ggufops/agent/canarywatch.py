@@ -9,7 +9,7 @@ window; `pass` and `fail` are pushed as one commit built on the commit this host
 (gitops/canarystep: the push is the compare-and-swap, so one host decides each step). A
 refused push means another host decided: the agent applies the new tip like any commit,
 and the next step is timed from it. State lives in memory; an agent restarted mid-step
-finds the step's time again in git.
+is fed its applied commit at start (Agent.recover) and finds the step's time again in git.
 """
 
 from __future__ import annotations
