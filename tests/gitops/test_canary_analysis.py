@@ -15,7 +15,7 @@ import yaml
 from ggufops.gitops import canarystep, history, triggerrevert
 from ggufops.registry.validate import validate_repo
 from testing.repos import git
-from testing.scratch import MODEL, Scratch, cli, ship
+from testing.scratch import MODEL, OTHER, Scratch, cli, ship
 
 ANALYSIS = "verdict=pass requests=60/540 error_rate=0.0000/0.0000 p95_ratio=1.01 " \
     "rating=-/- window=61s host=host-a"
@@ -218,3 +218,46 @@ def test_promote_and_abort_commits_and_their_history(staged: Scratch) -> None:
                               "('canary-step', 'abort', 'promote') ORDER BY id").fetchall()
     assert [k for k, _ in stored] == ["canary-step", "abort", "promote"]
     assert all(a and a.startswith("verdict=") for _, a in stored)
+
+
+
+def _abort_after_a_step(s: Scratch) -> None:
+    """A planned canary of 2.1.0 on 2.0.0, stepped to 25 and aborted by the agents' commits."""
+    result = cli(s.root, "deploy", f"{MODEL}@2.1.0", "--env", "production", "--canary", "10",
+                 "--steps", "10,25,50,100", "--direct", "--push")
+    assert result.exit_code == 0, result.output + result.stderr
+    step = canarystep.Decision("production", MODEL, "2.0.0", "2.1.0", 10, canarystep.STEP, 25,
+                               ANALYSIS, "passed", s.remote_head())
+    canarystep.push_decision(_clone(s, "host-a"), step)
+    abort = canarystep.Decision("production", MODEL, "2.0.0", "2.1.0", 25, canarystep.ABORT, 0,
+                                ANALYSIS.replace("verdict=pass", "verdict=fail metric=p95_ratio"),
+                                "canary analysis failed on p95_ratio", s.remote_head())
+    assert canarystep.push_decision(_clone(s, "host-b"), abort).pushed is not None
+    git(s.root, "pull", "-q", "--ff-only")
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_rollback_after_an_abort_undoes_the_primarys_last_deploy(scratch: Scratch,
+                                                                 group: bool) -> None:
+    """The abort is a rollback (Rollback-Of), and the aborted canary's step is a change of
+    a canary the entry no longer has: `rollback` (and `rollback --models`) passes over them
+    to the deploy of 2.0.0."""
+    s = scratch
+    for ref in (f"{MODEL}@1.0.0", f"{OTHER}@1.0.0", f"{MODEL}@2.0.0"):
+        ship(s.root, ref)
+    if group:  # OTHER needs a deploy to roll back too
+        s.register(OTHER, "1.1.0")
+        ship(s.root, f"{OTHER}@1.1.0")
+    ship(s.root, f"{MODEL}@2.1.0", "staging")
+    _abort_after_a_step(s)
+    assert s.canaries("production") == {} and s.running("production")[MODEL] == "2.0.0"
+    which = ["--models", f"{MODEL},{OTHER}"] if group else ["--model", MODEL]
+    result = cli(s.root, "rollback", "--env", "production", *which, "--push", "--reason",
+                 "after the abort", "--skip-artifact-check")  # no S3 here
+    assert result.exit_code == 0, result.output + result.stderr
+    git(s.root, "pull", "-q", "--ff-only")
+    assert s.running("production")[MODEL] == "1.0.0"
+    (deployed,) = [e for e in history.read_history(s.root, "production", "main", model=MODEL,
+                                                   with_metrics=False)
+                   if e.kind == "deploy" and e.to_version == "2.0.0"]
+    assert deployed.rolled_back_by == s.remote_head()
