@@ -261,3 +261,51 @@ def test_rollback_after_an_abort_undoes_the_primarys_last_deploy(scratch: Scratc
                                                    with_metrics=False)
                    if e.kind == "deploy" and e.to_version == "2.0.0"]
     assert deployed.rolled_back_by == s.remote_head()
+
+
+def _ramp(s: Scratch, version: str, weight: int) -> str:
+    result = cli(s.root, "deploy", f"{MODEL}@{version}", "--env", "production", "--canary",
+                 str(weight), "--direct", "--push")
+    assert result.exit_code == 0, result.output + result.stderr
+    return result.output
+
+
+def test_a_manual_ramp_keeps_the_plan_only_on_one_of_its_steps(staged: Scratch) -> None:
+    plan = {"steps": [10, 25, 50, 100], "interval": 60}
+    _deploy_planned(staged)
+    shown = _ramp(staged, "2.0.0", 25)  # a step of the plan: the agents walk on from it
+    assert "dropped" not in shown
+    assert staged.canaries("production")[MODEL] == {"version": "2.0.0", "weight": 25,
+                                                    "analysis": plan}
+    shown = _ramp(staged, "2.0.0", 30)  # a weight of its own: ramped by hand from now on
+    assert "warning: The canary analysis plan (steps 10,25,50,100) is dropped: 30% is not " \
+        "one of its steps" in shown
+    assert staged.canaries("production")[MODEL] == {"version": "2.0.0", "weight": 30}
+    assert "is dropped" in git(staged.root, "log", "-1", "--format=%B")
+
+
+def test_a_canary_of_another_version_drops_the_plan(staged: Scratch) -> None:
+    _deploy_planned(staged)
+    ship(staged.root, f"{MODEL}@2.1.0", "staging")
+    shown = _ramp(staged, "2.1.0", 10)
+    assert "dropped: it was for canary 2.0.0, this is 2.1.0" in shown
+    assert staged.canaries("production")[MODEL] == {"version": "2.1.0", "weight": 10}
+
+
+def test_rolling_back_a_step_keeps_the_plan_and_the_agents_step_again(staged: Scratch) -> None:
+    """A rollback of a canary-step commit restores the previous weight and keeps the plan:
+    the agents analyse that weight again, timed from the rollback commit (to stop the
+    canary, roll back again: it goes)."""
+    _deploy_planned(staged)
+    canarystep.push_decision(_clone(staged, "host-a"), _decision(staged, canarystep.STEP, 10, 25))
+    git(staged.root, "pull", "-q", "--ff-only")
+    result = cli(staged.root, "rollback", "--env", "production", "--push",
+                 "--skip-artifact-check")  # no S3 here
+    assert result.exit_code == 0, result.output + result.stderr
+    git(staged.root, "pull", "-q", "--ff-only")
+    assert staged.canaries("production")[MODEL] == {
+        "version": "2.0.0", "weight": 10, "analysis": {"steps": [10, 25, 50, 100],
+                                                       "interval": 60}}
+    events = history.read_history(staged.root, "production", "main", model=MODEL,
+                                  with_metrics=False)
+    assert (events[-1].kind, events[-1].canary_weight) == ("rollback", 10)
