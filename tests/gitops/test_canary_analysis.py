@@ -309,3 +309,18 @@ def test_rolling_back_a_step_keeps_the_plan_and_the_agents_step_again(staged: Sc
     events = history.read_history(staged.root, "production", "main", model=MODEL,
                                   with_metrics=False)
     assert (events[-1].kind, events[-1].canary_weight) == ("rollback", 10)
+
+
+def test_an_abort_names_the_canarys_start_past_a_config_change(staged: Scratch) -> None:
+    """A `ggufops config` commit during the canary names no canary: the abort's Rollback-Of
+    is still the deploy that started it, so history marks that deploy rolled back."""
+    _deploy_planned(staged)
+    started = staged.remote_head()
+    result = cli(staged.root, "config", "--env", "production", "--model", MODEL, "--set",
+                 "temperature=0.2", "--direct", "--push")
+    assert result.exit_code == 0, result.output + result.stderr
+    abort = canarystep.Decision("production", MODEL, "1.0.0", "2.0.0", 10, canarystep.ABORT, 0,
+                                ANALYSIS.replace("verdict=pass", "verdict=fail metric=error_rate"),
+                                "canary analysis failed on error_rate", staged.remote_head())
+    assert canarystep.push_decision(_clone(staged, "host-a"), abort).pushed is not None
+    assert f"Rollback-Of: {started}\n" in git(staged.remote, "log", "-1", "--format=%B")

@@ -118,13 +118,17 @@ def commit_message(decision: Decision, started_by: str | None) -> str:
 
 
 def _started_by(clone: Path, decision: Decision) -> str | None:
-    """The commit that started this canary (the oldest of the run of changes that had it)."""
+    """The commit that started this canary: the oldest of the run of changes that set it,
+    passing over changes that do not name a canary (e.g. a `ggufops config` commit during
+    the canary) and stopping at another canary version or a removal (weight 0)."""
     if decision.kind != ABORT:
         return None
     events = history.read_history(clone, decision.env, decision.analysed, model=decision.model,
                                   with_metrics=False)
     start = None
     for event in reversed(events):
+        if event.canary_version is None:
+            continue
         if event.canary_version != decision.canary or not event.canary_weight:
             break
         start = event.commit
