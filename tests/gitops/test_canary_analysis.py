@@ -84,6 +84,8 @@ def _write_plan(s: Scratch, canary: dict[str, object]) -> Path:
     (10, {"steps": [10, 50, 25, 100], "interval": 60}, "must be strictly increasing"),
     (10, {"steps": [10, 25, 50], "interval": 60}, "must end with 100 (the promotion)"),
     (30, {"steps": [10, 25, 50, 100], "interval": 60}, "the canary's weight 30 is not one of"),
+    (100, {"steps": [100], "interval": 60}, "must start and stay below 100"),
+    (100, {"steps": [10, 100], "interval": 60}, "must start and stay below 100"),
     (10, {"steps": [10, 100], "interval": 0.5}, "0.5 is less than the minimum of 1"),
 ])
 def test_validate_names_the_line_of_a_bad_plan(staged: Scratch, weight: int,
