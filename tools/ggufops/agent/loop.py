@@ -261,7 +261,7 @@ class Agent:
         self.triggers = TriggerWatch(config.env, config.server, config.admin_token, push,
                                      notify=notify)
         self.canaries = CanaryWatch(config.env, config.server, config.admin_token, push,
-                                    notify=notify)
+                                    notify=notify, labels=dict(config.labels))
 
     def _fleet_publisher(self) -> fleetstatus.Publisher:
         c = self.config
