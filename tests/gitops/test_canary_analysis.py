@@ -149,9 +149,12 @@ def test_a_push_losing_the_race_after_the_fetch_is_refused(staged: Scratch,
     clone_a, clone_b = _clone(staged, "host-a"), _clone(staged, "host-b")
     real_fetch = canarystep.git.fetch_branch
 
+    raced: list[bool] = []
+
     def fetch_then_lose(clone: Path, remote: str, branch: str, timeout: float = 300) -> None:
         real_fetch(clone, remote, branch, timeout)
-        if clone == clone_b:
+        if clone == clone_b and not raced:  # A pushes between B's first fetch and push
+            raced.append(True)
             assert canarystep.push_decision(clone_a, decision).pushed is not None
 
     monkeypatch.setattr(canarystep.git, "fetch_branch", fetch_then_lose)
@@ -326,3 +329,42 @@ def test_an_abort_names_the_canarys_start_past_a_config_change(staged: Scratch) 
                                 "canary analysis failed on error_rate", staged.remote_head())
     assert canarystep.push_decision(_clone(staged, "host-a"), abort).pushed is not None
     assert f"Rollback-Of: {started}\n" in git(staged.remote, "log", "-1", "--format=%B")
+
+
+def test_a_commit_to_another_environment_does_not_void_a_decision(staged: Scratch) -> None:
+    """The compare-and-swap is on the environment file: a commit that changed only
+    staging between the analysis and the push takes the step on top of it."""
+    _deploy_planned(staged)
+    decision = _decision(staged, canarystep.STEP, 10, 25)
+    ship(staged.root, f"{MODEL}@2.1.0", "staging")  # another environment's change lands
+    unrelated = staged.remote_head()
+    outcome = canarystep.push_decision(_clone(staged, "host-a"), decision)
+    assert outcome.pushed == staged.remote_head()
+    assert git(staged.remote, "rev-parse", "main^") == unrelated
+    git(staged.root, "pull", "-q", "--ff-only")
+    assert staged.canaries("production")[MODEL]["weight"] == 25
+    assert staged.running("staging")[MODEL] == "2.1.0"
+
+
+def test_an_abort_goes_on_top_of_another_hosts_step(staged: Scratch) -> None:
+    """Host A passed the step on its traffic and pushed first; host B failed it on its own:
+    its abort is not discarded but lands on top of A's step (a second step is not)."""
+    _deploy_planned(staged)
+    started = staged.remote_head()
+    step = _decision(staged, canarystep.STEP, 10, 25)
+    abort = dataclasses.replace(step, kind=canarystep.ABORT, next_weight=0,
+                                analysis=ANALYSIS.replace("verdict=pass", "verdict=fail "
+                                                          "metric=error_rate"),
+                                reason="canary analysis failed on error_rate")
+    assert canarystep.push_decision(_clone(staged, "host-a"), step).pushed is not None
+    stepped = staged.remote_head()
+    outcome = canarystep.push_decision(_clone(staged, "host-b"), abort)
+    assert outcome.pushed == staged.remote_head()
+    assert git(staged.remote, "rev-parse", "main^") == stepped
+    message = git(staged.remote, "log", "-1", "--format=%B")
+    assert message.startswith(f"abort(production): {MODEL} canary 2.0.0 removed")
+    assert f"Rollback-Of: {started}\n" in message
+    git(staged.root, "pull", "-q", "--ff-only")
+    assert staged.canaries("production") == {}
+    again = canarystep.push_decision(_clone(staged, "host-c"), step)  # a stale step: no
+    assert again.pushed is None and "moved from" in again.note
