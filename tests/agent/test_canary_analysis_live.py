@@ -2,7 +2,8 @@
 git remote and SeaweedFS, toy models (and SmolLM2) under real traffic, a short interval.
 A good canary walks 10 -> 25 -> 50 and is promoted by commits, exactly one per step with two
 hosts on one remote; a 4x slower one is aborted by one commit, and not before it has had
-enough traffic."""
+enough traffic,
+and an agent restarted mid-step resumes the analysis."""
 
 from __future__ import annotations
 
@@ -49,13 +50,17 @@ def _deploy_planned_canary(world: World, version: str, steps: list[int],
 
 
 def _start(world: World, processes: Processes, name: str) -> tuple[Proc, Proc]:
-    store, state = world.store.parent / f"store-{name}", world.state_dir.parent / f"state-{name}"
-    server = processes.serve(store, world.token_file)
-    agent = processes.agent(world, server.url, extra=[
-        "--store", str(store), "--state-dir", str(state), "--host-name", name])
+    server = processes.serve(world.store.parent / f"store-{name}", world.token_file)
+    agent = _agent(world, processes, server, name)
     wait_for(lambda: serving(server.url).get(MODEL, {}).get("version") == "2.0.0",
              timeout=120, what="2.0.0 served")
     return server, agent
+
+
+def _agent(world: World, processes: Processes, server: Proc, name: str) -> Proc:
+    store, state = world.store.parent / f"store-{name}", world.state_dir.parent / f"state-{name}"
+    return processes.agent(world, server.url, extra=[
+        "--store", str(store), "--state-dir", str(state), "--host-name", name])
 
 
 def _decisions(world: World, since: str) -> list[tuple[str, str]]:
@@ -126,7 +131,18 @@ def test_a_slow_canary_waits_for_traffic_then_is_aborted_by_one_commit(
     assert last["outcome"] == "wait" and "too few requests: 0 canary" in last["note"]
     assert git(world.remote, "rev-parse", "main") == start  # no traffic: no step
 
-    with traffic(server.url) as sender:
+    # only the agent restarts mid-step: nothing is applied again (the server is in sync),
+    # and the analysis resumes from the applied commit, with the step's time from git
+    step = get(f"{agent.url}/status")["canary_analysis"]["analysing"][MODEL]
+    assert agent.stop() == 0
+    agent = _agent(world, processes, server, "host-a")
+    resumed = wait_for(lambda: get(f"{agent.url}/status")["canary_analysis"]["analysing"]
+                       .get(MODEL), timeout=60, what="the analysis resumed")
+    assert resumed["step_started"] == step["step_started"] and resumed["weight"] == 10
+
+    # 32 tokens: the slow toy's compute (about 8x), not the noise of scheduling a
+    # millisecond request on a busy machine, sets both p95s, and the tail test sees it
+    with traffic(server.url, max_tokens=32) as sender:
         wait_for(lambda: _decisions(world, start), timeout=600, what="the abort")
         wait_for(lambda: _applied_head(world, agent), timeout=120, what="the abort applied")
     ((subject, analysis),) = _decisions(world, start)

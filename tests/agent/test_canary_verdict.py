@@ -5,6 +5,8 @@ hand from the formulas in agent/canaryverdict.py."""
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -43,6 +45,22 @@ def test_the_minimum_is_never_below_what_the_latency_test_needs() -> None:
     slow = requests(19, latency=0.2)
     assert judge(lax, slow, requests(100), 60).outcome == "wait"
     assert judge(lax, requests(20, latency=0.2), requests(100), 60).metric == "p95_ratio"
+
+
+def test_latency_is_judged_on_answered_requests_or_the_verdict_waits() -> None:
+    """Many errors on both sides (equal rates) leave 10 answered canary requests: a 10x
+    slower canary must not pass with its latency unjudged; with 20 answered it fails."""
+    canary, primary = requests(100, errors=90, latency=1.0), requests(1000, errors=900)
+    verdict = judge(POLICY, canary, primary, 60)
+    assert verdict.error_rate_p is not None and verdict.error_rate_p > 0.05
+    assert verdict.latency_p is None and verdict.outcome == "wait"
+    assert verdict.note == ("too few answered requests to judge latency: 10 canary, 100 "
+                            "primary; 20 of each are needed")
+    more = judge(POLICY, requests(200, errors=180, latency=1.0), primary, 120)
+    assert (more.outcome, more.metric) == ("fail", "p95_ratio")
+    # a failing metric still fails before 20 answers: errors are evidence enough
+    broken = judge(POLICY, requests(100, errors=95), requests(1000, errors=10), 60)
+    assert (broken.outcome, broken.metric) == ("fail", "error_rate")
 
 
 def test_an_equal_canary_passes() -> None:
@@ -91,14 +109,56 @@ def test_a_twice_slower_canary_fails_on_p95() -> None:
 
 
 def test_a_high_p95_from_a_few_outliers_is_not_significant() -> None:
-    """p95 ratio 3 from 4 slow requests in 60, the rest like the primary: Mann-Whitney
-    finds no shift, so the canary is not aborted on noise in its tail."""
+    """p95 ratio 3 from 4 slow requests in 60 (6.7%, about the 5% the primary has above its
+    own p95): not significant, so the canary is not aborted on noise in its tail."""
     base = requests(60)
     slow_tail = Sample(60, 0, sorted(base.latencies)[:56] + [0.3] * 4, [])
     verdict = judge(POLICY, slow_tail, requests(540), 60)
     assert verdict.p95_ratio is not None and verdict.p95_ratio > 2.5
     assert verdict.latency_p is not None and verdict.latency_p > 0.05
     assert verdict.outcome == "pass"
+
+
+def test_a_slow_tail_fails_by_hand() -> None:
+    """The review's case: 8 of 50 canary answers 5x slower, the rest like the primary's
+    (p95 ratio 4.6; Mann-Whitney saw no shift, p=0.35, and promoted it)."""
+    base = requests(50).latencies
+    canary = Sample(50, 0, [x * 5 for x in base[:8]] + base[8:], [])
+    verdict = judge(POLICY, canary, requests(50), 60)
+    share, expected = 9 / 52, 3 / 51  # 8 above 1.5 x p95 (+1 of 2); 50 + 1 - 48 of 51
+    z = (share - expected) / math.sqrt(share * (1 - share) / 52 + expected * (1 - expected) / 52)
+    assert verdict.latency_p == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), rel=1e-12)
+    assert verdict.latency_p is not None and verdict.latency_p < 0.05
+    assert verdict.p95_ratio is not None and verdict.p95_ratio > 4
+    assert (verdict.outcome, verdict.metric) == ("fail", "p95_ratio")
+    assert "tail test p=" in verdict.note
+
+
+def _noisy(rnd: random.Random, n: int, scale: float = 1.0, *, slow: int = 0) -> Sample:
+    """n answers around 0.1 s with lognormal noise (sigma 0.3), the first `slow` 5x slower."""
+    latencies = [0.1 * scale * math.exp(rnd.gauss(0, 0.3)) * (5 if i < slow else 1)
+                 for i in range(n)]
+    return Sample(n, 0, latencies, [])
+
+
+def _fails(make_canary: Callable[[random.Random], Sample], runs: int = 200) -> int:
+    """In how many of `runs` seeded simulations (50 canary, 50 primary answers) the
+    latency rule fails the canary."""
+    failed = 0
+    for seed in range(runs):
+        rnd = random.Random(seed)
+        canary, primary = make_canary(rnd), _noisy(rnd, 50)
+        failed += judge(POLICY, canary, primary, 60).metric == "p95_ratio"
+    return failed
+
+
+def test_the_tail_test_holds_its_level_and_sees_a_slow_tail_under_noise() -> None:
+    """200 seeded simulations each: a speed-equal canary is (almost) never failed, one
+    exactly at the limit (1.5x slower throughout) at most alpha of the time, and a slow
+    tail of 8 in 50 at least 80% of the time (measured: 0, 5 and 179 of 200)."""
+    assert _fails(lambda rnd: _noisy(rnd, 50)) <= 200 * POLICY.alpha
+    assert _fails(lambda rnd: _noisy(rnd, 50, 1.5)) <= 200 * POLICY.alpha
+    assert _fails(lambda rnd: _noisy(rnd, 50, slow=8)) >= 160
 
 
 def test_ratings_by_hand_and_the_minimum_of_ratings() -> None:

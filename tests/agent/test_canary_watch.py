@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ggufops import git as gitcalls
 from ggufops import notify
 from ggufops.agent import canaryverdict
@@ -65,3 +67,37 @@ def test_an_agent_that_trusts_but_cannot_sign_pushes_no_decision_and_says_why(
         "passed - push failed")
     assert "runs with --trust but no --signing-key" in event["error"]
     assert not (tmp_path / "revert.git").exists()  # no clone made, nothing pushed
+
+
+def test_a_segment_host_compares_the_canary_with_the_version_it_serves(
+        scratch: Scratch) -> None:
+    """Hosts in a `segments:` entry serve their segment's version as the primary: that is
+    what their canary is compared with (the commit still names the entry's version)."""
+    s = scratch
+    for ref in (f"{MODEL}@1.0.0", f"{MODEL}@2.0.0"):
+        ship(s.root, ref)
+    ship(s.root, f"{MODEL}@2.1.0", "staging")
+    path = s.root / "environments" / "production.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["models"][MODEL].update(
+        segments=[{"selector": {"zone": "eu"}, "version": "1.0.0"}],
+        canary={"version": "2.1.0", "weight": 10, "analysis": {"steps": [10, 100],
+                                                               "interval": 1}})
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    commit = gitcalls.commit_files(s.root, git(s.root, "rev-parse", "HEAD"), {
+        "environments/production.yaml": path.read_bytes()}, "deploy(production): canary")
+    push = PushSettings(str(s.remote), "main", "host-eu", s.tmp / "revert.git")
+    watch = CanaryWatch("production", "http://127.0.0.1:9", None, push, labels={"zone": "eu"})
+    watch.applied(s.root, s.root, commit)
+    item = watch.analysed[MODEL]
+    assert (item.primary, item.judged()) == ("2.0.0", "1.0.0")
+    rows = [{"ts": item.started + 1, "version": v, "role": role, "ok": True, "latency_s": 0.1}
+            for v, role in (("1.0.0", "primary"), ("2.1.0", "canary")) for _ in range(30)]
+    watch._window = lambda model, since: {"requests": rows}  # type: ignore[method-assign]
+    watch._decide = lambda item, verdict, now: True  # type: ignore[method-assign]
+    watch.check(now=item.due())
+    assert item.last is not None and item.last.primary_requests == 30
+    assert watch.report()["analysing"][MODEL]["compared_with"] == "1.0.0"
+    other = CanaryWatch("production", "http://127.0.0.1:9", None, push)
+    other.applied(s.root, s.root, commit)
+    assert other.analysed[MODEL].judged() == "2.0.0"  # a host outside the segment

@@ -9,21 +9,32 @@ same window (the step's commit time to now), read from its server's request wind
         min_requests: 50         # per role (canary and primary) before any verdict (>= 20)
         alpha: 0.05              # one-sided significance level of every test
         error_rate_margin: 0.01  # the canary may fail this much more often (absolute)
-        max_p95_ratio: 1.5       # canary p95 / primary p95 above this (and slower: MW)
+        max_p95_ratio: 1.5       # canary p95 / primary p95 above this (significantly)
         max_rating_drop: 0.5     # primary mean rating - canary mean rating above this
         min_ratings: 20          # ratings per role before the rating test runs
 
-The verdict is `wait` (fewer than `min_requests` on either side, and never fewer than the 20
-answered requests the latency test needs: no decision, never a pass), `fail`
-(the first metric that fails, with its figures) or `pass`:
+The verdict is `wait` (fewer than `min_requests` requests on either side, never fewer than
+20; or, when nothing failed, fewer than the 20 answered requests of each role the latency
+test needs: no decision, never a pass), `fail` (the first metric that fails, with its
+figures) or `pass`. Errors and ratings can fail a canary before 20 answers; only a pass
+waits for latency to be judged, so a much slower canary failing many requests (as the
+primary does) cannot pass unjudged:
 
 - error rate: a one-sided two-proportion test of H0 `p_canary - p_primary <= margin`
   against H1 `> margin`, Agresti-Caffo adjusted (one success and one failure added to each
   side: its standard error is never 0, and it stays honest at 0 errors); fail when
   p < alpha.
-- latency: fail when the canary's p95 is above `max_p95_ratio` times the primary's (the
-  size of the effect that matters) AND a one-sided Mann-Whitney test says the canary's
-  latencies are larger (p < alpha), so a few outliers in a small sample cannot abort.
+- latency: a test of the tail itself, H0 `canary p95 <= max_p95_ratio x primary p95`.
+  The limit is `max_p95_ratio` times the primary's p95 (nearest rank, the k-th of its n
+  answers); a new primary answer lands above the k-th of n with probability
+  (n + 1 - k) / (n + 1) whatever the distribution (about 5%; the exceedance of an order
+  statistic is Beta(n + 1 - k, k)). Under H0 the canary's share of answers above the limit
+  is at most that, so a one-sided two-proportion z-test of the canary's share (Agresti-Caffo
+  adjusted: one slow and one fast answer added) against it, with the Beta's variance on the
+  primary's side, fails the canary when p < alpha and its p95 ratio is above the limit.
+  A slow tail is seen (8 of 50 answers 5x slower fails) while a speed-equal canary almost
+  never is (tests/agent/test_canary_verdict.py simulates both). It replaces a Mann-Whitney
+  test, which tests a shift of the whole distribution and so passed a slow tail.
 - ratings: when both sides have `min_ratings`, a one-sided Welch z-test of H0
   `mean_primary - mean_canary <= max_rating_drop`; fail when p < alpha. Fewer ratings:
   not judged (many applications send none); requests alone then decide.
@@ -42,6 +53,7 @@ from ggufops.errors import InvalidDesiredState
 from ggufops.gitops import abstats
 from ggufops.percentile import nearest_rank
 
+TAIL = 0.95  # the latency quantile judged: p95
 WAIT = "wait"
 GOOD = "pass"
 FAIL = "fail"
@@ -84,7 +96,7 @@ class Sample:
         return self.errors / self.requests if self.requests else 0.0
 
     def p95(self) -> float | None:
-        return nearest_rank(self.latencies, 95) if self.latencies else None
+        return nearest_rank(self.latencies, TAIL * 100) if self.latencies else None
 
     def mean_rating(self) -> float | None:
         return statistics.fmean(self.ratings) if self.ratings else None
@@ -148,9 +160,15 @@ def judge(policy: CanaryPolicy, canary: Sample, primary: Sample, window_s: float
         WAIT, None, canary.requests, primary.requests, canary.error_rate, primary.error_rate,
         _error_rate_p(policy, canary, primary), p95_c, p95_p,
         p95_c / p95_p if p95_c is not None and p95_p else None,
-        _slower_p(canary.latencies, primary.latencies), canary.mean_rating(),
+        _tail_p(policy, canary.latencies, primary.latencies), canary.mean_rating(),
         primary.mean_rating(), _rating_p(policy, canary, primary), window_s, "")
     outcome, metric, note = _outcome(policy, figures)
+    answered = min(len(canary.latencies), len(primary.latencies))
+    if outcome == GOOD and answered < abstats.MIN_LATENCY_SAMPLES:
+        outcome, note = WAIT, (
+            f"too few answered requests to judge latency: {len(canary.latencies)} canary, "
+            f"{len(primary.latencies)} primary; {abstats.MIN_LATENCY_SAMPLES} of each are "
+            "needed")
     return replace(figures, outcome=outcome, metric=metric, note=note)
 
 
@@ -167,7 +185,7 @@ def _outcome(policy: CanaryPolicy, v: Verdict) -> tuple[str, str | None, str]:
     if v.p95_ratio is not None and v.p95_ratio > policy.max_p95_ratio \
             and v.latency_p is not None and v.latency_p < policy.alpha:
         return FAIL, "p95_ratio", (f"p95 {v.p95_ratio:.2f}x the primary's (limit "
-                                   f"{policy.max_p95_ratio:g}, Mann-Whitney "
+                                   f"{policy.max_p95_ratio:g}, tail test "
                                    f"p={v.latency_p:.3g})")
     if v.rating_p is not None and v.rating_p < policy.alpha:
         return FAIL, "rating", (f"mean rating {v.canary_rating:.2f} vs {v.primary_rating:.2f}"
@@ -183,13 +201,23 @@ def _error_rate_p(policy: CanaryPolicy, canary: Sample, primary: Sample) -> floa
     return abstats.normal_sf((pc - pp - policy.error_rate_margin) / se)
 
 
-def _slower_p(canary: list[float], primary: list[float]) -> float | None:
-    """One-sided Mann-Whitney p of H1 `the canary's latencies are larger`."""
+def _tail_p(policy: CanaryPolicy, canary: list[float], primary: list[float]) -> float | None:
+    """One-sided p of H1 `canary p95 > max_p95_ratio x primary p95` (see the docstring)."""
     if min(len(canary), len(primary)) < abstats.MIN_LATENCY_SAMPLES:
         return None
-    test = abstats.mann_whitney(canary, primary)
-    larger = test.statistic > len(canary) * len(primary) / 2
-    return test.p_value / 2 if larger else 1 - test.p_value / 2
+    limit = policy.max_p95_ratio * nearest_rank(primary, TAIL * 100)
+    slower = sum(1 for latency in canary if latency > limit)
+    expected = _share_above_order_statistic(len(primary), TAIL)
+    share = (slower + 1) / (len(canary) + 2)
+    se = math.sqrt(share * (1 - share) / (len(canary) + 2)
+                   + expected * (1 - expected) / (len(primary) + 2))
+    return abstats.normal_sf((share - expected) / se)
+
+
+def _share_above_order_statistic(n: int, q: float) -> float:
+    """The expected share of new values above the nearest-rank q-quantile of n values."""
+    rank = max(1, math.ceil(q * n))
+    return (n + 1 - rank) / (n + 1)
 
 
 def _rating_p(policy: CanaryPolicy, canary: Sample, primary: Sample) -> float | None:

@@ -9,13 +9,14 @@ window; `pass` and `fail` are pushed as one commit built on the commit this host
 (gitops/canarystep: the push is the compare-and-swap, so one host decides each step). A
 refused push means another host decided: the agent applies the new tip like any commit,
 and the next step is timed from it. State lives in memory; an agent restarted mid-step
-finds the step's time again in git.
+is fed its applied commit at start (Agent.recover) and finds the step's time again in git.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from ggufops.agent import canaryverdict
 from ggufops.agent.canaryverdict import CanaryPolicy, Verdict
 from ggufops.agent.triggerwatch import Notify, PushSettings
 from ggufops.errors import GgufopsError, YamlError
+from ggufops.fleet import rollout
 from ggufops.gitops import canarystep, history, triggerrevert
 from ggufops.httpjson import error_message, request_json, rfc3339
 from ggufops.redact import redact
@@ -47,6 +49,11 @@ class Analysed:
     started: float  # the committer time of the commit that set this weight
     decided: bool = False
     last: Verdict | None = None
+    served: str | None = None  # the primary this host serves (a segment's), when not `primary`
+
+    def judged(self) -> str:
+        """The version this host's primary requests are of: what it is compared with."""
+        return self.served or self.primary
 
     def due(self) -> float:
         assert self.canary.analysis is not None
@@ -60,8 +67,10 @@ class CanaryWatch:
     """Checked every agent tick; `report()` goes into GET /status `canary_analysis`."""
 
     def __init__(self, env: str, server: str, token: str | None, push: PushSettings,
-                 notify: Notify | None = None) -> None:
+                 *, notify: Notify | None = None,
+                 labels: Mapping[str, str] | None = None) -> None:
         self.env = env
+        self.labels = dict(labels or {})  # a `segments:` entry serves its segment's version
         self.notify = notify  # every decision (pushed, converged or not pushed) is sent
         self.server = server
         self.token = token
@@ -73,16 +82,17 @@ class CanaryWatch:
     def applied(self, tree: Path, mirror: Path, commit: str) -> None:
         """A commit was applied: (re)read the plans and the policy from its tree."""
         self.policy = _policy(tree, self.env)
-        entries = _entries(tree, self.env)
+        entries = _entries(tree, self.env, self.labels)
         kept: dict[str, Analysed] = {}
-        for model, (primary, canary) in entries.items():
+        for model, (primary, served, canary) in entries.items():
             old = self.analysed.get(model)
             if old is not None and old.same_step(primary, canary):
                 old.commit, old.decided = commit, False  # same step, another change landed
+                old.served = served
                 kept[model] = old
             else:
                 started = step_time(mirror, self.env, commit, model, canary)
-                kept[model] = Analysed(model, primary, canary, commit, started)
+                kept[model] = Analysed(model, primary, canary, commit, started, served=served)
         self.analysed = kept
 
     def check(self, now: float | None = None) -> bool:
@@ -100,7 +110,7 @@ class CanaryWatch:
             return False
         verdict = canaryverdict.judge(
             self.policy, canaryverdict.sample(window, item.canary.version, "canary", item.started),
-            canaryverdict.sample(window, item.primary, "primary", item.started),
+            canaryverdict.sample(window, item.judged(), "primary", item.started),
             now - item.started)
         item.last = verdict
         if verdict.outcome == canaryverdict.WAIT:
@@ -195,20 +205,23 @@ def step_time(mirror: Path, env: str, commit: str, model: str, canary: Canary) -
 
 
 def _shown(item: Analysed) -> dict[str, Any]:
-    return {"primary": item.primary, "canary": item.canary.version,
+    return {"primary": item.primary, "compared_with": item.judged(),
+            "canary": item.canary.version,
             "weight": item.canary.weight, "step_started": rfc3339(item.started),
             "due": rfc3339(item.due()), "decided": item.decided,
             "last": None if item.last is None else item.last.as_dict()}
 
 
-def _entries(tree: Path, env: str) -> dict[str, tuple[str, Canary]]:
-    """model -> (primary, canary) for every canary with a valid analysis plan."""
+def _entries(tree: Path, env: str, labels: Mapping[str, str]
+             ) -> dict[str, tuple[str, str, Canary]]:
+    """model -> (the entry's primary, the primary this host serves, canary) for every
+    canary with a valid analysis plan."""
     path = tree / environment_relpath(env)
     try:
         environment = environment_in(path.read_bytes(), str(path))
     except OSError:
         return {}
-    found: dict[str, tuple[str, Canary]] = {}
+    found: dict[str, tuple[str, str, Canary]] = {}
     for model, entry in environment.models.items():
         canary = entry.canary
         if canary is None or canary.analysis is None or not canary.weight:
@@ -217,7 +230,7 @@ def _entries(tree: Path, env: str) -> dict[str, tuple[str, Canary]]:
             log.error("canary analysis of %s is off: its plan in %s is invalid (run "
                       "`ggufops validate`)", model, path)
             continue
-        found[model] = (entry.version, canary)
+        found[model] = (entry.version, rollout.version_for(entry, labels), canary)
     return found
 
 

@@ -261,7 +261,7 @@ class Agent:
         self.triggers = TriggerWatch(config.env, config.server, config.admin_token, push,
                                      notify=notify)
         self.canaries = CanaryWatch(config.env, config.server, config.admin_token, push,
-                                    notify=notify)
+                                    notify=notify, labels=dict(config.labels))
 
     def _fleet_publisher(self) -> fleetstatus.Publisher:
         c = self.config
@@ -334,7 +334,18 @@ class Agent:
             self._applied_targets = last.models
             self._update(applied_commit=last.commit, last_success_at=last.finished_at,
                          desired=dict(last.models))
+            self._resume_canaries(last.commit)
         self._publish()
+
+    def _resume_canaries(self, commit: str) -> None:
+        """After a restart nothing is applied while the server is in sync: the canary
+        analysis resumes from the applied commit's tree (each step's time is in git)."""
+        try:
+            tree = export_tree(self.mirror, commit, self.trees)
+        except (GgufopsError, OSError) as e:
+            log.warning("canary analysis not resumed: cannot read %s: %s", commit[:12], e)
+            return
+        self.canaries.applied(tree, self.mirror, commit)
 
     # one tick
 

@@ -1,11 +1,12 @@
 """The commit a canary analysis makes: the next step, the promotion, or the abort.
 
-One host decides at a time, with the push as compare-and-swap: the commit is built on the
-very commit the host analysed (the remote's tip, fetched again just before), and pushed
-without force. When the remote refuses it as non-fast-forward, another host decided first
-(or someone changed the environment): nothing is retried; the agent applies the new tip
-like any commit and times the next step from it. A host that sees a tip other than the one
-it analysed pushes nothing.
+One host decides at a time, with the push as compare-and-swap on the environment file: the
+commit is built on the remote's tip (fetched again just before) when that tip's environment
+file is the one the host analysed (only other files may have changed), and pushed without
+force. When the remote refuses it as non-fast-forward, the host fetches and looks again:
+another host decided first (or someone changed the environment), so it pushes nothing; the
+agent applies the new tip like any commit and times the next step from it. An abort is the
+exception: it also goes on top of a step of the same canary (failure evidence is kept).
 
 Subjects and trailers (read back by `ggufops history`, kinds canary-step, promote, abort):
 
@@ -27,13 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ggufops import git
-from ggufops.errors import PushRejected
+from ggufops.errors import GgufopsError, PushRejected
 from ggufops.gitops import envfile, history
 from ggufops.gitops.triggerrevert import REMOTE
 from ggufops.redact import redact
 from ggufops.registry.registry import environment_relpath
 
 STEP, PROMOTE, ABORT = history.CANARY_STEP_KIND, history.PROMOTE, history.ABORT
+PUSH_ATTEMPTS = 3  # a refused push is looked at again on the new tip, this many times
 
 
 @dataclass(frozen=True)
@@ -60,28 +62,69 @@ class StepOutcome:
 
 
 def push_decision(clone: Path, decision: Decision) -> StepOutcome:
-    """Fetch the tip; when it is the analysed commit, commit the decision on it and push
-    without force. PushRejected when the remote refuses for another reason than a race."""
-    git.fetch_branch(clone, REMOTE, decision.branch, timeout=60)
-    tip = git.rev_parse(clone, f"refs/remotes/{REMOTE}/{decision.branch}")
-    if tip != decision.analysed:
-        return StepOutcome(None, f"nothing pushed: {decision.branch} moved from "
-                           f"{decision.analysed[:12]} to {tip[:12]}; converging to it")
+    """Fetch the tip; when it still holds the analysed state, commit the decision on it and
+    push without force (a refused push: fetch and look again, up to PUSH_ATTEMPTS times).
+    PushRejected when the remote refuses for another reason than a race."""
+    refused = ""
+    for _ in range(PUSH_ATTEMPTS):
+        git.fetch_branch(clone, REMOTE, decision.branch, timeout=60)
+        tip = git.rev_parse(clone, f"refs/remotes/{REMOTE}/{decision.branch}")
+        why_not = _why_not_on(clone, decision, tip)
+        if why_not:
+            return StepOutcome(None, f"nothing pushed: {refused or why_not}; converging to it")
+        commit = _decision_commit(clone, decision, tip)
+        outcome = git.push(clone, REMOTE, commit, decision.branch, timeout=60)
+        if "up to date" in outcome.detail:
+            # the same commit byte for byte was pushed by another host first
+            return StepOutcome(None, f"nothing pushed: another host decided first "
+                               f"({outcome.detail}); converging to it")
+        if outcome.ok:
+            return StepOutcome(commit, f"pushed {commit[:12]}: {decision.model} "
+                               f"{summary(decision)}")
+        if not outcome.non_fast_forward:
+            raise PushRejected(f"the remote refused the {decision.kind} commit for "
+                               f"{decision.model}: {redact(outcome.detail)}; check the push "
+                               "credential (--push-token-file) and branch protection")
+        refused = f"another host decided first ({outcome.detail})"
+    return StepOutcome(None, f"nothing pushed: {decision.branch} kept moving ({refused}); "
+                       "judged again on the new tip")
+
+
+def _decision_commit(clone: Path, decision: Decision, tip: str) -> str:
     path = environment_relpath(decision.env)
     text = (git.show_file(clone, tip, path) or b"").decode()
     message = commit_message(decision, _started_by(clone, decision))
-    commit = git.commit_files(clone, tip, {path: new_text(text, decision, path).encode()},
-                              message)
-    outcome = git.push(clone, REMOTE, commit, decision.branch, timeout=60)
-    if outcome.non_fast_forward or "up to date" in outcome.detail:
-        # "up to date": the same commit byte for byte was pushed by another host first
-        return StepOutcome(None, f"nothing pushed: another host decided first "
-                           f"({outcome.detail}); converging to it")
-    if not outcome.ok:
-        raise PushRejected(f"the remote refused the {decision.kind} commit for "
-                           f"{decision.model}: {redact(outcome.detail)}; check the push "
-                           "credential (--push-token-file) and branch protection")
-    return StepOutcome(commit, f"pushed {commit[:12]}: {decision.model} {summary(decision)}")
+    return git.commit_files(clone, tip, {path: new_text(text, decision, path).encode()},
+                            message)
+
+
+def _why_not_on(clone: Path, decision: Decision, tip: str) -> str | None:
+    """Why the decision may not be built on `tip` (None: it may). The compare-and-swap is
+    on the environment file, not the whole commit: a tip whose environment file is the
+    analysed one byte for byte (only other files, e.g. another environment, changed) takes
+    the decision as it is. An abort also goes on top of a step of the same canary (another
+    host passed that step on its own traffic; failure evidence is not discarded)."""
+    if tip == decision.analysed:
+        return None
+    path = environment_relpath(decision.env)
+    now, analysed = (git.show_file(clone, tip, path), git.show_file(clone, decision.analysed,
+                                                                    path))
+    if now is not None and now == analysed:
+        return None
+    if decision.kind == ABORT and now is not None and _same_canary(now, decision, path):
+        return None
+    return f"{decision.branch} moved from {decision.analysed[:12]} to {tip[:12]}"
+
+
+def _same_canary(content: bytes, decision: Decision, path: str) -> bool:
+    """Does the file still run the analysed primary with the same canary version?"""
+    try:
+        entry = envfile.read_models(content.decode(), path).get(decision.model, {})
+    except GgufopsError:
+        return False
+    canary = envfile.canary(entry)
+    return str(entry.get("version")) == decision.primary and canary is not None \
+        and canary[0] == decision.canary and canary[1] > 0
 
 
 def new_text(text: str, decision: Decision, path: str) -> str:
@@ -118,13 +161,17 @@ def commit_message(decision: Decision, started_by: str | None) -> str:
 
 
 def _started_by(clone: Path, decision: Decision) -> str | None:
-    """The commit that started this canary (the oldest of the run of changes that had it)."""
+    """The commit that started this canary: the oldest of the run of changes that set it,
+    passing over changes that do not name a canary (e.g. a `ggufops config` commit during
+    the canary) and stopping at another canary version or a removal (weight 0)."""
     if decision.kind != ABORT:
         return None
     events = history.read_history(clone, decision.env, decision.analysed, model=decision.model,
                                   with_metrics=False)
     start = None
     for event in reversed(events):
+        if event.canary_version is None:
+            continue
         if event.canary_version != decision.canary or not event.canary_weight:
             break
         start = event.commit

@@ -36,7 +36,7 @@ from ggufops.errors import (
 )
 from ggufops.gitops import envfile, github, history
 from ggufops.registry import canaryplan, lifecycle
-from ggufops.registry.records import CanaryAnalysis
+from ggufops.registry.records import CanaryAnalysis, EnvEntry
 from ggufops.registry.registry import (
     Registry,
     VersionRef,
@@ -261,6 +261,7 @@ def plan_deploy(root: Path, ref: VersionRef, env: str, *, remote: str = "origin"
     if base.ahead and not direct:
         warnings.append(f"local {default_branch} has {base.ahead} commit(s) not on {remote}; "
                         "the deploy branch carries them too")
+    warnings.extend(change.warnings)
     return DeployPlan(
         env=env, model=ref.name, from_version=current, to_version=change.to_version,
         display_id=display_id(doc), mode=DIRECT if direct else BRANCH, branch=branch,
@@ -277,6 +278,7 @@ class _Change:
     new_text: str
     message: str
     canary: history.Canary | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def _plain_change(text: str, ref: VersionRef, *, path: str, env: str, current: str | None,
@@ -316,15 +318,34 @@ def _canary_change(text: str, ref: VersionRef, *, path: str, env: str,
         raise AlreadyDeployed(f"{env} already runs {ref} as a canary at {weight}% {where}; "
                               "nothing to deploy (pick another --canary weight to ramp it)")
     canary = (ref.version, weight)
+    dropped = _dropped_plan(entry, ref.version, weight) if analysis is None else None
     body = "" if analysis is None else (
         f"Canary analysis: steps {','.join(map(str, analysis.steps))}, one every "
         f"{analysis.interval:g} s; the agents step it up, promote it or abort it.")
     message = history.format_message(
         history.DEPLOY, env, ref.name, current, current, canary=canary,
-        change=f"canary {ref.version} ({weight}%)", body=body)
+        change=f"canary {ref.version} ({weight}%)", body=body or (dropped or ""))
     new_text = envfile.set_canary(text, ref.name, ref.version, weight, path,
-                                  analysis=None if analysis is None else analysis.as_doc())
-    return _Change(current, new_text, message, canary)
+                                  analysis=None if analysis is None else analysis.as_doc(),
+                                  drop_analysis=dropped is not None)
+    return _Change(current, new_text, message, canary, (dropped,) if dropped else ())
+
+
+def _dropped_plan(entry: dict[str, Any], version: str, weight: int) -> str | None:
+    """Why the entry's analysis plan goes with a `--canary` ramp without --steps (None: it
+    stays, because the version is the same and the weight one of its steps)."""
+    found = EnvEntry.from_doc(entry).canary
+    if found is None or found.analysis is None:
+        return None
+    steps = ",".join(map(str, found.analysis.steps))
+    if found.version != version:
+        why = f"it was for canary {found.version}, this is {version}"
+    elif weight not in found.analysis.steps:
+        why = f"{weight}% is not one of its steps"
+    else:
+        return None
+    return (f"The canary analysis plan (steps {steps}) is dropped: {why}; the canary is "
+            "ramped by hand now (pass --steps to plan it again).")
 
 
 # --- apply -------------------------------------------------------------------------------

@@ -60,12 +60,12 @@ def canary(entry: dict[str, Any]) -> tuple[str, int] | None:
 
 
 def set_canary(text: str, model: str, version: str, weight: int, where: str, *,
-               analysis: dict[str, Any] | None = None) -> str:
+               analysis: dict[str, Any] | None = None, drop_analysis: bool = False) -> str:
     """`text` with `model`'s `canary:` set to `version` at `weight` percent.
 
     An existing block is updated in place (its comments and quotes kept, and its
-    `analysis:` plan unless `analysis` replaces it); a new one goes right after the entry's
-    `version:`. The model must already run a primary version.
+    `analysis:` plan unless `analysis` replaces it or `drop_analysis` removes it); a new one
+    goes right after the entry's `version:`. The model must already run a primary version.
     """
     def edit(doc: CommentedMap) -> None:
         entry = _entry_map(_models_map(doc, where), model, where)
@@ -80,6 +80,8 @@ def set_canary(text: str, model: str, version: str, weight: int, where: str, *,
             _insert_after(entry, "version", "canary", block)
         if analysis is not None:
             block["analysis"] = _flow_map(analysis)
+        elif drop_analysis and "analysis" in block:
+            _delete_key(block, "analysis")
 
     return _checked_edit(text, where, edit, model)
 

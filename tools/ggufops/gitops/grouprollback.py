@@ -90,7 +90,9 @@ def plan_group_rollback(root: Path, request: RollbackRequest, models: list[str],
     text = deploy.env_text_at(root, base, request.env)
     running = envfile.versions(text, path)
     events = history.read_history(root, request.env, base.commit, with_metrics=False)
-    steps = [_step(root, request, base, events, running, model=m) for m in models]
+    canaries = {m: envfile.canary(e) for m, e in envfile.read_models(text, path).items()}
+    steps = [_step(root, request, base, events, running, canaries=canaries, model=m)
+             for m in models]
     new_text = text
     for step in steps:
         new_text = envfile.set_version(new_text, step.model, step.to_version, path)
@@ -112,11 +114,13 @@ def plan_group_rollback(root: Path, request: RollbackRequest, models: list[str],
 
 
 def _step(root: Path, request: RollbackRequest, base: deploy.Base,
-          events: list[history.Deployment], running: dict[str, str], *, model: str) -> Step:
+          events: list[history.Deployment], running: dict[str, str],
+          *, canaries: dict[str, tuple[str, int] | None], model: str) -> Step:
     current = running.get(model)
     if current is None:
         raise UsageError(f"{request.env} does not run {model}; drop it from --models")
-    undo = _change_to_undo(events, model, current)
+    canary = canaries.get(model)
+    undo = _change_to_undo(events, model, current, canary[0] if canary else None)
     target = _previous_version(undo, request.env, model, current)
     if target == current or undo is None:
         raise AlreadyDeployed(f"{request.env} already runs {model}@{target}")

@@ -112,7 +112,8 @@ def plan_rollback(root: Path, request: RollbackRequest) -> RollbackPlan:
     if current is None:
         raise NothingToRollBack(f"{request.env} does not run {model} ({path} on {base.ref}); "
                                 "nothing to roll back")
-    undo = _change_to_undo(events, model, current)
+    canary = envfile.canary(envfile.read_models(text, path).get(model, {}))
+    undo = _change_to_undo(events, model, current, canary[0] if canary else None)
     if request.to is None and undo is not None and _is_canary_change(undo) \
             and not request.selector:
         return _plan_canary_rollback(root, request, base, text, undo)
@@ -263,11 +264,18 @@ def _latest_model(events: list[Deployment], running: dict[str, str], env: str) -
                      "history names none of them; pick one with --model")
 
 
-def _change_to_undo(events: list[Deployment], model: str, current: str) -> Deployment | None:
+def _change_to_undo(events: list[Deployment], model: str, current: str,
+                    canary: str | None = None) -> Deployment | None:
     """The latest change that brought `current` in and has not been rolled back yet
-    (read_history has already marked what later rollbacks undid)."""
+    (read_history has already marked what later rollbacks undid). Rollbacks, and a canary
+    analysis's abort (a rollback too: it names Rollback-Of), are never undone; nor is a
+    change of a canary the entry no longer has (`canary`: its canary's version now), such
+    as the steps of an aborted one."""
     for event in reversed(events):
-        if event.model != model or event.kind == history.ROLLBACK or event.rolled_back:
+        if event.model != model or event.kind in (history.ROLLBACK, history.ABORT) \
+                or event.rollback_of or event.rolled_back:
+            continue
+        if _is_canary_change(event) and event.canary_version != canary:
             continue
         if event.to_version == current:
             return event

@@ -3,9 +3,10 @@
     canary: {version: 2.1.0, weight: 10, analysis: {steps: [10, 25, 50, 100], interval: 60}}
 
 The steps are the weights the canary walks, strictly increasing, the last one 100 (the
-promotion); the weight in force is one of them (a deploy starts at the first); the interval
-is at least 1 second. The schema checks the types; these are the rules across fields, used
-by `validate` (file:line) and by `deploy --steps` (before anything is written).
+promotion), the first below it; the weight in force is one of them and below 100 (a deploy
+starts at the first); the interval is at least 1 second. The schema checks the types;
+these are the rules across fields, used by `validate` (file:line) and by `deploy --steps`
+(before anything is written).
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ def plan_problems(weight: int, plan: CanaryAnalysis) -> list[tuple[str, str]]:
     if steps[-1] != FINAL_STEP:
         problems.append(("steps", f"steps {_text(steps)} must end with {FINAL_STEP} (the "
                          "promotion); add it"))
-    if weight not in steps:
+    if steps[0] >= FINAL_STEP or weight >= FINAL_STEP:
+        problems.append(("steps", f"steps {_text(steps)} at weight {weight}: the canary must "
+                         f"start and stay below {FINAL_STEP} (at {FINAL_STEP} the primary "
+                         "has no traffic to be compared with, and the analysis would wait "
+                         "forever); deploy the version without --canary to send it all"))
+    elif weight not in steps:
         problems.append(("steps", f"the canary's weight {weight} is not one of the steps "
                          f"{_text(steps)}; start the canary at the first step"))
     if plan.interval < MIN_INTERVAL_S:
