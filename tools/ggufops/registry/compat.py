@@ -304,7 +304,7 @@ def runs_on(entry: EnvEntry, labels: Mapping[str, str]
     if entry.shadow is not None:
         found.append((entry.shadow.version, ["shadow", "version"]))
     for i, segment in enumerate(entry.segments):
-        if all(labels.get(k) == v for k, v in segment.selector.items()):
+        if segment.runs_on(labels):
             found.append((segment.version, ["segments", i, "version"]))
     return found
 
