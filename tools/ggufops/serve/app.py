@@ -249,11 +249,14 @@ class Generator:
                                   time.perf_counter() - exchange.start)
             else:
                 stream = protocol.ChunkStream(request, loaded.request.display_id, trace, text_of)
-                texts: list[str] = []
-                if self._stream(out, loaded, stream,
-                                shadow.collecting(stream.chunks(result), texts), exchange):
-                    self.shadow.mirror(request, params, loaded, "".join(texts),
-                                       time.perf_counter() - exchange.start)
+                target, texts = self.shadow.pick(loaded, params), list[str]()
+                chunks = stream.chunks(result)
+                if target is not None:  # its text is collected only when it is mirrored
+                    chunks = shadow.collecting(chunks, texts)
+                if self._stream(out, loaded, stream, chunks, exchange) and target is not None:
+                    self.shadow.mirror(target, request, params, loaded,
+                                       primary_text="".join(texts),
+                                       latency=time.perf_counter() - exchange.start)
             loaded.served += 1
 
     def _stream(self, out: Writer, loaded: LoadedModel, stream: protocol.ChunkStream,

@@ -163,18 +163,28 @@ class ShadowMirror:
         self._thread = threading.Thread(target=self._work, name="shadow", daemon=True)
         self._thread.start()
 
-    def offer(self, request: protocol.OpenAIRequest, params: dict[str, Any],
-              loaded: LoadedModel, reply: dict[str, Any], latency: float) -> None:
-        """Mirror this answered request to the model's shadow, maybe; never blocks."""
-        self.mirror(request, params, loaded, answer_text(reply), latency)
-
-    def mirror(self, request: protocol.OpenAIRequest, params: dict[str, Any],
-               loaded: LoadedModel, primary_text: str, latency: float) -> None:
-        """Mirror a request the primary answered with `primary_text`, maybe; never blocks."""
+    def pick(self, loaded: LoadedModel, params: dict[str, Any]) -> LoadedModel | None:
+        """The shadow this request goes to, drawn by its share; None (the usual case, decided
+        before any answer text is built) when it is not mirrored."""
         shadow = self.table.shadow(loaded.request.name)
         if shadow is None or random.randrange(100) >= shadow.request.weight \
                 or "grammar" in params:  # a grammar object is not shared between models
-            return
+            return None
+        return shadow
+
+    def offer(self, request: protocol.OpenAIRequest, params: dict[str, Any],
+              loaded: LoadedModel, reply: dict[str, Any], latency: float) -> None:
+        """Mirror this answered request to the model's shadow, maybe; never blocks."""
+        shadow = self.pick(loaded, params)
+        if shadow is not None:
+            self.mirror(shadow, request, params, loaded, primary_text=answer_text(reply),
+                        latency=latency)
+
+    def mirror(self, shadow: LoadedModel, request: protocol.OpenAIRequest,
+               params: dict[str, Any], loaded: LoadedModel, *, primary_text: str,
+               latency: float) -> None:
+        """Queue a request the primary answered with `primary_text` for `shadow` (from
+        `pick`); never blocks: a full queue drops it and counts the drop."""
         job = _Job(loaded.request.name, request, params, primary_text, latency)
         try:
             self._queue.put_nowait(job)
