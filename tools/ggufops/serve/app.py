@@ -509,7 +509,10 @@ class ServeHandler(JsonHandler):
 
     def _guarded(self, route: Callable[[str], None]) -> None:
         try:
-            route(self.path_only())
+            path = self.path_only()
+            if path.startswith("/admin/"):  # every admin route, before any body is read
+                self._admin()
+            route(path)
         except HttpError as e:
             self.send_json(e.status, e.body())
         except (BrokenPipeError, ConnectionResetError):
@@ -532,15 +535,12 @@ class ServeHandler(JsonHandler):
         elif path == "/metrics":
             self.send_bytes(200, app.render_metrics().encode(), METRICS_CONTENT_TYPE)
         elif path == "/admin/models":
-            self._admin()
             self.send_json(200, app.admin_state())
         elif path == "/admin/shadow":
-            app.authorize(self.headers.get("Authorization"))
             query = parse_qs(urlsplit(self.path).query)
             samples = query.get("samples", ["0"])[0] == "1"
             self.send_json(200, app.generator.shadow.report(query.get("model", [""])[0], samples))
         elif path == "/admin/requests":
-            app.authorize(self.headers.get("Authorization"))
             model, since = requestwindow.parse_query(parse_qs(urlsplit(self.path).query))
             self.send_json(200, app.window.since(model, since))
         else:
@@ -550,11 +550,9 @@ class ServeHandler(JsonHandler):
         if path in protocol.ENDPOINTS:
             self.app.generator.handle(self, protocol.ENDPOINTS[path], read_json_body(self))
         elif path == "/admin/models":
-            self._admin()  # before reading the body
             status, reply = self.app.admin_load(read_json_body(self))
             self.send_json(status, reply)
         elif path == "/admin/groups":
-            self.app.authorize(self.headers.get("Authorization"))
             self.send_json(200, self.app.admin_group(read_json_body(self)))
         elif path == "/v1/feedback":
             self.send_json(200, self.app.feedback(read_json_body(self)))
@@ -564,7 +562,6 @@ class ServeHandler(JsonHandler):
     def _delete(self, path: str) -> None:
         if not path.startswith("/admin/models/"):
             raise HttpError(404, f"no route DELETE {path}", "not_found_error")
-        self._admin()
         read_json_body(self)
         self.send_json(200, self.app.admin_unload(path[len("/admin/models/"):]))
 
