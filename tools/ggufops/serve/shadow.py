@@ -157,8 +157,6 @@ class ShadowMirror:
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         self._stats: dict[str, ShadowStats] = {}
-        self._dropped: dict[str, int] = {}
-        self._preempted: dict[str, int] = {}
         self._running: _Running | None = None
         self._thread = threading.Thread(target=self._work, name="shadow", daemon=True)
         self._thread.start()
@@ -189,10 +187,9 @@ class ShadowMirror:
         try:
             self._queue.put_nowait(job)
         except queue.Full:
-            with self._lock:
-                self._dropped[job.name] = self._dropped.get(job.name, 0) + 1
-                self._stats_for(job.name, shadow.request.version).dropped += 1
             self.metrics.inc("ggufops_shadow_dropped_total", (job.name,))
+            with self._lock:  # after the metric, which report() reads, as in _record
+                self._stats_for(job.name, shadow.request.version).dropped += 1
 
     def _work(self) -> None:
         while True:
@@ -242,8 +239,7 @@ class ShadowMirror:
 
     def _count_preempted(self, name: str, version: str) -> None:
         self.metrics.inc("ggufops_shadow_preempted_total", (name,))
-        with self._lock:  # after the metric, as in _record
-            self._preempted[name] = self._preempted.get(name, 0) + 1
+        with self._lock:  # after the metric, which report() reads, as in _record
             self._stats_for(name, version).preempted += 1
 
     def _error(self, name: str, version: str | None, message: str) -> None:
@@ -289,11 +285,11 @@ class ShadowMirror:
         with self._lock:
             stats = self._stats.get(name)
             body = stats.as_dict(samples) if stats is not None else None
-            dropped = self._dropped.get(name, 0)
-            preempted = self._preempted.get(name, 0)
         return {"model": name, "shadow": None if shadow is None else {
             "version": shadow.request.version, "display_id": shadow.request.display_id,
-            "percent": shadow.request.weight}, "dropped": dropped, "preempted": preempted,
+            "percent": shadow.request.weight},
+            "dropped": int(self.metrics.value("ggufops_shadow_dropped_total", (name,))),
+            "preempted": int(self.metrics.value("ggufops_shadow_preempted_total", (name,))),
             "queue_size": self._queue.maxsize, "queued": self._queue.qsize(),
             "running": self._running_info(name), "stats": body}
 
