@@ -38,6 +38,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ggufops.artifacts.dvc import _client
+from ggufops.artifacts.s3server import S3Server
+from ggufops.gitops.headpointer import render
+from ggufops.procs import free_port
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 JITTER = 0.1
@@ -293,8 +298,6 @@ class PointerSetup:
     key: str
 
     def publish(self, commit: str) -> None:
-        from ggufops.headpointer import render
-
         self.client.put_object(Bucket=self.bucket, Key=self.key,  # type: ignore[attr-defined]
                                Body=render(commit, "main", "production"))
 
@@ -323,8 +326,6 @@ def make_repo(tmp: Path) -> tuple[bytes, bytes, bytes]:
 
 
 def main() -> int:
-    from ggufops.procs import free_port
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--modes", default="git-poll,s3-pointer,webhook")
@@ -373,10 +374,6 @@ def _run(mode: str, interval: float, agents: int, new_sha: bytes, old_refs: byte
 
 @contextlib.contextmanager
 def _pointer(tmp: Path):  # type: ignore[no-untyped-def]
-    from ggufops.artifacts import _client
-    from ggufops.headpointer import render
-    from ggufops.s3server import S3Server
-
     with S3Server(tmp / "s3") as server:
         info = server.info()
         client = _client(info.endpoint, info.access_key_id, info.secret_access_key)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import hashlib
 import os
 import shutil
 import statistics
@@ -59,9 +58,7 @@ def policy(threads: int | None) -> dict[str, Any]:
 
 
 def eval_set() -> bench.EvalSet:
-    path = ROOT / "registry" / "evals" / f"{toy.EVAL_SET}.txt"
-    text = path.read_bytes()
-    return bench.EvalSet(toy.EVAL_SET, path, hashlib.sha256(text).hexdigest(), text)
+    return bench.EvalSet.read(toy.EVAL_SET, ROOT / "registry" / "evals" / f"{toy.EVAL_SET}.txt")
 
 
 def print_times(timings: dict[str, float], budget: float | None = None) -> None:

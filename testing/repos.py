@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,13 @@ GIT_TEST_ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
     "DVC_NO_ANALYTICS": "1",
 }
+
+
+def line_of(path: Path, match: str | Callable[[str], bool]) -> int:
+    """The 1-based number of the first line of `path` containing `match` (or for which
+    it is true): where a file:line error should point."""
+    test = match if callable(match) else (lambda text: match in text)
+    return next(i for i, text in enumerate(path.read_text().splitlines(), 1) if test(text))
 
 
 def git(cwd: Path, *args: str) -> str:

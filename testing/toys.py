@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,7 @@ def toy_models() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def eval_set() -> bench.EvalSet:
     """The committed held-out eval set, as the gate reads it."""
-    text = EVAL_FILE.read_bytes()
-    return bench.EvalSet(toy.EVAL_SET, EVAL_FILE, hashlib.sha256(text).hexdigest(), text)
+    return bench.EvalSet.read(toy.EVAL_SET, EVAL_FILE)
 
 
 FAST_GATES: dict[str, Any] = {

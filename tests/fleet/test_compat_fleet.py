@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from ggufops.artifacts import s3config
 from ggufops.cli import main
 from ggufops.fleet import status as fleetstatus
-from testing.repos import git_commit, set_environment, write_version
+from testing.repos import git_commit, line_of, set_environment, write_version
 
 INSTALLED = metadata.version("llama_cpp_python")
 
@@ -59,7 +59,7 @@ def test_a_version_needing_a_newer_runtime_than_a_host_reports_is_refused(
     code, answer = check_fleet(root)
     assert code != 0
     (problem,) = answer["problems"]
-    line = next(i for i, t in enumerate(env.read_text().splitlines(), 1) if "2.0.0" in t)
+    line = line_of(env, "2.0.0")
     assert (problem["file"], problem["line"], problem["code"]) == (
         "environments/production.yaml", line, "runtime")
     message = problem["message"]

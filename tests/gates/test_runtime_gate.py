@@ -11,7 +11,6 @@ baseline.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -25,7 +24,6 @@ from ggufops.cli import main
 from ggufops.errors import LlamaError
 from ggufops.gates import bench, runtimegate
 from ggufops.gates.result import FAIL, PASS, ModelGate, Row, Subject
-from ggufops.llama import toy
 from testing.toys import fast_policy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,16 +126,14 @@ KV_Q4_0 = {"type_k": 2, "type_v": 2, "flash_attn": True}
 
 
 @pytest.mark.slow
-def test_a_runtime_that_shifts_real_smollm2_is_blocked(smollm2: Path) -> None:
+def test_a_runtime_that_shifts_real_smollm2_is_blocked(smollm2: Path,
+                                                       eval_set: bench.EvalSet) -> None:
     """The promise on a real published model: a q4_0 KV cache with flash attention (what a
     runtime that changed its attention kernels does to the numbers) shifts SmolLM2-135M's
     perplexity beyond the repository's production policy; quality blocks it, so no time is
     spent on speed. Quality is deterministic on one machine: no statistics needed."""
     policy = yaml.safe_load((ROOT / "registry" / "policy.yaml").read_text())
-    eval_path = ROOT / "registry" / "evals" / f"{toy.EVAL_SET}.txt"
-    text = eval_path.read_bytes()
-    real_evals = bench.EvalSet(toy.EVAL_SET, eval_path, hashlib.sha256(text).hexdigest(), text)
-    result = gate_of(smollm2, real_evals, runtimegate.Runtime(sys.executable, KV_Q4_0),
+    result = gate_of(smollm2, eval_set, runtimegate.Runtime(sys.executable, KV_Q4_0),
                      bench.gate_policy(policy, "production"))
     got = rows(result)
     ppl = got["perplexity"]

@@ -14,7 +14,7 @@ import yaml
 
 from ggufops.gitops import canarystep, history, triggerrevert
 from ggufops.registry.validate import validate_repo
-from testing.repos import git
+from testing.repos import git, line_of
 from testing.scratch import MODEL, OTHER, Scratch, cli, ship
 
 ANALYSIS = "verdict=pass requests=60/540 error_rate=0.0000/0.0000 p95_ratio=1.01 " \
@@ -91,9 +91,8 @@ def _write_plan(s: Scratch, canary: dict[str, object]) -> Path:
 def test_validate_names_the_line_of_a_bad_plan(staged: Scratch, weight: int,
                                                analysis: dict[str, object], message: str) -> None:
     path = _write_plan(staged, {"version": "2.0.0", "weight": weight, "analysis": analysis})
-    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1)
-                if text.strip().startswith("steps:" if "interval" not in message
-                                           and "minimum" not in message else "interval:"))
+    key = "steps:" if "interval" not in message and "minimum" not in message else "interval:"
+    line = line_of(path, lambda text: text.strip().startswith(key))
     (problem,) = [str(p) for p in validate_repo(staged.root)]
     assert problem.startswith(f"environments/production.yaml:{line}:")
     assert message in problem

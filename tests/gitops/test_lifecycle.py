@@ -14,7 +14,7 @@ import yaml
 from ggufops.registry import lifecycle
 from ggufops.registry.validate import Problem, validate_repo
 from testing.fakegithub import FakeGitHub
-from testing.repos import git, git_commit
+from testing.repos import git, git_commit, line_of
 from testing.scratch import MODEL, OTHER, Scratch, cli, ship
 
 LIFECYCLE = f"registry/{MODEL}/lifecycle.yaml"
@@ -155,8 +155,7 @@ def test_policy_block_refuses_a_deprecated_deploy_in_deploy_and_in_validate(
         "models: {}", f"models:\n  {MODEL}:\n    version: 1.0.0"))
     git_commit(scratch.root, "by hand")
     problems = validate_repo(scratch.root, base="main")
-    line = next(i for i, text in enumerate(env_file.read_text().splitlines(), 1)
-                if text.startswith("    version: 1.0.0"))
+    line = line_of(env_file, lambda text: text.startswith("    version: 1.0.0"))
     assert [(p.file, p.line, p.code) for p in problems] == [
         ("environments/production.yaml", line, "lifecycle")]
     # a version that already ran there before the deprecation is not "entering"

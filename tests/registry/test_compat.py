@@ -15,7 +15,7 @@ from ggufops.cli import main
 from ggufops.registry import compat
 from ggufops.registry.records import EnvEntry
 from ggufops.registry.validate import Problem, validate_repo
-from testing.repos import git_commit, set_environment, write_version
+from testing.repos import git_commit, line_of, set_environment, write_version
 
 PROMPT = {"system_prompt": "You answer questions about our product.",
           "max_prompt_tokens": 150, "max_tokens": 100}
@@ -45,10 +45,6 @@ def pin(root: Path, env: str, model: str, version: str, prompt: str, **extra: An
 def only(problems: list[Problem]) -> Problem:
     assert len(problems) == 1, [str(p) for p in problems]
     return problems[0]
-
-
-def line_of(path: Path, needle: str) -> int:
-    return next(i for i, text in enumerate(path.read_text().splitlines(), 1) if needle in text)
 
 
 @pytest.fixture

@@ -220,6 +220,11 @@ def test_serve_keeps_the_admin_api_off_the_public_port_and_probes_tell_readiness
     assert http("GET", f"{serve.url}/healthz")[0] == 200
     status, body = http("GET", f"{serve.url}/admin/models", token=TOKEN)
     assert status == 404 and "--admin-port" in body["error"]["message"]
+    for method, path in (("GET", "/admin/shadow?model=m"), ("GET", "/admin/requests?model=m"),
+                         ("POST", "/admin/groups"), ("DELETE", "/admin/models/m")):
+        status, body = http(method, f"{serve.url}{path}", {} if method != "GET" else None,
+                            token=TOKEN)
+        assert status == 404 and "--admin-port" in body["error"]["message"], (path, body)
     assert http("GET", f"{admin}/admin/models", token=TOKEN)[0] == 200
     assert http("GET", f"{admin}/admin/models")[0] == 401  # the token is still required
     processes.agent(world, admin)  # the sidecar talks to the admin listener only

@@ -105,23 +105,27 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
     return value
 
 
-def read_json_body(handler: JsonHandler) -> Any:
-    """The request's JSON body ({} when empty); HttpError 400/411/413 otherwise.
+def read_body(handler: JsonHandler) -> bytes:
+    """The request's raw body within the handler's limits; HttpError 400/411/413.
 
     Call it only once the request is authorized: nothing is read before."""
     length = handler.content_length()
-    limits = handler.limits
-    if length > limits.max_body:
+    if length > handler.limits.max_body:
         handler.close_connection = True  # the body is never read
         raise HttpError(413, f"the request body is {length} bytes, over the limit of "
-                        f"{limits.max_body}", code="request_too_large")
+                        f"{handler.limits.max_body}", code="request_too_large")
     raw = handler.rfile.read(length) if length else b""
     if len(raw) != length:
         handler.close_connection = True
         raise HttpError(400, f"the request body ended after {len(raw)} of {length} bytes")
     handler.body_consumed = True
     handler.request_complete()
-    return parse_json(raw, limits.max_depth)
+    return raw
+
+
+def read_json_body(handler: JsonHandler) -> Any:
+    """The request's JSON body ({} when empty); HttpError 400/411/413 otherwise."""
+    return parse_json(read_body(handler), handler.limits.max_depth)
 
 
 class JsonHandler(BaseHTTPRequestHandler):

@@ -36,8 +36,12 @@ def signature(secret: bytes, body: bytes) -> str:
 
 
 def verify(secret: bytes, body: bytes, header: str | None) -> bool:
-    """Does `header` sign `body` with `secret`? (constant-time; for receivers and tests)"""
-    return header is not None and hmac.compare_digest(signature(secret, body), header)
+    """Does `header` sign `body` with `secret`? Constant-time; an empty or non-ASCII header
+    is simply wrong (used by the agent's webhook receiver, and by receivers of ours)."""
+    if not header:
+        return False
+    given = header.strip().encode("utf-8", "replace")
+    return hmac.compare_digest(signature(secret, body).encode(), given)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ import statistics
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from ggufops.agent.watching import rows
 from ggufops.errors import InvalidDesiredState
 from ggufops.gitops import abstats
 from ggufops.percentile import nearest_rank
@@ -140,17 +141,12 @@ def _g(value: float | None) -> str:
 
 def sample(window: dict[str, Any], version: str, role: str, since: float) -> Sample:
     """`version`'s records in `role` since `since` (ratings of that version since then)."""
-    rows = [r for r in _rows(window, "requests") if r.get("version") == version
+    mine = [r for r in rows(window, "requests") if r.get("version") == version
             and r.get("role") == role and float(r.get("ts", 0)) >= since]
-    answered = [float(r["latency_s"]) for r in rows if r.get("ok")]
-    ratings = [int(r["rating"]) for r in _rows(window, "ratings")
+    answered = [float(r["latency_s"]) for r in mine if r.get("ok")]
+    ratings = [int(r["rating"]) for r in rows(window, "ratings")
                if r.get("version") == version and float(r.get("ts", 0)) >= since]
-    return Sample(len(rows), len(rows) - len(answered), answered, ratings)
-
-
-def _rows(window: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    rows = window.get(key)
-    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    return Sample(len(mine), len(mine) - len(answered), answered, ratings)
 
 
 def judge(policy: CanaryPolicy, canary: Sample, primary: Sample, window_s: float) -> Verdict:

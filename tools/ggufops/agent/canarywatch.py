@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from ggufops import git, yamlio
 from ggufops.agent import canaryverdict
 from ggufops.agent.canaryverdict import CanaryPolicy, Verdict
-from ggufops.agent.triggerwatch import Notify, PushSettings
+from ggufops.agent.triggerwatch import PushSettings
+from ggufops.agent.watching import EventLog, Notify, cannot_sign, request_window
 from ggufops.errors import GgufopsError, YamlError
 from ggufops.fleet import rollout
 from ggufops.gitops import canarystep, history, triggerrevert
-from ggufops.httpjson import error_message, request_json, rfc3339
+from ggufops.httpjson import rfc3339
 from ggufops.redact import redact
 from ggufops.registry import canaryplan
 from ggufops.registry.records import Canary, environment_in
@@ -71,13 +71,12 @@ class CanaryWatch:
                  labels: Mapping[str, str] | None = None) -> None:
         self.env = env
         self.labels = dict(labels or {})  # a `segments:` entry serves its segment's version
-        self.notify = notify  # every decision (pushed, converged or not pushed) is sent
         self.server = server
         self.token = token
         self.push = push
         self.policy = CanaryPolicy()
         self.analysed: dict[str, Analysed] = {}
-        self.events: list[dict[str, Any]] = []
+        self.log = EventLog(push.host, notify)  # every decision, pushed or not, is sent
 
     def applied(self, tree: Path, mirror: Path, commit: str) -> None:
         """A commit was applied: (re)read the plans and the policy from its tree."""
@@ -122,9 +121,8 @@ class CanaryWatch:
         log.warning("canary analysis of %s@%s at %d%%: %s (%s)", item.model,
                     item.canary.version, item.canary.weight, decision.kind, verdict.note)
         if self.push.unsigned_refused:
-            message = ("not pushed: this agent runs with --trust but no --signing-key, so every "
-                       "trusting host would refuse an unsigned decision; give the agent a key "
-                       "its --trust file lists (--signing-key, docs/trust.md)")
+            message = (f"{cannot_sign('decision')}; give the agent a key its --trust file "
+                       "lists (--signing-key, docs/trust.md)")
             log.error("canary analysis: %s", message)
             item.decided = True  # said once: a person must act (deploy or roll back, signed)
             self._record(decision, verdict, {"outcome": "push failed", "error": message}, now)
@@ -145,31 +143,23 @@ class CanaryWatch:
         return True
 
     def _window(self, model: str, since: float) -> dict[str, Any] | None:
-        url = f"{self.server}/admin/requests?model={quote(model)}&since={since:.3f}"
-        try:
-            reply = request_json("GET", url, token=self.token, timeout=10.0)
-        except OSError as e:
-            log.warning("canary analysis: cannot read %s: %s", url, e)
-            return None
-        if reply.status != 200 or not isinstance(reply.data, dict):
-            log.warning("canary analysis: %s answered %s", url, error_message(reply))
-            return None
-        return reply.data
+        return request_window(self.server, self.token, model, since, "canary analysis")
 
     def _record(self, decision: canarystep.Decision, verdict: Verdict, extra: dict[str, Any],
                 now: float) -> None:
-        event = {"kind": decision.kind, "model": decision.model, "canary": decision.canary,
-                 "weight": decision.weight, "next_weight": decision.next_weight,
-                 "verdict": verdict.as_dict(), "trailer": decision.analysis, **extra,
-                 "host": self.push.host, "at": rfc3339(now)}
-        self.events = [*self.events, event][-20:]
-        if self.notify is not None:
-            self.notify(event)
+        self.log.record({"kind": decision.kind, "model": decision.model,
+                         "canary": decision.canary, "weight": decision.weight,
+                         "next_weight": decision.next_weight, "verdict": verdict.as_dict(),
+                         "trailer": decision.analysis, **extra}, now)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.log.events
 
     def report(self) -> dict[str, Any]:
         return {"policy": self.policy.__dict__,
                 "analysing": {m: _shown(a) for m, a in dict(self.analysed).items()},
-                "events": list(self.events)}
+                "events": list(self.log.events)}
 
 
 def decision_of(env: str, item: Analysed, verdict: Verdict,

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from ggufops.agent import applylog
 from ggufops.agent.webhook import MAX_BODY as WEBHOOK_MAX_BODY
-from ggufops.agent.webhook import WebhookReceiver, read_body
+from ggufops.agent.webhook import WebhookReceiver
 from ggufops.errors import AgentError
 from ggufops.httpjson import (
     HttpError,
@@ -34,6 +34,7 @@ from ggufops.httpjson import (
     Limits,
     QuietServer,
     error_message,
+    read_body,
     read_json_body,
     request_json,
     rfc3339,

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ggufops.agent.watching import rows
 from ggufops.errors import InvalidDesiredState
 from ggufops.percentile import nearest_rank
 
@@ -96,21 +97,16 @@ def select(window: dict[str, Any], model: str, version: str, *, previous: str | 
     """The records of `version` since max(`since`, now - window_s) and the previous
     version's last `window_s` of records (primary role only: a canary is judged apart)."""
     start = max(since, now - window_s)
-    requests = [r for r in _rows(window, "requests") if r.get("version") == version
+    requests = [r for r in rows(window, "requests") if r.get("version") == version
                 and r.get("role") == "primary" and float(r.get("ts", 0)) >= start]
-    ratings = [r for r in _rows(window, "ratings") if r.get("version") == version
+    ratings = [r for r in rows(window, "ratings") if r.get("version") == version
                and float(r.get("ts", 0)) >= start]
-    before = [r for r in _rows(window, "requests") if previous is not None
+    before = [r for r in rows(window, "requests") if previous is not None
               and r.get("version") == previous and r.get("role") == "primary"]
     if before:
         last = max(float(r["ts"]) for r in before)
         before = [r for r in before if float(r["ts"]) >= last - window_s]
     return Judged(model, version, requests, ratings, before)
-
-
-def _rows(window: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    rows = window.get(key)
-    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
 def evaluate(policy: TriggerPolicy, judged: Judged) -> list[Firing]:

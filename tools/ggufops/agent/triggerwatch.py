@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,14 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from ggufops import yamlio
 from ggufops.agent import triggers
 from ggufops.agent.triggers import Firing, TriggerPolicy
+from ggufops.agent.watching import EventLog, Notify, cannot_sign, request_window
 from ggufops.errors import GgufopsError
 from ggufops.gitops import triggerrevert
-from ggufops.httpjson import error_message, request_json, rfc3339
+from ggufops.httpjson import rfc3339
 from ggufops.redact import redact
 
 log = logging.getLogger("ggufops.agent")
 
-Notify = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -79,10 +78,9 @@ class TriggerWatch:
         self.server = server
         self.token = token
         self.push = push
-        self.notify = notify
+        self.log = EventLog(push.host, notify)
         self.policy: TriggerPolicy | None = None
         self.watched: dict[str, Watched] = {}
-        self.events: list[dict[str, Any]] = []
 
     def applied(self, tree: Path, commit: str, *, before: dict[str, str],
                 after: dict[str, str], is_rollback: bool, now: float) -> None:
@@ -123,18 +121,6 @@ class TriggerWatch:
         fired = triggers.first_rollback(firings)
         return fired is not None and self._roll_back(watched, fired, now)
 
-    def _window(self, model: str, since: float) -> dict[str, Any] | None:
-        url = f"{self.server}/admin/requests?model={quote(model)}&since={since:.3f}"
-        try:
-            reply = request_json("GET", url, token=self.token, timeout=10.0)
-        except OSError as e:
-            log.warning("rollback triggers: cannot read %s: %s", url, e)
-            return None
-        if reply.status != 200 or not isinstance(reply.data, dict):
-            log.warning("rollback triggers: %s answered %s", url, error_message(reply))
-            return None
-        return reply.data
-
     def _roll_back(self, watched: Watched, fired: Firing, now: float) -> bool:
         host = self.push.host
         revert = triggerrevert.TriggerRevert(
@@ -163,20 +149,23 @@ class TriggerWatch:
 
     def _cannot_sign(self, watched: Watched, fired: Firing, now: float) -> bool:
         """Said once per version: the rule is not judged again, a person must act."""
-        message = (f"not pushed: this agent runs with --trust but no --signing-key, so every "
-                   f"trusting host, this one too, would refuse an unsigned revert; revert "
-                   f"with a signed `ggufops rollback --env {self.env} --push`, and give the "
-                   "agent a key its --trust file lists (--signing-key, docs/trust.md)")
+        message = (f"{cannot_sign('revert')}; revert with a signed `ggufops rollback --env "
+                   f"{self.env} --push`, and give the agent a key its --trust file lists "
+                   "(--signing-key, docs/trust.md)")
         log.error("rollback trigger: %s", message)
         watched.fired = fired
         self._record(fired, {"outcome": "push failed", "error": message}, now)
         return False
 
+    def _window(self, model: str, since: float) -> dict[str, Any] | None:
+        return request_window(self.server, self.token, model, since, "rollback triggers")
+
     def _record(self, firing: Firing, extra: dict[str, Any], now: float) -> None:
-        event = {**firing.as_dict(), **extra, "host": self.push.host, "at": rfc3339(now)}
-        self.events = [*self.events, event][-20:]
-        if self.notify is not None:
-            self.notify(event)
+        self.log.record({**firing.as_dict(), **extra}, now)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.log.events
 
     def report(self) -> dict[str, Any]:
         return {"policy": None if self.policy is None else self.policy.__dict__,
@@ -184,7 +173,7 @@ class TriggerWatch:
                                  "since": rfc3339(w.since), "fired": w.fired is not None}
                              for m, w in dict(self.watched).items()},  # a copy: the
                 # status thread reads while the agent's loop changes it
-                "events": list(self.events)}
+                "events": list(self.log.events)}
 
 
 def _policy(tree: Path, env: str) -> TriggerPolicy | None:

@@ -36,7 +36,6 @@ from ggufops.errors import TrustError, UntrustedCommit
 
 log = logging.getLogger("ggufops.trust")
 
-REASONS = ("unsigned", "untrusted-key", "bad-signature", "unverifiable", "history-rewritten")
 _KEY_TYPE = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|"
                        r"sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)$")
 _FORMAT_HINT = ("expected `principals [options] key-type base64-key`, e.g. `alice@example.com "
@@ -63,10 +62,6 @@ def _line_keys(line: str) -> list[tuple[str, str]]:
     return [(kind, blob) for kind, blob in pairs if _KEY_TYPE.match(kind) and _is_base64(blob)]
 
 
-def _line_has_key(line: str) -> bool:
-    return bool(_line_keys(line))
-
-
 def check_allowed_signers(path: Path) -> int:
     """The number of keys in `path`; TrustError naming the file and line otherwise."""
     try:
@@ -80,7 +75,7 @@ def check_allowed_signers(path: Path) -> int:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        if not _line_has_key(line):
+        if not _line_keys(line):
             raise TrustError(f"{path}:{number}: not an allowed_signers line; {_FORMAT_HINT}")
         keys += 1
     if keys == 0:

@@ -18,7 +18,6 @@ under a new id; it can at worst make the agent check the remote early.
 
 from __future__ import annotations
 
-import hmac
 import json
 import threading
 import urllib.parse
@@ -30,7 +29,7 @@ from typing import Any
 
 from ggufops import notify
 from ggufops.errors import TrustError
-from ggufops.httpjson import HttpError, JsonHandler
+from ggufops.httpjson import HttpError
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 DELIVERY_HEADER = "X-GitHub-Delivery"
@@ -58,14 +57,6 @@ def sign(secret: bytes, body: bytes) -> str:
     """The X-Hub-Signature-256 value GitHub sends for `body` (the same HMAC our own
     notifications carry)."""
     return notify.signature(secret, body)
-
-
-def signature_ok(secret: bytes, body: bytes, header: str | None) -> bool:
-    """Constant-time comparison of the header with the body's signature."""
-    if not header:
-        return False
-    given = header.strip().encode("utf-8", "replace")
-    return hmac.compare_digest(sign(secret, body).encode(), given)
 
 
 @dataclass
@@ -132,7 +123,7 @@ class WebhookReceiver:
 
     def handle(self, raw_headers: Mapping[str, str], body: bytes) -> WebhookReply:
         headers = _Headers({k.lower(): v for k, v in raw_headers.items()})
-        if not signature_ok(self.secret, body, headers.get(SIGNATURE_HEADER)):
+        if not notify.verify(self.secret, body, headers.get(SIGNATURE_HEADER)):
             return _error(401, f"missing or wrong {SIGNATURE_HEADER}: sign the body with the "
                           "webhook secret (GitHub does when the hook's secret is set)",
                           "authentication_error")
@@ -158,19 +149,3 @@ class WebhookReceiver:
         if ref != self.ref:
             return WebhookReply(202, {"ignored": f"push to {ref}; this agent watches {self.ref}"})
         return WebhookReply(202, {"triggered": True, "ref": ref}, trigger=True)
-
-
-def read_body(handler: JsonHandler) -> bytes:
-    """The request's raw body within the handler's limits; HttpError 400/411/413."""
-    length = handler.content_length()
-    if length > handler.limits.max_body:
-        handler.close_connection = True  # the body is never read
-        raise HttpError(413, f"the request body is {length} bytes, over the limit of "
-                        f"{handler.limits.max_body}", code="request_too_large")
-    raw = handler.rfile.read(length) if length else b""
-    if len(raw) != length:
-        handler.close_connection = True
-        raise HttpError(400, f"the request body ended after {len(raw)} of {length} bytes")
-    handler.body_consumed = True
-    handler.request_complete()
-    return raw

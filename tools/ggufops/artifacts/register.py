@@ -122,9 +122,10 @@ def register(registry: Registry, req: RegisterRequest, *, reporter: Reporter | N
         doc = _document(req, header=header, parent_doc=parent_doc, eval_block=eval_block,
                         artifact={"sha256": sha256, "size": size, "dvc_md5": md5})
         doc["inference"]["prompt_template"] = chat_template
-        if _schema_has_requires(registry.root):
+        validator = schemas.load_validators(registry.root)["model-version"]
+        if _schema_has_requires(validator):
             _add_requires(doc, header, loaded)
-        _check_schema(registry.root, doc)
+        _check_schema(validator, doc)
         digest = staging.Digest(sha256, md5, size)
         _push_synced(remote, staged, digest, _ref(req), report)
         report.phase("tracking")
@@ -146,9 +147,9 @@ def _add_requires(doc: dict[str, Any], header: GgufHeader, loaded: loadcheck.Loa
         doc["requires"] = block
 
 
-def _schema_has_requires(root: Path) -> bool:
+def _schema_has_requires(validator: schemas.Validator) -> bool:
     """A registry made before `requires:` existed keeps its schema: write none there."""
-    schema = schemas.load_validators(root)["model-version"].detailed.schema
+    schema = validator.detailed.schema
     return "requires" in schema.get("properties", {})
 
 
@@ -317,8 +318,7 @@ def _document(
     return doc
 
 
-def _check_schema(root: Path, doc: dict[str, Any]) -> None:
-    validator = schemas.load_validators(root)["model-version"]
+def _check_schema(validator: schemas.Validator, doc: dict[str, Any]) -> None:
     issues = schemas.check(validator, doc)
     if issues:
         raise GgufopsError(

@@ -27,16 +27,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ggufops.fleet.status import HostReport
-from ggufops.registry.records import EnvEntry
+from ggufops.registry.records import EnvEntry, matches
 
 _REVERT = re.compile(r"^(Rollback-Of:\s*[0-9a-f]{7,40}|This reverts commit [0-9a-f]{7,40})",
                      re.MULTILINE)
 
 Selector = Mapping[str, str]
-
-
-def matches(selector: Selector, labels: Mapping[str, str]) -> bool:
-    return all(labels.get(str(k)) == str(v) for k, v in selector.items())
 
 
 def wave_index(waves: list[dict[str, str]], labels: Mapping[str, str]) -> int:
@@ -47,7 +43,7 @@ def wave_index(waves: list[dict[str, str]], labels: Mapping[str, str]) -> int:
 def version_for(entry: EnvEntry, labels: Mapping[str, str]) -> str:
     """The model version a host with `labels` runs: its segment's, else the entry's."""
     for segment in entry.segments:
-        if matches(segment.selector, labels):
+        if segment.runs_on(labels):
             return segment.version
     return entry.version
 

@@ -10,8 +10,6 @@ commits with their times (seeded from the object already in S3 when the agent st
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import logging
 import re
@@ -20,13 +18,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from typing import Any
 
 from ggufops.artifacts.s3config import S3Settings
 from ggufops.artifacts.s3object import S3Objects
 from ggufops.errors import GgufopsError, UsageError
 from ggufops.httpjson import rfc3339
+from ggufops.llama import loadcheck
 
 log = logging.getLogger("ggufops.fleet")
 
@@ -69,15 +67,6 @@ def parse_labels(text: str | None) -> dict[str, str]:
                              "'_', '-', '/'); e.g. --labels zone=eu,wave=1")
         labels[key.strip()] = value.strip()
     return labels
-
-
-@functools.cache
-def llama_cpp_python_version() -> str | None:
-    """Read once: the report is built every _WATCH seconds, and each metadata lookup scans
-    sys.path; the runtime this process loaded does not change under it."""
-    with contextlib.suppress(metadata.PackageNotFoundError):
-        return metadata.version("llama_cpp_python")
-    return None
 
 
 @dataclass(frozen=True)
@@ -141,7 +130,7 @@ def report_from_snapshot(snap: dict[str, Any], host: str, labels: dict[str, str]
         applied_commit=snap.get("applied_commit"), desired_commit=snap.get("desired_commit"),
         serving=serving, remote_error=(snap.get("remote") or {}).get("error"),
         server_error=(snap.get("server") or {}).get("error"),
-        llama_cpp_python=llama_cpp_python_version(), heartbeat=heartbeat)
+        llama_cpp_python=loadcheck.installed_version(), heartbeat=heartbeat)
 
 
 def remember_applied(history: list[Applied], commit: str | None,

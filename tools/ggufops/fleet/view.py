@@ -19,9 +19,8 @@ from ggufops import git, yamlio
 from ggufops.artifacts.s3config import S3Settings
 from ggufops.artifacts.s3object import S3Objects
 from ggufops.errors import FleetNotConverged, FleetStale, S3ObjectError
-from ggufops.fleet import rollout
 from ggufops.fleet.status import HostReport, env_prefix
-from ggufops.registry.records import EnvEntry, environment_in
+from ggufops.registry.records import EnvEntry, environment_in, matches
 from ggufops.registry.registry import environment_relpath, version_relpath
 
 DEFAULT_STALE_AFTER = 60.0
@@ -55,7 +54,7 @@ class Desired:
         wants = dict(self.models)
         for name, segments in self.segmented.items():
             for selector, want in segments:
-                if rollout.matches(selector, labels):
+                if matches(selector, labels):
                     wants[name] = want
                     break
         return wants

@@ -112,6 +112,12 @@ class EvalSet:
     sha256: str
     text: bytes
 
+    @classmethod
+    def read(cls, name: str, path: Path) -> EvalSet:
+        """The eval set in `path`, with the sha256 of its bytes."""
+        text = path.read_bytes()
+        return cls(name, path, hashlib.sha256(text).hexdigest(), text)
+
 
 def load_eval_set(root: Path, doc: dict[str, Any]) -> EvalSet:
     """The version's pinned eval set, verified against its sha256; EvalSetError if not."""
@@ -124,14 +130,14 @@ def load_eval_set(root: Path, doc: dict[str, Any]) -> EvalSet:
             f"eval set {name or '(none)'!r} pinned by {where} is missing ({EVALS_DIR}/{name}.txt); "
             "restore the file from git: eval sets are immutable"
         )
-    text = path.read_bytes()
-    got = hashlib.sha256(text).hexdigest()
-    if got != want:
+    found = EvalSet.read(name, path)
+    if found.sha256 != want:
         raise EvalSetError(
-            f"{EVALS_DIR}/{name}.txt has sha256 {got[:12]}…, but {where} pins {want[:12]}…; "
-            "restore the original file (eval sets are immutable) or add a new eval set"
+            f"{EVALS_DIR}/{name}.txt has sha256 {found.sha256[:12]}…, but {where} pins "
+            f"{want[:12]}…; restore the original file (eval sets are immutable) or add a new "
+            "eval set"
         )
-    return EvalSet(name, path, got, text)
+    return found
 
 
 def prompts_from(eval_set: EvalSet, count: int) -> list[bytes]:

@@ -180,11 +180,9 @@ class Loaded:
 
 
 def load_both(children: Sequence[Child], subject: Subject, eval_set: bench.EvalSet,
-              settings: bench.Settings, order: Sequence[int] = (0, 1)) -> Loaded:
-    replies: dict[int, dict[str, Any]] = {}
-    for i in order:
-        replies[i] = children[i].ask("load", path=str(subject.path), n_ctx=settings.n_ctx,
-                                     n_threads=settings.n_threads)
+              settings: bench.Settings) -> Loaded:
+    replies = [child.ask("load", path=str(subject.path), n_ctx=settings.n_ctx,
+                         n_threads=settings.n_threads) for child in children]
     tokens = [children[i].ask("tokenize", text_path=str(eval_set.path))["tokens"]
               for i in (0, 1)]
     return Loaded(list(children), tokens, int(replies[0]["n_params"]))
@@ -243,17 +241,17 @@ def _per_byte(loaded: Loaded, eval_set: bench.EvalSet, settings: bench.Settings,
 class SpeedRounds:
     """A `run_round` for gatespeed.measure: both children load afresh, warm up, then pairs."""
 
-    def __init__(self, children: Sequence[Child], subject: Subject, eval_set: bench.EvalSet,
-                 settings: bench.Settings, prompts: Sequence[bytes]) -> None:
-        self.children, self.subject, self.eval_set = children, subject, eval_set
+    def __init__(self, loaded: Loaded, subject: Subject, settings: bench.Settings,
+                 prompts: Sequence[bytes]) -> None:
+        self.children, self.subject = loaded.children, subject
         self.settings, self.prompts = settings, prompts
-        self.tokens: list[list[int]] = []
+        self.tokens = loaded.tokens  # each child's eval tokens, from the quality phase
 
     def __call__(self, speed: gatespeed.PairedSpeed) -> None:
         flip = speed.rounds % 2
-        loaded = load_both(self.children, self.subject, self.eval_set, self.settings,
-                           (1, 0) if flip else (0, 1))
-        self.tokens = loaded.tokens
+        for i in (1, 0) if flip else (0, 1):  # fresh loads; the tokens do not change
+            self.children[i].ask("load", path=str(self.subject.path),
+                                 n_ctx=self.settings.n_ctx, n_threads=self.settings.n_threads)
         for i in (0, 1):
             self._warm_up(i, speed.plan)
         if speed.plan is None:
@@ -348,7 +346,7 @@ def measure_model(subject: Subject, eval_set: bench.EvalSet, runtimes: Sequence[
             return result
         clock.switch("speed")
         rules = gatespeed.SpeedRules.from_policy(policy)
-        rounds = SpeedRounds(children, subject, eval_set, settings, prompts)
+        rounds = SpeedRounds(loaded, subject, settings, prompts)
         result.speed = gatespeed.measure([subject, subject], loaded.tokens, prompts, settings,
                                          deadline=deadline, is_clear=rules.clear,
                                          run_round=rounds)

@@ -30,7 +30,7 @@ from ggufops.gitops.rollback import (
     _previous_version,
     apply_rollback,
 )
-from ggufops.registry import releasegroups
+from ggufops.registry.records import groups_of
 from ggufops.registry.registry import VersionRef, environment_relpath
 
 
@@ -66,7 +66,7 @@ def models_of(root: Path, request: RollbackRequest, models: list[str] | None,
                                need_remote=request.mode != LOCAL,
                                remote_tip=request.mode != LOCAL)
     text = deploy.env_text_at(root, base, request.env)
-    groups = releasegroups.of(envfile_data(text, environment_relpath(request.env)))
+    groups = groups_of(envfile_data(text, environment_relpath(request.env)))
     if group not in groups:
         raise UsageError(f"{request.env} has no release group {group!r} (groups: "
                          f"{', '.join(sorted(groups)) or 'none'}); see `groups:` in "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import resource
 import select
@@ -44,8 +45,11 @@ class LoadCheck:
     reason: str | None  # why it did not load (or was not tried)
 
 
+@functools.cache
 def installed_version() -> str | None:
-    """The installed llama-cpp-python's version; None when the [llama] extra is absent."""
+    """The installed llama-cpp-python's version; None when the [llama] extra is absent.
+    Read once: each metadata lookup scans sys.path, and the runtime a process loaded does
+    not change under it."""
     try:
         return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:

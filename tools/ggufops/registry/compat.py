@@ -25,7 +25,6 @@ with at register (`validated_with`), never a guess.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,11 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ggufops import yamlio
-from ggufops.errors import NotARegistry
 from ggufops.registry import schemas
 from ggufops.registry.records import EnvEntry, environment_from_data
 from ggufops.registry.registry import VersionRef
-from ggufops.registry.template import project_root
 
 if TYPE_CHECKING:
     from ggufops.registry.validate import Checker, State
@@ -158,18 +155,6 @@ def is_prompt_config(relpath: str) -> bool:
     return len(parts) == 3 and parts[0] == PROMPTS_DIR and parts[2].endswith(".yaml")
 
 
-def _prompt_validator(root: Path) -> schemas.Validator:
-    """The registry's prompt-config schema; a registry made before it existed uses ours."""
-    path = root / SCHEMA
-    if not path.is_file():
-        try:
-            path = project_root() / SCHEMA
-        except NotARegistry:
-            raise NotARegistry(f"{SCHEMA} is missing but the registry has prompt configs; "
-                               "copy it from the ggufops template") from None
-    return schemas.Validator(json.loads(path.read_text()))
-
-
 def _prompt_paths(root: Path) -> Iterator[tuple[PromptRef, Path]]:
     for path in sorted((root / PROMPTS_DIR).glob("*/*.yaml")):
         yield PromptRef(path.parent.name, path.stem), path
@@ -180,7 +165,7 @@ def _read_prompt_configs(checker: Checker, root: Path) -> dict[PromptRef, yamlio
     paths = list(_prompt_paths(root))
     if not paths:
         return {}
-    validator = _prompt_validator(root)
+    validator = schemas.optional_validator(root, SCHEMA, "prompt configs")
     found: dict[PromptRef, yamlio.Document] = {}
     for ref, path in paths:
         doc = checker.read(path)
@@ -304,7 +289,7 @@ def runs_on(entry: EnvEntry, labels: Mapping[str, str]
     if entry.shadow is not None:
         found.append((entry.shadow.version, ["shadow", "version"]))
     for i, segment in enumerate(entry.segments):
-        if all(labels.get(k) == v for k, v in segment.selector.items()):
+        if segment.runs_on(labels):
             found.append((segment.version, ["segments", i, "version"]))
     return found
 

@@ -10,16 +10,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ggufops import git, yamlio
-from ggufops.errors import LifecycleError, NotARegistry
+from ggufops.errors import LifecycleError
 from ggufops.registry import lifecycle, schemas
 from ggufops.registry.records import NO_ENTRY, environment_from_data, environment_in
 from ggufops.registry.registry import REGISTRY_DIR, RESERVED_DIRS, VersionRef
-from ggufops.registry.template import project_root
 
 if TYPE_CHECKING:
     from ggufops.registry.validate import Checker, State
@@ -30,7 +28,8 @@ def check_repo(checker: Checker, state: State, base_sha: str | None,
                warnings: list[Any]) -> None:
     """Every lifecycle problem in the checkout (and against the base commit, when given)."""
     paths = _lifecycle_paths(state.root)
-    validator = _validator(state.root) if paths else None
+    validator = schemas.optional_validator(state.root, SCHEMA, "lifecycle files") if paths \
+        else None
     docs = _read_lifecycle_files(checker, state, paths, validator) if validator else {}
     flags = {model: lifecycle.fold(lifecycle.events_of(doc.data, checker.rel(doc.path)))
              for model, doc in docs.items()}
@@ -47,18 +46,6 @@ SCHEMA = f"{REGISTRY_DIR}/schema/lifecycle.schema.json"
 def _lifecycle_paths(root: Path) -> list[Path]:
     found = sorted((root / REGISTRY_DIR).glob(f"*/{lifecycle.LIFECYCLE_FILE}"))
     return [p for p in found if p.parent.name not in RESERVED_DIRS]
-
-
-def _validator(root: Path) -> schemas.Validator:
-    """The registry's lifecycle schema; a registry made before it existed uses ggufops' own."""
-    path = root / SCHEMA
-    if not path.is_file():
-        try:
-            path = project_root() / SCHEMA
-        except NotARegistry:
-            raise NotARegistry(f"{SCHEMA} is missing but the registry has lifecycle files; "
-                               "copy it from the ggufops template") from None
-    return schemas.Validator(json.loads(path.read_text()))
 
 
 def _read_lifecycle_files(checker: Checker, state: State, paths: list[Path],

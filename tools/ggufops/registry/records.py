@@ -10,6 +10,7 @@ artifact: a KeyError otherwise, as indexing the dict raised); the rest reads len
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,14 @@ class Segment:
 
     selector: dict[str, str]
     version: str
+
+    def runs_on(self, labels: Mapping[str, str]) -> bool:
+        return matches(self.selector, labels)
+
+
+def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """A host with `labels` is selected by `selector` (a segment's, a wave's)."""
+    return all(labels.get(str(k)) == str(v) for k, v in selector.items())
 
 
 @dataclass(frozen=True)

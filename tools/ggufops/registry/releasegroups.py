@@ -14,20 +14,11 @@ loaded, every member keeps serving its previous version. `ggufops rollback --gro
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 from ggufops.registry.overrides import OverrideProblem
 from ggufops.registry.records import groups_of
-
-
-def of(data: Any) -> dict[str, list[str]]:
-    """group name -> member models of a parsed environment file ({} without groups)."""
-    return groups_of(data)
-
-
-def group_of(groups: Mapping[str, list[str]], model: str) -> str | None:
-    return next((g for g, members in groups.items() if model in members), None)
 
 
 def problems(env: str, data: Any) -> Iterator[OverrideProblem]:
@@ -35,7 +26,7 @@ def problems(env: str, data: Any) -> Iterator[OverrideProblem]:
     models = data.get("models") if isinstance(data, dict) else None
     models = models if isinstance(models, dict) else {}
     seen: dict[str, str] = {}
-    for group, members in of(data).items():
+    for group, members in groups_of(data).items():
         for i, model in enumerate(members):
             where = ("groups", group, str(i))
             if model not in models:

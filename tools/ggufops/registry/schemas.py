@@ -13,6 +13,7 @@ import jsonschema_rs
 from jsonschema.exceptions import ValidationError
 
 from ggufops.errors import NotARegistry
+from ggufops.registry.template import project_root
 
 KINDS = ("model-version", "environment", "policy")
 
@@ -64,12 +65,31 @@ def load_validators(root: Path) -> dict[str, Validator]:
             raise NotARegistry(f"{path} is missing; restore it from the ggufops template") from None
         except json.JSONDecodeError as e:
             raise NotARegistry(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
-        if text not in _COMPILED:
-            if len(_COMPILED) >= 3 * len(KINDS):  # bounded: schemas edited many times
-                _COMPILED.clear()
-            _COMPILED[text] = Validator(schema)
-        validators[kind] = _COMPILED[text]
+        validators[kind] = compiled(text, schema)
     return validators
+
+
+def compiled(text: str, schema: dict[str, Any] | None = None) -> Validator:
+    """The Validator of a schema's text (`schema`: that text already parsed), compiled once."""
+    if text not in _COMPILED:
+        if len(_COMPILED) >= 3 * (len(KINDS) + 2):  # bounded: schemas edited many times
+            _COMPILED.clear()
+        _COMPILED[text] = Validator(json.loads(text) if schema is None else schema)
+    return _COMPILED[text]
+
+
+def optional_validator(root: Path, relpath: str, what: str) -> Validator:
+    """The registry's schema at `relpath` (one added after the first schemas, e.g. for
+    lifecycle files or prompt configs); a registry made before it existed uses ggufops' own.
+    `what` names the files that need it, for the error when neither has it."""
+    path = root / relpath
+    if not path.is_file():
+        try:
+            path = project_root() / relpath
+        except NotARegistry:
+            raise NotARegistry(f"{relpath} is missing but the registry has {what}; copy it "
+                               "from the ggufops template") from None
+    return compiled(path.read_text())
 
 
 def check(validator: Validator, data: Any) -> list[SchemaIssue]:

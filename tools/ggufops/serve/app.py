@@ -249,11 +249,14 @@ class Generator:
                                   time.perf_counter() - exchange.start)
             else:
                 stream = protocol.ChunkStream(request, loaded.request.display_id, trace, text_of)
-                texts: list[str] = []
-                if self._stream(out, loaded, stream,
-                                shadow.collecting(stream.chunks(result), texts), exchange):
-                    self.shadow.mirror(request, params, loaded, "".join(texts),
-                                       time.perf_counter() - exchange.start)
+                target, texts = self.shadow.pick(loaded, params), list[str]()
+                chunks = stream.chunks(result)
+                if target is not None:  # its text is collected only when it is mirrored
+                    chunks = shadow.collecting(chunks, texts)
+                if self._stream(out, loaded, stream, chunks, exchange) and target is not None:
+                    self.shadow.mirror(target, request, params, loaded,
+                                       primary_text="".join(texts),
+                                       latency=time.perf_counter() - exchange.start)
             loaded.served += 1
 
     def _stream(self, out: Writer, loaded: LoadedModel, stream: protocol.ChunkStream,
@@ -506,7 +509,10 @@ class ServeHandler(JsonHandler):
 
     def _guarded(self, route: Callable[[str], None]) -> None:
         try:
-            route(self.path_only())
+            path = self.path_only()
+            if path.startswith("/admin/"):  # every admin route, before any body is read
+                self._admin()
+            route(path)
         except HttpError as e:
             self.send_json(e.status, e.body())
         except (BrokenPipeError, ConnectionResetError):
@@ -529,15 +535,12 @@ class ServeHandler(JsonHandler):
         elif path == "/metrics":
             self.send_bytes(200, app.render_metrics().encode(), METRICS_CONTENT_TYPE)
         elif path == "/admin/models":
-            self._admin()
             self.send_json(200, app.admin_state())
         elif path == "/admin/shadow":
-            app.authorize(self.headers.get("Authorization"))
             query = parse_qs(urlsplit(self.path).query)
             samples = query.get("samples", ["0"])[0] == "1"
             self.send_json(200, app.generator.shadow.report(query.get("model", [""])[0], samples))
         elif path == "/admin/requests":
-            app.authorize(self.headers.get("Authorization"))
             model, since = requestwindow.parse_query(parse_qs(urlsplit(self.path).query))
             self.send_json(200, app.window.since(model, since))
         else:
@@ -547,11 +550,9 @@ class ServeHandler(JsonHandler):
         if path in protocol.ENDPOINTS:
             self.app.generator.handle(self, protocol.ENDPOINTS[path], read_json_body(self))
         elif path == "/admin/models":
-            self._admin()  # before reading the body
             status, reply = self.app.admin_load(read_json_body(self))
             self.send_json(status, reply)
         elif path == "/admin/groups":
-            self.app.authorize(self.headers.get("Authorization"))
             self.send_json(200, self.app.admin_group(read_json_body(self)))
         elif path == "/v1/feedback":
             self.send_json(200, self.app.feedback(read_json_body(self)))
@@ -561,7 +562,6 @@ class ServeHandler(JsonHandler):
     def _delete(self, path: str) -> None:
         if not path.startswith("/admin/models/"):
             raise HttpError(404, f"no route DELETE {path}", "not_found_error")
-        self._admin()
         read_json_body(self)
         self.send_json(200, self.app.admin_unload(path[len("/admin/models/"):]))
 

@@ -157,32 +157,39 @@ class ShadowMirror:
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         self._stats: dict[str, ShadowStats] = {}
-        self._dropped: dict[str, int] = {}
-        self._preempted: dict[str, int] = {}
         self._running: _Running | None = None
         self._thread = threading.Thread(target=self._work, name="shadow", daemon=True)
         self._thread.start()
 
-    def offer(self, request: protocol.OpenAIRequest, params: dict[str, Any],
-              loaded: LoadedModel, reply: dict[str, Any], latency: float) -> None:
-        """Mirror this answered request to the model's shadow, maybe; never blocks."""
-        self.mirror(request, params, loaded, answer_text(reply), latency)
-
-    def mirror(self, request: protocol.OpenAIRequest, params: dict[str, Any],
-               loaded: LoadedModel, primary_text: str, latency: float) -> None:
-        """Mirror a request the primary answered with `primary_text`, maybe; never blocks."""
+    def pick(self, loaded: LoadedModel, params: dict[str, Any]) -> LoadedModel | None:
+        """The shadow this request goes to, drawn by its share; None (the usual case, decided
+        before any answer text is built) when it is not mirrored."""
         shadow = self.table.shadow(loaded.request.name)
         if shadow is None or random.randrange(100) >= shadow.request.weight \
                 or "grammar" in params:  # a grammar object is not shared between models
-            return
+            return None
+        return shadow
+
+    def offer(self, request: protocol.OpenAIRequest, params: dict[str, Any],
+              loaded: LoadedModel, reply: dict[str, Any], latency: float) -> None:
+        """Mirror this answered request to the model's shadow, maybe; never blocks."""
+        shadow = self.pick(loaded, params)
+        if shadow is not None:
+            self.mirror(shadow, request, params, loaded, primary_text=answer_text(reply),
+                        latency=latency)
+
+    def mirror(self, shadow: LoadedModel, request: protocol.OpenAIRequest,
+               params: dict[str, Any], loaded: LoadedModel, *, primary_text: str,
+               latency: float) -> None:
+        """Queue a request the primary answered with `primary_text` for `shadow` (from
+        `pick`); never blocks: a full queue drops it and counts the drop."""
         job = _Job(loaded.request.name, request, params, primary_text, latency)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
-            with self._lock:
-                self._dropped[job.name] = self._dropped.get(job.name, 0) + 1
-                self._stats_for(job.name, shadow.request.version).dropped += 1
             self.metrics.inc("ggufops_shadow_dropped_total", (job.name,))
+            with self._lock:  # after the metric, which report() reads, as in _record
+                self._stats_for(job.name, shadow.request.version).dropped += 1
 
     def _work(self) -> None:
         while True:
@@ -232,8 +239,7 @@ class ShadowMirror:
 
     def _count_preempted(self, name: str, version: str) -> None:
         self.metrics.inc("ggufops_shadow_preempted_total", (name,))
-        with self._lock:  # after the metric, as in _record
-            self._preempted[name] = self._preempted.get(name, 0) + 1
+        with self._lock:  # after the metric, which report() reads, as in _record
             self._stats_for(name, version).preempted += 1
 
     def _error(self, name: str, version: str | None, message: str) -> None:
@@ -279,11 +285,11 @@ class ShadowMirror:
         with self._lock:
             stats = self._stats.get(name)
             body = stats.as_dict(samples) if stats is not None else None
-            dropped = self._dropped.get(name, 0)
-            preempted = self._preempted.get(name, 0)
         return {"model": name, "shadow": None if shadow is None else {
             "version": shadow.request.version, "display_id": shadow.request.display_id,
-            "percent": shadow.request.weight}, "dropped": dropped, "preempted": preempted,
+            "percent": shadow.request.weight},
+            "dropped": int(self.metrics.value("ggufops_shadow_dropped_total", (name,))),
+            "preempted": int(self.metrics.value("ggufops_shadow_preempted_total", (name,))),
             "queue_size": self._queue.maxsize, "queued": self._queue.qsize(),
             "running": self._running_info(name), "stats": body}
 
