@@ -22,7 +22,7 @@ from ggufops.errors import GateFailed, GitError
 from ggufops.gates import bench, gate, report
 from ggufops.gates import quality as gatequality
 from ggufops.gates import speed as gatespeed
-from ggufops.gates.cache import BenchCache
+from ggufops.gates.cache import BenchCache, NoCache
 from ggufops.hashing import file_sha256
 from ggufops.llama import llm
 from ggufops.registry.registry import Registry, VersionRef
@@ -146,6 +146,20 @@ def test_quality_results_are_cached_and_speed_remeasured(
     assert second.quality == first.quality
     assert second.samples != first.samples  # timings are never cached
 
+
+
+def test_quality_runs_on_every_core_whatever_threads_pins_for_speed(
+        toy_models: ToyModels, eval_set: bench.EvalSet, cache: BenchCache) -> None:
+    """The figures are bit-identical on 1 and 2 threads, so `threads` pins only the speed
+    runs, and a quality result measured under one setting serves the other from cache."""
+    one = run(toy_models, eval_set, NoCache(), "improved", threads=1, max_rounds=2)
+    two = run(toy_models, eval_set, NoCache(), "improved", threads=2, max_rounds=2)
+    assert one.quality == two.quality and one.quality["per"] == "token"
+    assert bench.settings_from(fast_policy(threads=1)).quality_threads == llm.default_threads()
+    run(toy_models, eval_set, cache, "improved", threads=1, max_rounds=2)
+    hits = cache.hits
+    run(toy_models, eval_set, cache, "improved", threads=2, max_rounds=2)
+    assert cache.hits == hits + 3
 
 # --- speed judged from recorded samples (no timing involved) -------------------------------
 

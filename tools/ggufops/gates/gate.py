@@ -187,10 +187,12 @@ def measure_pair(candidate: Subject, baseline: Subject | None, eval_set: bench.E
         return result
     subjects = [s for s in (result.baseline, candidate) if s is not None]
     prompts = bench.prompts_from(eval_set, settings.latency_prompts)
-    with clock("load"), _LoadedSides(subjects, eval_set, settings) as sides:
+    timed_here = len(subjects) == 1 and _speed_minimums(policy)  # else speed loads afresh
+    threads = settings.n_threads if timed_here else settings.quality_threads
+    with clock("load"), _LoadedSides(subjects, eval_set, settings, threads) as sides:
         clock.switch("quality")
         result.quality = gatequality.measure(sides, eval_set, settings, cache)
-        if len(sides) == 1 and _speed_minimums(policy):
+        if timed_here:
             clock.switch("speed")
             result.single_speed = bench.measure_speed([sides[0].model], [sides[0].tokens],
                                                       prompts, settings)[0]
@@ -362,18 +364,20 @@ class _Clock:
 
 
 class _LoadedSides:
-    """Load every subject (baseline first) with its eval tokens; close them all on exit."""
+    """Load every subject (baseline first, on `threads`) with its eval tokens; close them all
+    on exit."""
 
     def __init__(self, subjects: Sequence[Subject], eval_set: bench.EvalSet,
-                 settings: bench.Settings) -> None:
+                 settings: bench.Settings, threads: int) -> None:
         self.subjects, self.eval_set, self.settings = subjects, eval_set, settings
+        self.threads = threads
         self.sides: list[gatequality.Side] = []
 
     def __enter__(self) -> list[gatequality.Side]:
         try:
             for subject in self.subjects:
                 model = llm.load(subject.path, n_ctx=self.settings.n_ctx,
-                                 n_threads=self.settings.n_threads)
+                                 n_threads=self.threads)
                 self.sides.append(gatequality.Side(subject, model, []))
                 self.sides[-1].tokens = llm.tokenize(model, self.eval_set.text)
         except BaseException:

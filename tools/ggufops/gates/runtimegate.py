@@ -181,8 +181,9 @@ class Loaded:
 
 def load_both(children: Sequence[Child], subject: Subject, eval_set: bench.EvalSet,
               settings: bench.Settings) -> Loaded:
+    """Loaded for the quality pass, on every core (the speed rounds load afresh)."""
     replies = [child.ask("load", path=str(subject.path), n_ctx=settings.n_ctx,
-                         n_threads=settings.n_threads) for child in children]
+                         n_threads=settings.quality_threads) for child in children]
     tokens = [children[i].ask("tokenize", text_path=str(eval_set.path))["tokens"]
               for i in (0, 1)]
     return Loaded(list(children), tokens, int(replies[0]["n_params"]))
