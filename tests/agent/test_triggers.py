@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from ggufops.agent import triggers
+from ggufops.agent.applylog import ApplyLog
+from ggufops.agent.loop import arrivals
 from ggufops.agent.triggers import TriggerPolicy
 from ggufops.agent.triggerwatch import PushSettings, TriggerWatch, Watched
 from ggufops.errors import InvalidDesiredState
@@ -204,3 +206,25 @@ def test_an_agent_that_trusts_but_cannot_sign_pushes_no_revert_and_says_why(
     assert "runs with --trust but no --signing-key" in event["error"]
     assert "ggufops rollback --env production --push" in event["error"]
     assert not (tmp_path / "revert.git").exists()  # no clone made, nothing pushed
+
+
+def test_after_a_restart_the_versions_the_last_applies_brought_are_watched_again(
+        tmp_path: Path) -> None:
+    """The apply log says when each version came and from which: a version that replaced
+    another is watched again from then; one the host only ever ran is not."""
+    log = ApplyLog(tmp_path / "applies.db")
+
+    def applied(commit: str, outcome: str = "success", **versions: str) -> float:
+        attempt = log.start(commit, "production", {m: {"version": v} for m, v in versions.items()})
+        log.finish(attempt, outcome, "healthy" if outcome == "success" else "loading")
+        return log.recent(1)[0].finished_at or 0.0
+
+    applied("c1", chat="2.0.0", embed="1.0.0")
+    came = applied("c2", chat="2.1.0", embed="1.0.0")
+    applied("c3", "failed", chat="2.2.0", embed="1.0.0")
+    applied("c4", chat="2.1.0", embed="1.0.0")  # e.g. a policy change: 2.1.0 stays
+    successes = [a for a in log.recent(50) if a.outcome == "success"]
+    ((watched, span),) = arrivals(successes)
+    assert (watched.model, watched.version, watched.previous) == ("chat", "2.1.0", "2.0.0")
+    assert (watched.since, watched.commit, span) == (came, "c2", "c1..c2")
+    assert arrivals(successes[1:2]) == [] and arrivals([]) == []

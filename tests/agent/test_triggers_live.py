@@ -138,6 +138,34 @@ def test_low_ratings_roll_back_exactly_once_across_two_hosts(world: World,
 
 
 @pytest.mark.slow
+def test_a_restarted_agent_still_watches_the_version_it_deployed(world: World,
+                                                                processes: Processes) -> None:
+    """The agent restarts after 2.1.0 is applied (an upgrade, a host reboot): it watches
+    2.1.0 again from when it came, and low ratings that arrive after the restart still roll
+    it back."""
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    _set_triggers(world, window_s=120, min_requests=5, min_rating=3.5, min_ratings=5)
+    world.deploy("2.0.0")
+    server, agent = _start(world, processes, "host-a")
+    deploy = world.deploy("2.1.0")
+    wait_for(lambda: get(f"{agent.url}/status")["applied_commit"] == deploy, timeout=120,
+             what="2.1.0 applied")
+    before = get(f"{agent.url}/status")["triggers"]["watching"]
+    assert (before[MODEL]["version"], before[MODEL]["previous"]) == ("2.1.0", "2.0.0")
+    agent.stop()
+    state = world.state_dir.parent / "state-host-a"
+    agent = processes.agent(world, server.url, extra=[
+        "--store", str(world.store.parent / "store-host-a"), "--state-dir", str(state),
+        "--host-name", "host-a"])
+    wait_for(lambda: get(f"{agent.url}/status")["triggers"]["watching"] == before,
+             timeout=60, what="the same watch, from the same time, after the restart")
+    with traffic(server.url, "2.1.0") as sender:
+        wait_for(lambda: _rolled_back(world, server, agent), timeout=180, what="auto rollback")
+    _check_revert(world, deploy, "rating", {"host-a"})
+    assert sender.count("2.1.0") >= 5
+
+@pytest.mark.slow
 def test_an_agent_with_trust_applies_the_revert_it_signed_itself(world: World,
                                                                  processes: Processes) -> None:
     keys = world.state_dir.parent / "keys"

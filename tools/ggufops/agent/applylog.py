@@ -154,13 +154,16 @@ class ApplyLog:
                            (json.dumps(models, sort_keys=True), attempt_id))
 
     def finish(self, attempt_id: int, outcome: str, phase: str,
-               error: str | None = None) -> None:
+               error: str | None = None) -> float:
+        """Record how the attempt ended; the time recorded as its end."""
         if outcome not in OUTCOMES[1:]:
             raise ValueError(f"outcome {outcome!r} is not one of {OUTCOMES[1:]}")
+        now = time.time()
         with self._write() as db:
             db.execute("UPDATE applies SET outcome = ?, phase = ?, error = ?, finished_at = ? "
                        "WHERE id = ?", (outcome, phase, redact(error) if error else error,
-                                        time.time(), attempt_id))
+                                        now, attempt_id))
+        return now
 
     def recent(self, limit: int = 20) -> list[Attempt]:
         rows = self._query("SELECT id, started_at, finished_at, commit_sha, environment, "

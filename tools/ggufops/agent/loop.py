@@ -44,7 +44,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ from ggufops.agent.download import Download
 from ggufops.agent.plan import Plan, Target, export_tree, plan_from_tree, prune_trees
 from ggufops.agent.retention import evictable, remember_desired
 from ggufops.agent.status import DEFAULT_STATUS_PORT, PHASES, Status, agent_metrics, serve_status
-from ggufops.agent.triggerwatch import PushSettings, TriggerWatch
+from ggufops.agent.triggerwatch import PushSettings, TriggerWatch, Watched
 from ggufops.agent.trust import TrustPolicy, check_signing_key
 from ggufops.agent.trust import verify as verify_commit
 from ggufops.agent.webhook import WebhookReceiver
@@ -334,18 +334,30 @@ class Agent:
             self._applied_targets = last.models
             self._update(applied_commit=last.commit, last_success_at=last.finished_at,
                          desired=dict(last.models))
-            self._resume_canaries(last.commit)
+            self._resume_watches(last)
         self._publish()
 
-    def _resume_canaries(self, commit: str) -> None:
+    def _resume_watches(self, last: applylog.Attempt) -> None:
         """After a restart nothing is applied while the server is in sync: the canary
-        analysis resumes from the applied commit's tree (each step's time is in git)."""
+        analysis and the rollback triggers resume from the applied commit's tree (each
+        canary step's time is in git; when each version came, in the apply log)."""
         try:
-            tree = export_tree(self.mirror, commit, self.trees)
+            tree = export_tree(self.mirror, last.commit, self.trees)
         except (GgufopsError, OSError) as e:
-            log.warning("canary analysis not resumed: cannot read %s: %s", commit[:12], e)
+            log.warning("canary analysis and rollback triggers not resumed: cannot read "
+                        "%s: %s", last.commit[:12], e)
             return
-        self.canaries.applied(tree, self.mirror, commit)
+        self.canaries.applied(tree, self.mirror, last.commit)
+        successes = [a for a in self.log.recent(RESUME_LOOKBACK)
+                     if a.outcome == "success" and a.environment == self.config.env]
+        self.triggers.resume(tree, [w for w, span in arrivals(successes)
+                                    if not self._brought_by_rollback(span)])
+
+    def _brought_by_rollback(self, span: str) -> bool:
+        try:
+            return rollout.is_rollback(git.out(["log", "--format=%B", span], self.mirror))
+        except GitError:
+            return True  # history rewritten since: not known to be a deploy, not watched
 
     # one tick
 
@@ -514,8 +526,7 @@ class Agent:
             self._finish(attempt, "failed", step, message, started)
             self._degrade(message, retry=True)
             return False
-        self._finish(attempt, "success", "healthy", None, started)
-        self._succeed(plan)
+        self._succeed(plan, self._finish(attempt, "success", "healthy", None, started))
         return True
 
     def _steps(self) -> list[tuple[str, Callable[[Plan], Plan]]]:
@@ -827,14 +838,15 @@ class Agent:
     # outcomes
 
     def _finish(self, attempt: int, outcome: str, phase: str, error: str | None,
-                started: float) -> None:
-        self.log.finish(attempt, outcome, phase, error)
+                started: float) -> float:
+        """Log the outcome; the time the apply log recorded (a restart reads it back)."""
+        finished = self.log.finish(attempt, outcome, phase, error)
         self.metrics.inc("ggufops_agent_applies_total", (outcome,))
         self.metrics.observe("ggufops_agent_apply_duration_seconds", (outcome,),
                              time.monotonic() - started)
+        return finished
 
-    def _succeed(self, plan: Plan) -> None:
-        now = time.time()
+    def _succeed(self, plan: Plan, now: float) -> None:
         previous = self._applied_targets
         self.triggers.applied(plan.tree, plan.commit, before=_versions(previous),
                               after={n: t.version for n, t in plan.targets.items()},
@@ -991,6 +1003,30 @@ def _still_needed(download: Download, newer: Plan) -> bool:
     """Does the newer state need every file the download is still fetching?"""
     needed = {t.sha256 for t in newer.artifacts()}
     return all(t.sha256 in needed for t in download.pending)
+
+
+RESUME_LOOKBACK = 500  # applies read back to find when each version came
+
+
+def arrivals(successes: Sequence[applylog.Attempt]) -> list[tuple[Watched, str]]:
+    """What the rollback triggers watched before a restart, from successful applies (newest
+    first): each model of the newest whose version came after another version on this
+    host, with the time it came and the git span (`previous..first`) that brought it."""
+    if not successes:
+        return []
+    found = []
+    for model, want in _versions(successes[0].models).items():
+        first = successes[0]
+        for older in successes[1:]:
+            version = _versions(older.models).get(model)
+            if version != want:
+                if version is not None:
+                    watched = Watched(model, want, version, first.finished_at or
+                                      first.started_at, first.commit)
+                    found.append((watched, f"{older.commit}..{first.commit}"))
+                break
+            first = older
+    return found
 
 
 def _versions(targets: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -95,6 +95,12 @@ class TriggerWatch:
             if before.get(model) not in (None, version) and model not in self.watched:
                 self.watched[model] = Watched(model, version, before[model], now, commit)
 
+    def resume(self, tree: Path, watched: list[Watched]) -> None:
+        """After a restart: watch again what the last applies brought (`watched`, from the
+        apply log, with the time each version came), under the applied tree's policy."""
+        self.policy = _policy(tree, self.env)
+        self.watched = {w.model: w for w in watched} if self.policy is not None else {}
+
     def check(self, now: float | None = None) -> bool:
         """Judge every watched version; True when a revert was pushed (or found)."""
         if self.policy is None:
