@@ -1011,7 +1011,8 @@ RESUME_LOOKBACK = 500  # applies read back to find when each version came
 def arrivals(successes: Sequence[applylog.Attempt]) -> list[tuple[Watched, str]]:
     """What the rollback triggers watched before a restart, from successful applies (newest
     first): each model of the newest whose version came after another version on this
-    host, with the time it came and the git span (`previous..first`) that brought it."""
+    host, with the time it came and the git span since then (`previous..newest`): a
+    rollback in it ended the watch, as a live agent drops its watches on a rollback."""
     if not successes:
         return []
     found = []
@@ -1023,7 +1024,7 @@ def arrivals(successes: Sequence[applylog.Attempt]) -> list[tuple[Watched, str]]
                 if version is not None:
                     watched = Watched(model, want, version, first.finished_at or
                                       first.started_at, first.commit)
-                    found.append((watched, f"{older.commit}..{first.commit}"))
+                    found.append((watched, f"{older.commit}..{successes[0].commit}"))
                 break
             first = older
     return found
