@@ -3,15 +3,17 @@ revert they push: real git, a bare remote, several hosts racing for it."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ggufops.agent import triggers
 from ggufops.agent.applylog import ApplyLog
-from ggufops.agent.loop import arrivals
+from ggufops.agent.loop import arrivals, watched_live
 from ggufops.agent.triggers import TriggerPolicy
 from ggufops.agent.triggerwatch import PushSettings, TriggerWatch, Watched
 from ggufops.errors import InvalidDesiredState
@@ -228,3 +230,57 @@ def test_after_a_restart_the_versions_the_last_applies_brought_are_watched_again
     assert (watched.model, watched.version, watched.previous) == ("chat", "2.1.0", "2.0.0")
     assert (watched.since, watched.commit, span) == (came, "c2", "c1..c4")
     assert arrivals(successes[1:2]) == [] and arrivals([]) == []
+
+
+def _set_policy(repo: Path, triggers_on: bool) -> None:
+    path = repo / "registry" / "policy.yaml"
+    policy = yaml.safe_load(path.read_text())
+    policy.pop("rollback_triggers", None)
+    if triggers_on:
+        policy["rollback_triggers"] = {"production": {"window_s": 120, "min_rating": 3.5}}
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+
+
+def test_a_restart_watches_only_what_a_live_agent_would(tmp_path: Path) -> None:
+    """Only a version whose deploy had triggers on, with no rollback since, on real git."""
+    repo = make_registry(tmp_path / "registry")
+    for version in ("2.0.0", "2.1.0"):
+        write_version(repo, MODEL, version, content=f"gguf {version}".encode())
+    set_environment(repo, "production", {MODEL: "2.0.0"})
+    _set_policy(repo, triggers_on=False)
+    base = git_commit(repo, "deploy 2.0.0")
+    set_environment(repo, "production", {MODEL: "2.1.0"})
+    off = git_commit(repo, "deploy 2.1.0 while triggers are off")
+    _set_policy(repo, triggers_on=True)
+    later = git_commit(repo, "policy: triggers on")
+    watched = Watched(MODEL, "2.1.0", "2.0.0", NOW, off)
+    assert not watched_live(repo, "production", watched, f"{base}..{later}")
+    on = Watched(MODEL, "2.1.0", "2.0.0", NOW, later)
+    assert watched_live(repo, "production", on, f"{base}..{later}")
+    assert not watched_live(repo, "staging", on, f"{base}..{later}")
+    other = git_commit(repo, "rollback(production): embed 1.1.0 -> 1.0.0\n\n"
+                             "Rollback-Of: 0123456789abcdef0123456789abcdef01234567")
+    assert not watched_live(repo, "production", on, f"{base}..{other}")
+    assert not watched_live(repo, "production", on, f"{base}..{'f' * 40}")  # rewritten
+
+
+def test_what_a_watch_said_survives_a_restart(tmp_path: Path) -> None:
+    """An alert already sent and a rule already fired are not sent or pushed again by the
+    watch resumed after a restart (the agent keeps `said()` in its apply log's state)."""
+    tree = tmp_path / "tree"
+    (tree / "registry").mkdir(parents=True)
+    (tree / "registry" / "policy.yaml").write_text(yaml.safe_dump(
+        {"rollback_triggers": {"production": {"window_s": 120, "tokens_ratio": 1.5}}}))
+    push = PushSettings(str(tmp_path / "remote.git"), "main", "host-a", tmp_path / "r.git")
+    before = TriggerWatch("production", "http://127.0.0.1:9", None, push)
+    before.resume(tree, [Watched(MODEL, "2.1.0", "2.0.0", NOW, "c0ffee")])
+    before.watched[MODEL].alerted.add("tokens_ratio")
+    before.watched[MODEL].fired = triggers.Firing("error_rate", 0.5, 0.05, 60.0,
+                                                  triggers.ROLLBACK, MODEL, "2.1.0", 20)
+    said = json.loads(json.dumps(before.said()))  # as the apply log keeps it
+    after = TriggerWatch("production", "http://127.0.0.1:9", None, push)
+    after.resume(tree, [Watched(MODEL, "2.1.0", "2.0.0", NOW, "c0ffee")], said)
+    assert after.said() == before.said() and after.watched[MODEL].alerted == {"tokens_ratio"}
+    newer = TriggerWatch("production", "http://127.0.0.1:9", None, push)
+    newer.resume(tree, [Watched(MODEL, "2.1.0", "2.0.0", NOW + 5, "beef")], said)
+    assert newer.watched[MODEL].fired is None and newer.watched[MODEL].alerted == set()

@@ -152,10 +152,15 @@ def test_quality_runs_on_every_core_whatever_threads_pins_for_speed(
         toy_models: ToyModels, eval_set: bench.EvalSet, cache: BenchCache) -> None:
     """The figures are bit-identical on 1 and 2 threads, so `threads` pins only the speed
     runs, and a quality result measured under one setting serves the other from cache."""
-    one = run(toy_models, eval_set, NoCache(), "improved", threads=1, max_rounds=2)
-    two = run(toy_models, eval_set, NoCache(), "improved", threads=2, max_rounds=2)
-    assert one.quality == two.quality and one.quality["per"] == "token"
-    assert bench.settings_from(fast_policy(threads=1)).quality_threads == llm.default_threads()
+    settings = bench.settings_from(fast_policy(threads=1))
+    subjects = [subject(toy_models, "baseline"), subject(toy_models, "improved", "1.1.0")]
+    measured = []
+    for threads in (1, 2):
+        with gate._LoadedSides(subjects, eval_set, settings, threads) as sides:
+            measured.append(gatequality.measure(sides, eval_set, settings, NoCache()))
+    assert measured[0] == measured[1] and measured[0]["per"] == "token"
+    assert measured[0]["divergence"]["kl_mean"] > 0  # two different models, compared
+    assert settings.quality_threads == llm.default_threads() and settings.n_threads == 1
     run(toy_models, eval_set, cache, "improved", threads=1, max_rounds=2)
     hits = cache.hits
     run(toy_models, eval_set, cache, "improved", threads=2, max_rounds=2)

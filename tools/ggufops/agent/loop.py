@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ggufops import git
 from ggufops.agent import applylog
 from ggufops.agent.canarywatch import CanaryWatch
@@ -56,6 +58,7 @@ from ggufops.agent.download import Download
 from ggufops.agent.plan import Plan, Target, export_tree, plan_from_tree, prune_trees
 from ggufops.agent.retention import evictable, remember_desired
 from ggufops.agent.status import DEFAULT_STATUS_PORT, PHASES, Status, agent_metrics, serve_status
+from ggufops.agent.triggers import TriggerPolicy
 from ggufops.agent.triggerwatch import PushSettings, TriggerWatch, Watched
 from ggufops.agent.trust import TrustPolicy, check_signing_key
 from ggufops.agent.trust import verify as verify_commit
@@ -260,6 +263,7 @@ class Agent:
         notify = Notifier(config.notify).send if config.notify else None
         self.triggers = TriggerWatch(config.env, config.server, config.admin_token, push,
                                      notify=notify)
+        self._trigger_said: Any = None  # what was last saved of self.triggers.said()
         self.canaries = CanaryWatch(config.env, config.server, config.admin_token, push,
                                     notify=notify, labels=dict(config.labels))
 
@@ -350,14 +354,10 @@ class Agent:
         self.canaries.applied(tree, self.mirror, last.commit)
         successes = [a for a in self.log.recent(RESUME_LOOKBACK)
                      if a.outcome == "success" and a.environment == self.config.env]
+        self._trigger_said = self.log.load_state(TRIGGER_SAID)
+        env, mirror = self.config.env, self.mirror
         self.triggers.resume(tree, [w for w, span in arrivals(successes)
-                                    if not self._brought_by_rollback(span)])
-
-    def _brought_by_rollback(self, span: str) -> bool:
-        try:
-            return rollout.is_rollback(git.out(["log", "--format=%B", span], self.mirror))
-        except GitError:
-            return True  # history rewritten since: not known to be a deploy, not watched
+                                    if watched_live(mirror, env, w, span)], self._trigger_said)
 
     # one tick
 
@@ -385,6 +385,10 @@ class Agent:
             healthy = self.status.phase == "healthy"
         if healthy and (self.triggers.check() | self.canaries.check()):
             self.trigger()
+        said = self.triggers.said()
+        if said != self._trigger_said:  # kept for a restart: say nothing twice
+            self._trigger_said = said
+            self.log.save_state(TRIGGER_SAID, said)
 
     def _check_remote(self, *, quiet: bool = False) -> str | None:
         """The branch's commit on the remote, or None when it does not answer (reported in
@@ -1006,6 +1010,7 @@ def _still_needed(download: Download, newer: Plan) -> bool:
 
 
 RESUME_LOOKBACK = 500  # applies read back to find when each version came
+TRIGGER_SAID = "trigger_said"  # the apply log's state key for TriggerWatch.said()
 
 
 def arrivals(successes: Sequence[applylog.Attempt]) -> list[tuple[Watched, str]]:
@@ -1028,6 +1033,17 @@ def arrivals(successes: Sequence[applylog.Attempt]) -> list[tuple[Watched, str]]
                 break
             first = older
     return found
+
+
+def watched_live(mirror: Path, env: str, watched: Watched, span: str) -> bool:
+    """Would a live agent still watch it: the commit that brought it had rollback triggers
+    on for `env`, and no rollback is in `span` (from the version before it to now)?"""
+    try:
+        policy = git.out(["show", f"{watched.commit}:registry/policy.yaml"], mirror)
+        on = TriggerPolicy.of_environment(yaml.safe_load(policy) or {}, env) is not None
+        return on and not rollout.is_rollback(git.out(["log", "--format=%B", span], mirror))
+    except (GitError, GgufopsError, yaml.YAMLError):
+        return False  # history rewritten, or no valid policy then: not watched live
 
 
 def _versions(targets: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -6,8 +6,9 @@ agent watches that version: every tick it reads its server's request window (GET
 A rollback rule that fires makes the agent push the generated revert itself
 (gitops/triggerrevert: exactly once across the fleet), then apply it like any commit: with
 the previous version kept as a hot standby that is a pointer swap. Alert-only rules are
-reported (GET /status `triggers`) once per version and metric. Watches live in memory: an
-agent restarted after a deploy does not judge that deploy.
+reported (GET /status `triggers`) once per version and metric. A restarted agent resumes
+its watches from the apply log (agent/loop.py `arrivals`), with what each had already
+said (`said()`, kept in the log's state), so nothing is reported or pushed twice.
 """
 
 from __future__ import annotations
@@ -95,11 +96,28 @@ class TriggerWatch:
             if before.get(model) not in (None, version) and model not in self.watched:
                 self.watched[model] = Watched(model, version, before[model], now, commit)
 
-    def resume(self, tree: Path, watched: list[Watched]) -> None:
+    def resume(self, tree: Path, watched: list[Watched], said: Any = None) -> None:
         """After a restart: watch again what the last applies brought (`watched`, from the
-        apply log, with the time each version came), under the applied tree's policy."""
+        apply log, with the time each version came), under the applied tree's policy, with
+        what each watch had said before (`said()` as it was saved)."""
         self.policy = _policy(tree, self.env)
         self.watched = {w.model: w for w in watched} if self.policy is not None else {}
+        for model, before in (said if isinstance(said, dict) else {}).items():
+            w = self.watched.get(model)
+            if w is None or not isinstance(before, dict) or \
+                    (before.get("version"), before.get("since")) != (w.version, w.since):
+                continue
+            w.alerted = {str(m) for m in before.get("alerted") or ()}
+            fired = before.get("fired")
+            if isinstance(fired, dict):
+                w.fired = Firing(**fired)
+
+    def said(self) -> dict[str, Any]:
+        """What each watch has reported (alerts) or done (a fired rule): saved by the agent
+        so that a restart neither notifies nor pushes it again."""
+        return {m: {"version": w.version, "since": w.since, "alerted": sorted(w.alerted),
+                    "fired": None if w.fired is None else w.fired.as_dict()}
+                for m, w in dict(self.watched).items()}
 
     def check(self, now: float | None = None) -> bool:
         """Judge every watched version; True when a revert was pushed (or found)."""
