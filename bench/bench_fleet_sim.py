@@ -43,8 +43,6 @@ from ggufops.artifacts.s3server import S3Server
 from ggufops.gitops.headpointer import render
 from ggufops.procs import free_port
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 JITTER = 0.1
 FETCH_CONCURRENCY = 64  # webhook sender's parallel deliveries
 
