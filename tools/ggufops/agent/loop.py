@@ -49,8 +49,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ggufops import git
 from ggufops.agent import applylog
 from ggufops.agent.canarywatch import CanaryWatch
@@ -58,8 +56,7 @@ from ggufops.agent.download import Download
 from ggufops.agent.plan import Plan, Target, export_tree, plan_from_tree, prune_trees
 from ggufops.agent.retention import evictable, remember_desired
 from ggufops.agent.status import DEFAULT_STATUS_PORT, PHASES, Status, agent_metrics, serve_status
-from ggufops.agent.triggers import TriggerPolicy
-from ggufops.agent.triggerwatch import PushSettings, TriggerWatch, Watched
+from ggufops.agent.triggerwatch import PushSettings, TriggerWatch, Watched, policy_at
 from ggufops.agent.trust import TrustPolicy, check_signing_key
 from ggufops.agent.trust import verify as verify_commit
 from ggufops.agent.webhook import WebhookReceiver
@@ -578,10 +575,10 @@ class Agent:
         applied = self.status.applied_commit
         span = f"{applied}..{commit}" if applied else f"{commit}~1..{commit}"
         try:
-            messages = git.out(["log", "--format=%B", span], self.mirror)
+            return _rollback_in(self.mirror, span)
         except GitError:
-            messages = git.out(["log", "-1", "--format=%B", commit], self.mirror)
-        return rollout.is_rollback(messages)
+            return rollout.is_rollback(git.out(["log", "-1", "--format=%B", commit],
+                                               self.mirror))
 
     def _fetch(self, commit: str, attempt: int) -> str:
         """Fetch the branch into the mirror; the commit fetched (`commit` or newer)."""
@@ -1039,11 +1036,15 @@ def watched_live(mirror: Path, env: str, watched: Watched, span: str) -> bool:
     """Would a live agent still watch it: the commit that brought it had rollback triggers
     on for `env`, and no rollback is in `span` (from the version before it to now)?"""
     try:
-        policy = git.out(["show", f"{watched.commit}:registry/policy.yaml"], mirror)
-        on = TriggerPolicy.of_environment(yaml.safe_load(policy) or {}, env) is not None
-        return on and not rollout.is_rollback(git.out(["log", "--format=%B", span], mirror))
-    except (GitError, GgufopsError, yaml.YAMLError):
-        return False  # history rewritten, or no valid policy then: not watched live
+        return policy_at(mirror, watched.commit, env) is not None \
+            and not _rollback_in(mirror, span)
+    except GitError:
+        return False  # history rewritten since: not known to be a deploy, not watched
+
+
+def _rollback_in(mirror: Path, span: str) -> bool:
+    """Is a commit of the git range `span` a rollback? GitError if the range is unknown."""
+    return rollout.is_rollback(git.out(["log", "--format=%B", span], mirror))
 
 
 def _versions(targets: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from ggufops import yamlio
+from ggufops import git, yamlio
 from ggufops.agent import triggers
 from ggufops.agent.triggers import Firing, TriggerPolicy
 from ggufops.agent.watching import EventLog, Notify, cannot_sign, request_window
@@ -200,12 +200,25 @@ class TriggerWatch:
                 "events": list(self.log.events)}
 
 
+POLICY_FILE = "registry/policy.yaml"
+
+
 def _policy(tree: Path, env: str) -> TriggerPolicy | None:
-    path = tree / "registry" / "policy.yaml"
-    if not path.is_file():
+    path = tree / POLICY_FILE
+    return _of_environment(path.read_bytes() if path.is_file() else None, path, env)
+
+
+def policy_at(mirror: Path, commit: str, env: str) -> TriggerPolicy | None:
+    """`env`'s triggers as `commit` had them, read as a live agent reads them on applying
+    it (a restarted agent asks, for the commit that brought a version)."""
+    return _of_environment(git.show_file(mirror, commit, POLICY_FILE), Path(POLICY_FILE), env)
+
+
+def _of_environment(text: bytes | None, path: Path, env: str) -> TriggerPolicy | None:
+    if text is None:
         return None
     try:
-        return TriggerPolicy.of_environment(yamlio.load(path), env)
+        return TriggerPolicy.of_environment(yamlio.parse(text, path).data, env)
     except GgufopsError as e:
         log.error("rollback triggers are off: %s", e)
         return None
