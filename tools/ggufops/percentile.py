@@ -27,6 +27,9 @@ def nearest_rank(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of a non-empty sample (ValueError when empty)."""
     if not values:
         raise ValueError("the percentile of an empty sample")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return float(ordered[rank - 1])
+    return float(sorted(values)[rank(len(values), q) - 1])
+
+
+def rank(n: int, q: float) -> int:
+    """The 1-based rank in n sorted values of their nearest-rank q-th percentile."""
+    return max(1, math.ceil(q / 100 * n))

@@ -49,10 +49,10 @@ import statistics
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from ggufops import percentile
 from ggufops.agent.watching import rows
 from ggufops.errors import InvalidDesiredState
 from ggufops.gitops import abstats
-from ggufops.percentile import nearest_rank
 
 TAIL = 0.95  # the latency quantile judged: p95
 WAIT = "wait"
@@ -97,7 +97,7 @@ class Sample:
         return self.errors / self.requests if self.requests else 0.0
 
     def p95(self) -> float | None:
-        return nearest_rank(self.latencies, TAIL * 100) if self.latencies else None
+        return percentile.nearest_rank(self.latencies, TAIL * 100) if self.latencies else None
 
     def mean_rating(self) -> float | None:
         return statistics.fmean(self.ratings) if self.ratings else None
@@ -156,11 +156,10 @@ def judge(policy: CanaryPolicy, canary: Sample, primary: Sample, window_s: float
         WAIT, None, canary.requests, primary.requests, canary.error_rate, primary.error_rate,
         _error_rate_p(policy, canary, primary), p95_c, p95_p,
         p95_c / p95_p if p95_c is not None and p95_p else None,
-        _tail_p(policy, canary.latencies, primary.latencies), canary.mean_rating(),
+        _tail_p(policy, canary, primary, p95_p), canary.mean_rating(),
         primary.mean_rating(), _rating_p(policy, canary, primary), window_s, "")
     outcome, metric, note = _outcome(policy, figures)
-    answered = min(len(canary.latencies), len(primary.latencies))
-    if outcome == GOOD and answered < abstats.MIN_LATENCY_SAMPLES:
+    if outcome == GOOD and figures.latency_p is None:  # too few answers for the tail test
         outcome, note = WAIT, (
             f"too few answered requests to judge latency: {len(canary.latencies)} canary, "
             f"{len(primary.latencies)} primary; {abstats.MIN_LATENCY_SAMPLES} of each are "
@@ -197,23 +196,24 @@ def _error_rate_p(policy: CanaryPolicy, canary: Sample, primary: Sample) -> floa
     return abstats.normal_sf((pc - pp - policy.error_rate_margin) / se)
 
 
-def _tail_p(policy: CanaryPolicy, canary: list[float], primary: list[float]) -> float | None:
-    """One-sided p of H1 `canary p95 > max_p95_ratio x primary p95` (see the docstring)."""
-    if min(len(canary), len(primary)) < abstats.MIN_LATENCY_SAMPLES:
+def _tail_p(policy: CanaryPolicy, canary: Sample, primary: Sample,
+            primary_p95: float | None) -> float | None:
+    """One-sided p of H1 `canary p95 > max_p95_ratio x primary p95` (see the docstring);
+    None with fewer than MIN_LATENCY_SAMPLES answered requests on either side."""
+    c, n = len(canary.latencies), len(primary.latencies)
+    if min(c, n) < abstats.MIN_LATENCY_SAMPLES or primary_p95 is None:
         return None
-    limit = policy.max_p95_ratio * nearest_rank(primary, TAIL * 100)
-    slower = sum(1 for latency in canary if latency > limit)
-    expected = _share_above_order_statistic(len(primary), TAIL)
-    share = (slower + 1) / (len(canary) + 2)
-    se = math.sqrt(share * (1 - share) / (len(canary) + 2)
-                   + expected * (1 - expected) / (len(primary) + 2))
+    limit = policy.max_p95_ratio * primary_p95
+    slower = sum(1 for latency in canary.latencies if latency > limit)
+    expected = _share_above_order_statistic(n, TAIL)
+    share = (slower + 1) / (c + 2)
+    se = math.sqrt(share * (1 - share) / (c + 2) + expected * (1 - expected) / (n + 2))
     return abstats.normal_sf((share - expected) / se)
 
 
 def _share_above_order_statistic(n: int, q: float) -> float:
     """The expected share of new values above the nearest-rank q-quantile of n values."""
-    rank = max(1, math.ceil(q * n))
-    return (n + 1 - rank) / (n + 1)
+    return (n + 1 - percentile.rank(n, q * 100)) / (n + 1)
 
 
 def _rating_p(policy: CanaryPolicy, canary: Sample, primary: Sample) -> float | None:

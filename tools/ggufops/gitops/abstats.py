@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 Z_ALPHA_05 = 1.959963984540054  # two-sided alpha 0.05
 Z_POWER_80 = 0.8416212335729143  # power 0.8
-MIN_LATENCY_SAMPLES = 20  # below this the normal approximation of U is poor
+MIN_LATENCY_SAMPLES = 20  # below this the normal approximations of U (ab) and of the
+# canary's tail share (agent/canaryverdict) are poor
 MIN_EXPECTED_COUNT = 5  # each cell of the 2x2 table, for the z-test's approximation
 
 
