@@ -24,6 +24,7 @@ deploy rolled back.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,10 @@ from ggufops.redact import redact
 from ggufops.registry.registry import environment_relpath
 
 STEP, PROMOTE, ABORT = history.CANARY_STEP_KIND, history.PROMOTE, history.ABORT
-PUSH_ATTEMPTS = 3  # a refused push is looked at again on the new tip, this many times
+# A refused push is looked at again on the new tip, this many times: fewer than a revert's
+# (triggerrevert.MAX_ATTEMPTS), since a decision that keeps losing is simply judged again on
+# the next tick, on the new tip, while a revert is what stops a bad version now.
+PUSH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -65,14 +69,18 @@ def push_decision(clone: Path, decision: Decision) -> StepOutcome:
     """Fetch the tip; when it still holds the analysed state, commit the decision on it and
     push without force (a refused push: fetch and look again, up to PUSH_ATTEMPTS times).
     PushRejected when the remote refuses for another reason than a race."""
+    path = environment_relpath(decision.env)
+    seen = _Analysed(clone, decision, path)
     refused = ""
     for _ in range(PUSH_ATTEMPTS):
         git.fetch_branch(clone, REMOTE, decision.branch, timeout=60)
         tip = git.rev_parse(clone, f"refs/remotes/{REMOTE}/{decision.branch}")
-        why_not = _why_not_on(clone, decision, tip)
+        now = git.show_file(clone, tip, path)
+        why_not = _why_not_on(decision, tip, now, seen, path)
         if why_not:
             return StepOutcome(None, f"nothing pushed: {refused or why_not}; converging to it")
-        commit = _decision_commit(clone, decision, tip)
+        text = new_text((now or b"").decode(), decision, path)
+        commit = git.commit_files(clone, tip, {path: text.encode()}, seen.message)
         outcome = git.push(clone, REMOTE, commit, decision.branch, timeout=60)
         if "up to date" in outcome.detail:
             # the same commit byte for byte was pushed by another host first
@@ -90,26 +98,33 @@ def push_decision(clone: Path, decision: Decision) -> StepOutcome:
                        "judged again on the new tip")
 
 
-def _decision_commit(clone: Path, decision: Decision, tip: str) -> str:
-    path = environment_relpath(decision.env)
-    text = (git.show_file(clone, tip, path) or b"").decode()
-    message = commit_message(decision, _started_by(clone, decision))
-    return git.commit_files(clone, tip, {path: new_text(text, decision, path).encode()},
-                            message)
+class _Analysed:
+    """What the analysed commit says, read from the clone once, when first needed (after a
+    fetch has brought it): its environment file and the decision's commit message."""
+
+    def __init__(self, clone: Path, decision: Decision, path: str) -> None:
+        self.clone, self.decision, self.path = clone, decision, path
+
+    @functools.cached_property
+    def file(self) -> bytes | None:
+        return git.show_file(self.clone, self.decision.analysed, self.path)
+
+    @functools.cached_property
+    def message(self) -> str:
+        return commit_message(self.decision, _started_by(self.clone, self.decision))
 
 
-def _why_not_on(clone: Path, decision: Decision, tip: str) -> str | None:
-    """Why the decision may not be built on `tip` (None: it may). The compare-and-swap is
-    on the environment file, not the whole commit: a tip whose environment file is the
-    analysed one byte for byte (only other files, e.g. another environment, changed) takes
-    the decision as it is. An abort also goes on top of a step of the same canary (another
-    host passed that step on its own traffic; failure evidence is not discarded)."""
+def _why_not_on(decision: Decision, tip: str, now: bytes | None, seen: _Analysed,
+                path: str) -> str | None:
+    """Why the decision may not be built on `tip`, whose environment file is `now` (None:
+    it may). The compare-and-swap is on the environment file, not the whole commit: a tip
+    whose environment file is the analysed one byte for byte (only other files, e.g.
+    another environment, changed) takes the decision as it is. An abort also goes on top of
+    a step of the same canary (another host passed that step on its own traffic; failure
+    evidence is not discarded)."""
     if tip == decision.analysed:
         return None
-    path = environment_relpath(decision.env)
-    now, analysed = (git.show_file(clone, tip, path), git.show_file(clone, decision.analysed,
-                                                                    path))
-    if now is not None and now == analysed:
+    if now is not None and now == seen.file:
         return None
     if decision.kind == ABORT and now is not None and _same_canary(now, decision, path):
         return None
