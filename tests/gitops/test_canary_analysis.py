@@ -224,7 +224,6 @@ def test_promote_and_abort_commits_and_their_history(staged: Scratch) -> None:
     assert all(a and a.startswith("verdict=") for _, a in stored)
 
 
-
 def _abort_after_a_step(s: Scratch) -> None:
     """A planned canary of 2.1.0 on 2.0.0, stepped to 25 and aborted by the agents' commits."""
     result = cli(s.root, "deploy", f"{MODEL}@2.1.0", "--env", "production", "--canary", "10",

@@ -324,7 +324,7 @@ def _canary_change(text: str, ref: VersionRef, *, path: str, env: str,
         f"{analysis.interval:g} s; the agents step it up, promote it or abort it.")
     message = history.format_message(
         history.DEPLOY, env, ref.name, current, current, canary=canary,
-        change=f"canary {ref.version} ({weight}%)", body=body or (dropped or ""))
+        change=f"canary {ref.version} ({weight}%)", body=body or dropped or "")
     new_text = envfile.set_canary(text, ref.name, ref.version, weight, path,
                                   analysis=None if analysis is None else analysis.as_doc(),
                                   drop_analysis=dropped is not None)

@@ -50,7 +50,17 @@ def read_entries(text: str | bytes, where: str) -> dict[str, EnvEntry]:
 
 def versions(text: str | bytes, where: str) -> dict[str, str]:
     """model name -> the version the environment runs."""
-    return {m: str(e["version"]) for m, e in read_models(text, where).items() if "version" in e}
+    return primary_versions(read_models(text, where))
+
+
+def primary_versions(models: dict[str, Any]) -> dict[str, str]:
+    """model name -> the version each entry of `models` (from `read_models`) runs."""
+    return {m: str(e["version"]) for m, e in models.items() if "version" in e}
+
+
+def canary_versions(models: dict[str, Any]) -> dict[str, str]:
+    """model name -> its canary's version, for the entries of `models` that have one."""
+    return {m: found[0] for m, e in models.items() if (found := canary(e)) is not None}
 
 
 def canary(entry: dict[str, Any]) -> tuple[str, int] | None:

@@ -88,9 +88,10 @@ def plan_group_rollback(root: Path, request: RollbackRequest, models: list[str],
                                remote_tip=request.mode != LOCAL)
     path = environment_relpath(request.env)
     text = deploy.env_text_at(root, base, request.env)
-    running = envfile.versions(text, path)
+    entries = envfile.read_models(text, path)
+    running = envfile.primary_versions(entries)
     events = history.read_history(root, request.env, base.commit, with_metrics=False)
-    canaries = {m: envfile.canary(e) for m, e in envfile.read_models(text, path).items()}
+    canaries = envfile.canary_versions(entries)
     steps = [_step(root, request, base, events, running, canaries=canaries, model=m)
              for m in models]
     new_text = text
@@ -115,12 +116,11 @@ def plan_group_rollback(root: Path, request: RollbackRequest, models: list[str],
 
 def _step(root: Path, request: RollbackRequest, base: deploy.Base,
           events: list[history.Deployment], running: dict[str, str],
-          *, canaries: dict[str, tuple[str, int] | None], model: str) -> Step:
+          *, canaries: dict[str, str], model: str) -> Step:
     current = running.get(model)
     if current is None:
         raise UsageError(f"{request.env} does not run {model}; drop it from --models")
-    canary = canaries.get(model)
-    undo = _change_to_undo(events, model, current, canary[0] if canary else None)
+    undo = _change_to_undo(events, model, current, canaries.get(model))
     target = _previous_version(undo, request.env, model, current)
     if target == current or undo is None:
         raise AlreadyDeployed(f"{request.env} already runs {model}@{target}")

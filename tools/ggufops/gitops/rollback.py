@@ -105,15 +105,15 @@ def plan_rollback(root: Path, request: RollbackRequest) -> RollbackPlan:
                                remote_tip=request.mode != LOCAL)
     path = environment_relpath(request.env)
     text = deploy.env_text_at(root, base, request.env)
-    running = envfile.versions(text, path)
+    models = envfile.read_models(text, path)
+    running = envfile.primary_versions(models)
     events = history.read_history(root, request.env, base.commit, with_metrics=False)
     model = request.model or _latest_model(events, running, request.env)
     current = running.get(model)
     if current is None:
         raise NothingToRollBack(f"{request.env} does not run {model} ({path} on {base.ref}); "
                                 "nothing to roll back")
-    canary = envfile.canary(envfile.read_models(text, path).get(model, {}))
-    undo = _change_to_undo(events, model, current, canary[0] if canary else None)
+    undo = _change_to_undo(events, model, current, envfile.canary_versions(models).get(model))
     if request.to is None and undo is not None and _is_canary_change(undo) \
             and not request.selector:
         return _plan_canary_rollback(root, request, base, text, undo)
