@@ -11,8 +11,13 @@
    speed-equal pairs (baseline vs improved toy; SmolLM2 vs a copy with another
    general.name): how many were blocked on speed (goal 0); a 2x slower toy (goal N of N);
    a 1.3x slower toy (goal >= 19 of 20).
+5. The quality pass on SmolLM2 Q4_1 vs Q4_0 (the production policy's eval tokens), loaded on
+   1 thread and on every core, alternating for --rounds rounds: wall time of each, the
+   ratio, and whether every figure is identical (the gate runs quality on every core
+   whatever `threads` pins for speed, because they are).
 
 Run: .venv/bin/python -m bench.bench_gate [--gates 20] [--real-gates 20] [--threads N]
+     [--skip 1,2,3,4] [--rounds 3]
 The load average is printed before and after: other work on the machine slows every phase.
 """
 
@@ -35,6 +40,7 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 from ggufops.artifacts import register, s3config
 from ggufops.artifacts.s3server import S3Server
 from ggufops.gates import bench, gate, report
+from ggufops.gates import quality as gatequality
 from ggufops.gates import speed as gatespeed
 from ggufops.gates.cache import BenchCache, NoCache
 from ggufops.llama import llm, toy
@@ -142,6 +148,28 @@ def real_gates(settings_policy: dict[str, Any], reports: Path | None) -> None:
     print(f"  {load_average()}")
 
 
+def quality_threads(settings_policy: dict[str, Any], rounds: int) -> None:
+    cores = llm.default_threads()
+    print(f"== 5. quality pass, SmolLM2 q4_1 vs q4_0: 1 thread vs {cores} ({load_average()})")
+    settings = bench.settings_from(settings_policy)
+    subjects = [gate.Subject.from_file("smollm2@1.0.0", smollm2_path()),
+                gate.Subject.from_file("smollm2@1.1.0", smollm2_twin("q4_0"))]
+    times: dict[int, list[float]] = {1: [], cores: []}
+    figures: dict[int, dict[str, Any]] = {}
+    for i in range(rounds):
+        for threads in (1, cores) if i % 2 == 0 else (cores, 1):
+            start = time.perf_counter()
+            with gate._LoadedSides(subjects, eval_set(), settings, threads) as sides:
+                figures[threads] = gatequality.measure(sides, eval_set(), settings, NoCache())
+            times[threads].append(time.perf_counter() - start)
+    one, every = statistics.median(times[1]), statistics.median(times[cores])
+    print(f"  median of {rounds}: 1 thread {one:.1f} s, {cores} threads {every:.1f} s, "
+          f"ratio {every / one:.2f}; {figures[1]['n_tokens']} tokens; figures identical: "
+          f"{figures[1] == figures[cores]} (perplexity "
+          f"{figures[1]['candidate']['perplexity']:.5f}, KL "
+          f"{figures[1]['divergence']['kl_mean']:.6f})")
+
+
 def fidelity(models: dict[str, Path]) -> None:
     print("== 3. perplexity: harness vs direct calculation from Llama.eval logits")
     settings = bench.settings_from(policy(None))
@@ -191,7 +219,9 @@ def main() -> None:
                         help="SmolLM2 vs relabelled copy gates (each 30-90 s)")
     parser.add_argument("--threads", type=int, default=None,
                         help="override the policy's threads (default: the job's cores)")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: 1,2,3,4")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: 1,2,3,4,5")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="section 5: rounds of the quality pass on each thread count")
     parser.add_argument("--reports", type=Path, default=None,
                         help="write the real gates' Markdown reports into this directory")
     args = parser.parse_args()
@@ -226,6 +256,8 @@ def main() -> None:
                         args.gates, settings_policy, cache)
             speed_rates("1.3x slower toy (slow1.3x)", models["slow1.3x"], models["baseline"],
                         args.gates, settings_policy, cache)
+        if "5" not in skip:
+            quality_threads(settings_policy, args.rounds)
         print(load_average())
     finally:
         shutil.rmtree(work, ignore_errors=True)
