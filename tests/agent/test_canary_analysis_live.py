@@ -2,13 +2,14 @@
 git remote and SeaweedFS, toy models (and SmolLM2) under real traffic, a short interval.
 A good canary walks 10 -> 25 -> 50 and is promoted by commits, exactly one per step with two
 hosts on one remote; a 4x slower one is aborted by one commit, and not before it has had
-enough traffic,
-and an agent restarted mid-step resumes the analysis."""
+enough traffic, and an agent restarted mid-step resumes the analysis; a canary that gets
+no traffic at all is aborted at its progress deadline."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,10 @@ def _decisions(world: World, since: str) -> list[tuple[str, str]]:
             (r.strip("\n").partition("\x1f") for r in log.split("\x1e") if r.strip())]
 
 
+def _time(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
 def _applied_head(world: World, agent: Proc) -> bool:
     return get(f"{agent.url}/status")["applied_commit"] == git(world.remote, "rev-parse", "main")
 
@@ -121,7 +126,7 @@ def test_a_slow_canary_waits_for_traffic_then_is_aborted_by_one_commit(
     world.models["slow"] = slow
     world.publish("2.0.0", "baseline")
     world.publish("2.1.0", "slow")
-    _set_policy(world, min_requests=20)
+    _set_policy(world, min_requests=20, progress_deadline=3600)  # far: the step waits
     world.deploy("2.0.0")
     server, agent = _start(world, processes, "host-a")
     start = _deploy_planned_canary(world, "2.1.0", STEPS, interval=1)
@@ -134,6 +139,8 @@ def test_a_slow_canary_waits_for_traffic_then_is_aborted_by_one_commit(
     # only the agent restarts mid-step: nothing is applied again (the server is in sync),
     # and the analysis resumes from the applied commit, with the step's time from git
     step = get(f"{agent.url}/status")["canary_analysis"]["analysing"][MODEL]
+    # counted from the step's due time, or from when this host began serving it if later
+    assert 3600 <= _time(step["deadline"]) - _time(step["due"]) < 3600 + 120
     assert agent.stop() == 0
     agent = _agent(world, processes, server, "host-a")
     resumed = wait_for(lambda: get(f"{agent.url}/status")["canary_analysis"]["analysing"]
@@ -155,6 +162,29 @@ def test_a_slow_canary_waits_for_traffic_then_is_aborted_by_one_commit(
     assert "canary" not in serving(server.url)[MODEL] or \
         serving(server.url)[MODEL]["canary"] is None
     assert set(sender.statuses) == {200}
+
+
+@pytest.mark.slow
+def test_a_canary_without_traffic_is_aborted_at_its_progress_deadline(
+        world: World, processes: Processes) -> None:
+    world.publish("2.0.0", "baseline")
+    world.publish("2.1.0", "improved")
+    _set_policy(world, min_requests=20, progress_deadline=2)
+    world.deploy("2.0.0")
+    server, agent = _start(world, processes, "host-a")
+    start = _deploy_planned_canary(world, "2.1.0", STEPS, interval=1)
+    wait_for(lambda: _decisions(world, start), timeout=120, what="the abort")
+    wait_for(lambda: _applied_head(world, agent), timeout=120, what="the abort applied")
+    ((subject, analysis),) = _decisions(world, start)
+    assert subject == f"abort(production): {MODEL} canary 2.1.0 removed (canary analysis)"
+    assert analysis.startswith("verdict=fail metric=progress_deadline requests=0/0 ")
+    message = git(world.remote, "log", "-1", "--format=%B", "main")
+    assert f"Rollback-Of: {start}" in message and "progress_deadline 2s" in message
+    (event,) = get(f"{agent.url}/status")["canary_analysis"]["events"]
+    assert (event["kind"], event["outcome"]) == ("abort", "pushed")
+    assert event["verdict"]["window_s"] >= 3  # due after 1 s, then 2 s past it
+    assert serving(server.url)[MODEL].get("canary") is None
+    assert serving(server.url)[MODEL]["version"] == "2.0.0"
 
 
 @pytest.mark.slow

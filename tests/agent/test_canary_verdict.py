@@ -4,6 +4,7 @@ hand from the formulas in agent/canaryverdict.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable
@@ -36,6 +37,25 @@ def test_too_few_requests_on_either_side_waits_and_never_passes() -> None:
         assert "too few requests" in verdict.note
     # even a canary failing everything waits for the minimum: no verdict on 10 requests
     assert judge(POLICY, requests(10, errors=10), requests(500), 60).outcome == "wait"
+
+
+def test_a_step_waiting_past_its_progress_deadline_fails_and_only_then() -> None:
+    """Without a deadline a step without traffic waits for ever; with one, a `wait` at or
+    past it fails on progress_deadline, while a verdict the figures reach is kept."""
+    idle = requests(3)
+    assert judge(POLICY, idle, requests(500), 60, overdue_s=1e9).outcome == "wait"
+    deadline = dataclasses.replace(POLICY, progress_deadline=600)
+    assert judge(deadline, idle, requests(500), 60, overdue_s=599.5).outcome == "wait"
+    late = judge(deadline, idle, requests(500), 660, overdue_s=600)
+    assert (late.outcome, late.metric) == ("fail", canaryverdict.DEADLINE)
+    assert late.note.startswith("no verdict 600s after the step was due (progress_deadline "
+                                "600s): too few requests: 3 canary, 500 primary")
+    assert late.trailer("h").startswith("verdict=fail metric=progress_deadline requests=3/500")
+    # past the deadline, figures that decide still decide: a pass passes, a fail names its
+    # own metric
+    assert judge(deadline, requests(60), requests(500), 9e3, overdue_s=9e3).outcome == "pass"
+    assert judge(deadline, requests(60, latency=0.3), requests(500), 9e3,
+                 overdue_s=9e3).metric == "p95_ratio"
 
 
 def test_the_minimum_is_never_below_what_the_latency_test_needs() -> None:
@@ -200,6 +220,9 @@ def test_policy_from_policy_yaml() -> None:
     table = {"canary_analysis": {"production": {"min_requests": 25, "max_p95_ratio": 2.0}}}
     got = CanaryPolicy.of_environment(table, "production")
     assert (got.min_requests, got.max_p95_ratio, got.alpha) == (25, 2.0, 0.05)
+    assert got.progress_deadline is None
+    table["canary_analysis"]["production"]["progress_deadline"] = 900
+    assert CanaryPolicy.of_environment(table, "production").progress_deadline == 900
     with pytest.raises(InvalidDesiredState, match=r"canary_analysis\.production must be"):
         CanaryPolicy.of_environment({"canary_analysis": {"production": {"bogus": 1}}},
                                     "production")

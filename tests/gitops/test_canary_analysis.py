@@ -366,3 +366,25 @@ def test_an_abort_goes_on_top_of_another_hosts_step(staged: Scratch) -> None:
     assert staged.canaries("production") == {}
     again = canarystep.push_decision(_clone(staged, "host-c"), step)  # a stale step: no
     assert again.pushed is None and "moved from" in again.note
+
+
+def test_an_abort_for_lack_of_traffic_does_not_go_on_top_of_another_hosts_step(
+        staged: Scratch) -> None:
+    """Host B's step waited past its progress deadline without traffic while host A passed
+    it on its own: A's step is the progress B waited for, so B's abort is not pushed."""
+    _deploy_planned(staged)
+    step = _decision(staged, canarystep.STEP, 10, 25)
+    idle = dataclasses.replace(step, kind=canarystep.ABORT, next_weight=0, on_evidence=False,
+                               analysis=ANALYSIS.replace("verdict=pass", "verdict=fail "
+                                                         "metric=progress_deadline"),
+                               reason="canary analysis failed on progress_deadline")
+    assert canarystep.push_decision(_clone(staged, "host-a"), step).pushed is not None
+    stepped = staged.remote_head()
+    outcome = canarystep.push_decision(_clone(staged, "host-b"), idle)
+    assert outcome.pushed is None and "moved from" in outcome.note
+    assert staged.remote_head() == stepped
+    # on the state it analysed, the same abort lands: the deadline is the policy's to set
+    fresh = dataclasses.replace(idle, analysed=stepped, weight=25)
+    assert canarystep.push_decision(_clone(staged, "host-c"), fresh).pushed is not None
+    assert git(staged.remote, "log", "-1", "--format=%s").startswith(
+        f"abort(production): {MODEL} canary 2.0.0 removed")

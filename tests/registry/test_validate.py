@@ -311,3 +311,15 @@ def test_promotion_allowed_for_canaries(registry_repo: Path) -> None:
     assert promotion_allowed(registry_repo, "production", "m", "1.1.0", "HEAD",
                              canary=True) is None
     assert promotion_allowed(registry_repo, "production", "m", "1.1.0", "HEAD") is not None
+
+
+def test_a_canary_progress_deadline_must_be_positive(registry_repo: Path) -> None:
+    policy = registry_repo / "registry" / "policy.yaml"
+    kept = policy.read_text()
+    policy.write_text(kept + "canary_analysis:\n  production: {progress_deadline: 0}\n")
+    line = len(kept.splitlines()) + 2
+    (problem,) = messages(registry_repo)
+    assert problem.startswith(f"registry/policy.yaml:{line}:"), problem
+    assert "progress_deadline" in problem
+    policy.write_text(kept + "canary_analysis:\n  production: {progress_deadline: 900}\n")
+    assert messages(registry_repo) == []

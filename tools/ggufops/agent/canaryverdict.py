@@ -12,6 +12,7 @@ same window (the step's commit time to now), read from its server's request wind
         max_p95_ratio: 1.5       # canary p95 / primary p95 above this (significantly)
         max_rating_drop: 0.5     # primary mean rating - canary mean rating above this
         min_ratings: 20          # ratings per role before the rating test runs
+        progress_deadline: 3600  # optional: abort a step still at `wait` this long after due
 
 The verdict is `wait` (fewer than `min_requests` requests on either side, never fewer than
 20; or, when nothing failed, fewer than the 20 answered requests of each role the latency
@@ -39,6 +40,12 @@ primary does) cannot pass unjudged:
   `mean_primary - mean_canary <= max_rating_drop`; fail when p < alpha. Fewer ratings:
   not judged (many applications send none); requests alone then decide.
 
+A `wait` is never a decision, so a canary that gets too little traffic would stay at its
+weight for ever. With `progress_deadline` (seconds; Argo Rollouts' progressDeadlineAbort,
+Flagger's progressDeadlineSeconds), a step still at `wait` that long after it became due
+fails on the metric `progress_deadline`: the canary is aborted, and the primary, the
+version known good, takes all the traffic again. Without it (the default) the step waits.
+
 Pure functions: no I/O.
 """
 
@@ -58,6 +65,7 @@ TAIL = 0.95  # the latency quantile judged: p95
 WAIT = "wait"
 GOOD = "pass"
 FAIL = "fail"
+DEADLINE = "progress_deadline"  # the metric of a step that waited past its deadline
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class CanaryPolicy:
     max_p95_ratio: float = 1.5
     max_rating_drop: float = 0.5
     min_ratings: int = 20
+    progress_deadline: float | None = None  # seconds a due step may wait; None: for ever
 
     @classmethod
     def of_environment(cls, policy: Any, env: str) -> CanaryPolicy:
@@ -149,8 +158,10 @@ def sample(window: dict[str, Any], version: str, role: str, since: float) -> Sam
     return Sample(len(mine), len(mine) - len(answered), answered, ratings)
 
 
-def judge(policy: CanaryPolicy, canary: Sample, primary: Sample, window_s: float) -> Verdict:
-    """The verdict on one interval; see the module's docstring."""
+def judge(policy: CanaryPolicy, canary: Sample, primary: Sample, window_s: float,
+          overdue_s: float = 0.0) -> Verdict:
+    """The verdict on one interval, `overdue_s` seconds after the step became due; see the
+    module's docstring."""
     p95_c, p95_p = canary.p95(), primary.p95()
     figures = Verdict(
         WAIT, None, canary.requests, primary.requests, canary.error_rate, primary.error_rate,
@@ -164,6 +175,11 @@ def judge(policy: CanaryPolicy, canary: Sample, primary: Sample, window_s: float
             f"too few answered requests to judge latency: {len(canary.latencies)} canary, "
             f"{len(primary.latencies)} primary; {abstats.MIN_LATENCY_SAMPLES} of each are "
             "needed")
+    deadline = policy.progress_deadline
+    if outcome == WAIT and deadline is not None and overdue_s >= deadline:
+        outcome, metric, note = FAIL, DEADLINE, (
+            f"no verdict {overdue_s:.0f}s after the step was due (progress_deadline "
+            f"{deadline:g}s): {note}")
     return replace(figures, outcome=outcome, metric=metric, note=note)
 
 

@@ -5,7 +5,8 @@ After an apply, every model whose canary has an `analysis:` plan is analysed. A 
 reads the same time from git, so all agree when it is due). When it is due, the agent reads
 its server's request window since that time and judges the canary against the primary
 (agent/canaryverdict). `wait` (too few requests) is judged again next tick, over a longer
-window; `pass` and `fail` are pushed as one commit built on the commit this host analysed
+window (until the policy's `progress_deadline`, if any, fails the step); `pass` and `fail`
+are pushed as one commit built on the commit this host analysed
 (gitops/canarystep: the push is the compare-and-swap, so one host decides each step). A
 refused push means another host decided: the agent applies the new tip like any commit,
 and the next step is timed from it. State lives in memory; an agent restarted mid-step
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class Analysed:
     decided: bool = False
     last: Verdict | None = None
     served: str | None = None  # the primary this host serves (a segment's), when not `primary`
+    seen: float = field(default_factory=time.time)  # when this host began analysing the step
 
     def judged(self) -> str:
         """The version this host's primary requests are of: what it is compared with."""
@@ -58,6 +60,12 @@ class Analysed:
     def due(self) -> float:
         assert self.canary.analysis is not None
         return self.started + self.canary.analysis.interval
+
+    def waiting_since(self) -> float:
+        """Where a progress deadline counts from: the step's due time, or when this host
+        began analysing the step (applied it, or restarted), if later: a host that was slow
+        to apply a step, or was down, has had no traffic to judge."""
+        return max(self.due(), self.seen)
 
     def same_step(self, primary: str, canary: Canary) -> bool:
         return (self.primary, self.canary) == (primary, canary)
@@ -110,7 +118,7 @@ class CanaryWatch:
         verdict = canaryverdict.judge(
             self.policy, canaryverdict.sample(window, item.canary.version, "canary", item.started),
             canaryverdict.sample(window, item.judged(), "primary", item.started),
-            now - item.started)
+            now - item.started, overdue_s=now - item.waiting_since())
         item.last = verdict
         if verdict.outcome == canaryverdict.WAIT:
             return False
@@ -158,7 +166,8 @@ class CanaryWatch:
 
     def report(self) -> dict[str, Any]:
         return {"policy": self.policy.__dict__,
-                "analysing": {m: _shown(a) for m, a in dict(self.analysed).items()},
+                "analysing": {m: _shown(a, self.policy)
+                              for m, a in dict(self.analysed).items()},
                 "events": list(self.log.events)}
 
 
@@ -175,7 +184,8 @@ def decision_of(env: str, item: Analysed, verdict: Verdict,
         reason = f"canary analysis passed at {item.canary.weight}%: {verdict.note}"
     return canarystep.Decision(env, item.model, item.primary, item.canary.version,
                                item.canary.weight, kind, weight, verdict.trailer(push.host),
-                               f"{reason} on {push.host}", item.commit, push.branch)
+                               f"{reason} on {push.host}", item.commit, push.branch,
+                               on_evidence=verdict.metric != canaryverdict.DEADLINE)
 
 
 def step_time(mirror: Path, env: str, commit: str, model: str, canary: Canary) -> float:
@@ -194,11 +204,14 @@ def step_time(mirror: Path, env: str, commit: str, model: str, canary: Canary) -
     return float(git.commit_time(mirror, commit) or time.time())
 
 
-def _shown(item: Analysed) -> dict[str, Any]:
+def _shown(item: Analysed, policy: CanaryPolicy) -> dict[str, Any]:
+    deadline = None if policy.progress_deadline is None else \
+        rfc3339(item.waiting_since() + policy.progress_deadline)
     return {"primary": item.primary, "compared_with": item.judged(),
             "canary": item.canary.version,
             "weight": item.canary.weight, "step_started": rfc3339(item.started),
             "due": rfc3339(item.due()), "decided": item.decided,
+            "deadline": deadline,
             "last": None if item.last is None else item.last.as_dict()}
 
 

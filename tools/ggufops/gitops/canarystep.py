@@ -5,8 +5,10 @@ commit is built on the remote's tip (fetched again just before) when that tip's 
 file is the one the host analysed (only other files may have changed), and pushed without
 force. When the remote refuses it as non-fast-forward, the host fetches and looks again:
 another host decided first (or someone changed the environment), so it pushes nothing; the
-agent applies the new tip like any commit and times the next step from it. An abort is the
-exception: it also goes on top of a step of the same canary (failure evidence is kept).
+agent applies the new tip like any commit and times the next step from it. An abort on a
+measured failure is the exception: it also goes on top of a step of the same canary
+(failure evidence is kept); an abort for a step that waited past its progress deadline is
+not (another host's step is the progress it waited for).
 
 Subjects and trailers (read back by `ggufops history`, kinds canary-step, promote, abort):
 
@@ -57,6 +59,10 @@ class Decision:
     reason: str  # one line, for the abort's Reason and the logs
     analysed: str  # the commit the host analysed (the parent of the new one)
     branch: str = "main"
+    # an abort on a metric that was measured worse; not one for a step that waited past its
+    # progress deadline, which says nothing against the canary when another host has
+    # since passed the step on its own traffic
+    on_evidence: bool = True
 
 
 @dataclass(frozen=True)
@@ -119,14 +125,15 @@ def _why_not_on(decision: Decision, tip: str, now: bytes | None, seen: _Analysed
     """Why the decision may not be built on `tip`, whose environment file is `now` (None:
     it may). The compare-and-swap is on the environment file, not the whole commit: a tip
     whose environment file is the analysed one byte for byte (only other files, e.g.
-    another environment, changed) takes the decision as it is. An abort also goes on top of
-    a step of the same canary (another host passed that step on its own traffic; failure
-    evidence is not discarded)."""
+    another environment, changed) takes the decision as it is. An abort on evidence also
+    goes on top of a step of the same canary (another host passed that step on its own
+    traffic; failure evidence is not discarded); one for lack of traffic does not."""
     if tip == decision.analysed:
         return None
     if now is not None and now == seen.file:
         return None
-    if decision.kind == ABORT and now is not None and _same_canary(now, decision, path):
+    if decision.kind == ABORT and decision.on_evidence and now is not None \
+            and _same_canary(now, decision, path):
         return None
     return f"{decision.branch} moved from {decision.analysed[:12]} to {tip[:12]}"
 
