@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ggufops.hashing import READ_CHUNK, SHA256_HEX, file_sha256
-from ggufops.procs import free_port, run_python
+from ggufops.procs import LineChild, free_port, run_python
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tools" / "ggufops"
 TESTING = Path(__file__).resolve().parents[1] / "testing"
@@ -118,10 +118,11 @@ COPIES = {
     "a parent-death signal": re.compile(r"prctl\("),
     "a whole-file sha256": re.compile(r"sha256\([^)]*read_bytes\(\)"),
     "a percentile": re.compile(r"def _?(percentile|interpolated|nearest_rank)\("),
+    "a JSON-line child's stdout swap": re.compile(r"os\.dup2\(2, 1\)"),
 }
 HOMES = {"a sha256 pattern": "hashing.py", "a free port helper": "procs.py",
          "a parent-death signal": "procs.py", "a whole-file sha256": "",
-         "a percentile": "percentile.py"}
+         "a percentile": "percentile.py", "a JSON-line child's stdout swap": "procs.py"}
 
 
 @pytest.mark.parametrize("what", sorted(COPIES))
@@ -132,3 +133,59 @@ def test_one_home_each(what: str) -> None:
              for p in sorted(root.rglob("*.py")) if pattern.search(p.read_text())]
     home = [f"tools/ggufops/{HOMES[what]}"] if HOMES[what] else []
     assert found == home
+
+
+# A LineChild's other side: answers {"echo": x} with {"got": x}, prints junk on stdout (it
+# must go to stderr, not into a reply), says "dying" on stderr and exits 3 on {"die": 1},
+# and sleeps on {"hang": 1}.
+LINE_CHILD = """
+import json, sys, time
+from ggufops import procs
+def respond(line):
+    req = json.loads(line)
+    print("llama.cpp log noise")
+    if "die" in req:
+        print("dying", file=sys.stderr)
+        sys.exit(3)
+    if "hang" in req:
+        time.sleep(60)
+    return {"got": req["echo"]}
+procs.answer_lines(respond)
+"""
+
+
+def test_a_line_child_answers_each_request_line_and_keeps_stray_prints_out() -> None:
+    child = LineChild([sys.executable, "-c", LINE_CHILD])
+    try:
+        for value in ("a", 2, [3]):
+            child.send({"echo": value})
+            assert child.receive(timeout=30) == {"got": value}
+        assert child.running()
+        assert child.last_error_line() == "llama.cpp log noise"  # stdout noise went here
+    finally:
+        child.close(grace=5)
+    assert child.proc.returncode == 0  # it ended at EOF, not killed
+
+
+def test_a_line_child_that_dies_answers_none_and_says_why() -> None:
+    child = LineChild([sys.executable, "-c", LINE_CHILD])
+    try:
+        child.send({"die": 1})
+        assert child.receive(timeout=30) is None
+        assert child.wait() == 3 and child.last_error_line() == "dying"
+        with pytest.raises(BrokenPipeError):
+            for _ in range(100):  # the pipe buffer may take a few writes before it breaks
+                child.send({"echo": "x" * 65536})
+    finally:
+        child.close()
+
+
+def test_a_line_child_that_hangs_times_out_and_is_killed_by_close() -> None:
+    child = LineChild([sys.executable, "-c", LINE_CHILD])
+    child.send({"hang": 1})
+    with pytest.raises(TimeoutError):
+        child.receive(timeout=0.5)
+    assert child.running()
+    child.close(grace=0.1)
+    assert child.proc.returncode == -9  # killed: it would have slept a minute
+    child.close()  # twice is harmless

@@ -18,10 +18,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
+from ggufops import procs
 from ggufops.errors import LlamaError
 from ggufops.llama import llm
 
@@ -111,22 +112,12 @@ def answer(child: Child, line: str) -> dict[str, Any]:
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
 
 
-def serve(requests: IO[str], replies: IO[str]) -> int:
+def main() -> int:
+    """Answer on the original stdout (procs.answer_lines); the model is unloaded at EOF."""
     child = Child()
-    for line in requests:
-        if line.strip():
-            replies.write(json.dumps(answer(child, line)) + "\n")
-            replies.flush()
+    procs.answer_lines(lambda line: answer(child, line))
     child.close({})
     return 0
-
-
-def main() -> int:
-    """Answer on the original stdout; anything llama.cpp prints goes to stderr instead."""
-    replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return serve(sys.stdin, replies)
 
 
 if __name__ == "__main__":

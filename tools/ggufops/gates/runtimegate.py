@@ -20,20 +20,19 @@ Quality is not cached: it depends on the runtime, which is what changes here.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 import ggufops
+from ggufops import procs
 from ggufops.artifacts import pull
 from ggufops.errors import LlamaError, UsageError
 from ggufops.gates import bench, gate
@@ -43,7 +42,6 @@ from ggufops.gates import speed as gatespeed
 from ggufops.gates.result import FAIL, GateReport, ModelGate, Row, Subject
 from ggufops.gates.runtimechild import LLAMA_ARGS_ENV
 from ggufops.llama import llm, quantization
-from ggufops.procs import die_with_parent
 from ggufops.registry.registry import Registry, VersionRef
 
 TOOLS_DIR = Path(ggufops.__file__).resolve().parent.parent
@@ -87,57 +85,38 @@ def parse_llama_args(text: str | None, option: str) -> dict[str, Any]:
 
 
 class Child:
-    """One runtimechild process: a request line in, a reply line out."""
+    """One runtimechild process (a procs.LineChild): a request line in, a reply line out."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         try:
-            self.proc = subprocess.Popen(
-                [runtime.python, "-m", "ggufops.gates.runtimechild"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=self.stderr, env=runtime.env(), text=True,
-                preexec_fn=die_with_parent())  # noqa: PLW1509 - prctl only, no locks
+            self.line = procs.LineChild([runtime.python, "-m", "ggufops.gates.runtimechild"],
+                                        env=runtime.env(), preexec=procs.die_with_parent())
         except OSError as e:
             raise UsageError(f"runtime {runtime.python} cannot run ({e.strerror}); give the "
                              "python of a venv with llama-cpp-python and numpy") from None
 
     def ask(self, cmd: str, **request: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
-            self.proc.stdin.write(json.dumps({"cmd": cmd, **request}) + "\n")
-            self.proc.stdin.flush()
-            line = self.proc.stdout.readline()
-        except (BrokenPipeError, OSError):
-            line = ""
-        if not line:
+            self.line.send({"cmd": cmd, **request})
+            reply: dict[str, Any] | None = self.line.receive()
+        except OSError:
+            reply = None
+        if reply is None:
             raise LlamaError(f"runtime {self.runtime.label} stopped during {cmd}: "
                              f"{self._last_error()}")
-        reply: dict[str, Any] = json.loads(line)
         if not reply.pop("ok"):
             raise LlamaError(f"runtime {self.runtime.label}: {cmd} failed: {reply['error']}")
         return reply
 
     def _last_error(self) -> str:
-        self.proc.wait(timeout=30)
-        self.stderr.seek(0)
-        lines = self.stderr.read().decode(errors="replace").strip().splitlines()
-        return (lines[-1] if lines else f"exit status {self.proc.returncode}") + \
+        status = self.line.wait(timeout=30)
+        return (self.line.last_error_line() or f"exit status {status}") + \
             " (is llama-cpp-python with numpy installed there?)"
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            # a child that already died (no llama-cpp-python there) leaves unflushed bytes
-            # nobody reads: closing then raises BrokenPipeError, which says nothing new
-            with contextlib.suppress(BrokenPipeError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.stderr.close()
+        """Its stdin closed, it unloads and ends; killed if it has not within 30 s."""
+        self.line.close(grace=30)
 
 
 class Children:

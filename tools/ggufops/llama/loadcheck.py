@@ -15,20 +15,14 @@ nothing.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
-import json
 import resource
-import select
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import IO
 
 from ggufops import procs
 from ggufops.errors import LoadCheckFailed
@@ -57,63 +51,53 @@ def installed_version() -> str | None:
 
 
 class Checker:
-    """The child that loads files for us, one JSON line each way; thread-safe."""
+    """The child that loads files for us (a procs.LineChild); thread-safe."""
 
     def __init__(self, runtime: str) -> None:
         self.runtime = runtime
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen[str] | None = None
-        self._stderr: IO[str] | None = None
+        self._child: procs.LineChild | None = None
 
     def check(self, path: Path) -> LoadCheck:
         with self._lock:
-            proc = self._running()
+            child = self._running()
             try:
-                self._send(proc, path)
+                child.send({"path": str(path)})
             except BrokenPipeError:  # it died while idle, between two polls: start another
                 self._forget()
-                proc = self._running()
-                self._send(proc, path)
-            return self._answer(path, proc)
+                child = self._running()
+                child.send({"path": str(path)})
+            return self._answer(path, child)
 
-    @staticmethod
-    def _send(proc: subprocess.Popen[str], path: Path) -> None:
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps({"path": str(path)}) + "\n")
-        proc.stdin.flush()
-
-    def _running(self) -> subprocess.Popen[str]:
-        if self._proc is None or self._proc.poll() is not None:
+    def _running(self) -> procs.LineChild:
+        if self._child is None or not self._child.running():
             self._forget()
-            self._stderr = tempfile.TemporaryFile(  # noqa: SIM115 - closed by _forget()
-                "w+", encoding="utf-8", errors="replace")
             # PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, so only a
             # child forked by the main thread (which lives as long as we do) gets it; one
             # forked by another thread ends when its stdin closes (loadchild reads to EOF).
             setup = _child_setup if threading.current_thread() is threading.main_thread() \
                 else _no_core_file
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", CHILD_MODULE, self.runtime], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=self._stderr, encoding="utf-8",
-                preexec_fn=setup)  # noqa: PLW1509 - prctl and setrlimit only, no locks
-        return self._proc
+            self._child = procs.LineChild([sys.executable, "-m", CHILD_MODULE, self.runtime],
+                                          preexec=setup)
+        return self._child
 
-    def _answer(self, path: Path, proc: subprocess.Popen[str]) -> LoadCheck:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT_S)
-        line = proc.stdout.readline() if ready else None
-        if line:
-            answer = json.loads(line)
+    def _answer(self, path: Path, child: procs.LineChild) -> LoadCheck:
+        try:
+            answer = child.receive(TIMEOUT_S)
+        except TimeoutError:
+            answer, timed_out = None, True
+        else:
+            timed_out = False
+        if answer is not None:
             return LoadCheck(answer.get("runtime"), bool(answer["loaded"]),
                              answer.get("reason"))
-        if line is None:
-            proc.kill()
-        proc.wait()
-        said = self._death(proc.returncode, timed_out=line is None)
+        said = self._death(child.kill() if timed_out else child.wait(), timed_out=timed_out,
+                           last_error=child.last_error_line() or "no output")
         self._forget()
         raise LoadCheckFailed(f"{path}: {said}; nothing was registered")
 
-    def _death(self, returncode: int, *, timed_out: bool) -> str:
+    def _death(self, returncode: int, *, timed_out: bool, last_error: str = "no output"
+               ) -> str:
         """How the child ended, in words."""
         runtime = f"llama-cpp-python {self.runtime}"
         if timed_out:
@@ -127,32 +111,13 @@ class Checker:
             return (f"llama.cpp ({runtime}) crashed with {name} while loading it: the file is "
                     "corrupt or needs another llama.cpp; convert or download it again")
         return (f"the load check child with {runtime} ended without an answer (exit "
-                f"{returncode}: {self._last_error()}); fix what that says and run register "
-                "again")
-
-    def _last_error(self) -> str:
-        if self._stderr is None:
-            return "no output"
-        self._stderr.seek(0)
-        lines = self._stderr.read().strip().splitlines()
-        return lines[-1] if lines else "no output"
+                f"{returncode}: {last_error}); fix what that says and run register again")
 
     def _forget(self) -> None:
         """Let go of a finished (or dead) child and its stderr file."""
-        if self._proc is not None:
-            for stream in (self._proc.stdin, self._proc.stdout):
-                # a dead child leaves what we wrote unflushed: closing then raises
-                # BrokenPipeError, which says nothing new
-                with contextlib.suppress(BrokenPipeError):
-                    if stream is not None:
-                        stream.close()
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc.wait()
-        if self._stderr is not None:
-            self._stderr.close()
-        self._proc = self._stderr = None
-
+        if self._child is not None:
+            self._child.close()
+        self._child = None
 
     def close(self) -> None:
         with self._lock:

@@ -10,11 +10,11 @@ imports numpy or llama.cpp (loadcheck.py starts it once and sends it every check
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from ggufops import procs
 from ggufops.errors import LlamaError
 
 LOAD_CONTEXT = 16  # tokens: enough to build a context, nothing to evaluate
@@ -34,21 +34,11 @@ def check(path: Path, runtime: str) -> dict[str, Any]:
         return {"runtime": runtime, "loaded": False, "reason": str(e)}
 
 
-def serve(runtime: str, requests: IO[str], replies: IO[str]) -> None:
-    for line in requests:
-        if line.strip():
-            replies.write(json.dumps(check(Path(json.loads(line)["path"]), runtime)) + "\n")
-            replies.flush()
-
-
 def main(argv: list[str]) -> int:
-    """Answer on the original stdout; anything llama.cpp prints goes to stderr instead."""
     if len(argv) != 1:
         print("usage: python -m ggufops.llama.loadchild RUNTIME", file=sys.stderr)
         return 2
-    replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    serve(argv[0], sys.stdin, replies)
+    procs.answer_lines(lambda line: check(Path(json.loads(line)["path"]), argv[0]))
     return 0
 
 
