@@ -3,7 +3,7 @@ git remote and SeaweedFS, toy models (and SmolLM2) under real traffic, a short i
 A good canary walks 10 -> 25 -> 50 and is promoted by commits, exactly one per step with two
 hosts on one remote; a 4x slower one is aborted by one commit, and not before it has had
 enough traffic, and an agent restarted mid-step resumes the analysis; a canary that gets
-no traffic at all is aborted at its progress deadline."""
+too little of the traffic is aborted at its progress deadline."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import yaml
 
 from ggufops.llama import toy
 from testing.repos import git
-from testing.runtime import MODEL, Proc, Processes, World, get, serving, wait_for
+from testing.runtime import MODEL, Proc, Processes, World, get, http, serving, wait_for
 from testing.toys import TOY_DIR
 from testing.traffic import traffic
 
@@ -165,19 +165,29 @@ def test_a_slow_canary_waits_for_traffic_then_is_aborted_by_one_commit(
 
 
 @pytest.mark.slow
-def test_a_canary_without_traffic_is_aborted_at_its_progress_deadline(
+def test_a_canary_short_of_its_share_is_aborted_at_its_progress_deadline(
         world: World, processes: Processes) -> None:
+    """40 requests: the primary gets its 20 (min_requests), the 10% canary a few (its
+    20 of 40 at 10% has a chance below 1e-9): past the deadline, one abort commit."""
     world.publish("2.0.0", "baseline")
     world.publish("2.1.0", "improved")
     _set_policy(world, min_requests=20, progress_deadline=2)
     world.deploy("2.0.0")
     server, agent = _start(world, processes, "host-a")
     start = _deploy_planned_canary(world, "2.1.0", STEPS, interval=1)
+    wait_for(lambda: _applied_head(world, agent), timeout=120, what="the canary applied")
+    assert serving(server.url)[MODEL]["canary"]["version"] == "2.1.0"
+    shown = [http("POST", f"{server.url}/v1/completions",
+                  {"model": MODEL, "prompt": "def f(x):", "max_tokens": 4})[1]["model"]
+             for _ in range(40)]
+    canary = sum("-v2.1.0-" in m for m in shown)
+    assert canary < 20 <= 40 - canary, shown
     wait_for(lambda: _decisions(world, start), timeout=120, what="the abort")
     wait_for(lambda: _applied_head(world, agent), timeout=120, what="the abort applied")
     ((subject, analysis),) = _decisions(world, start)
     assert subject == f"abort(production): {MODEL} canary 2.1.0 removed (canary analysis)"
-    assert analysis.startswith("verdict=fail metric=progress_deadline requests=0/0 ")
+    assert analysis.startswith(f"verdict=fail metric=progress_deadline requests={canary}/"
+                               f"{40 - canary} "), analysis
     message = git(world.remote, "log", "-1", "--format=%B", "main")
     assert f"Rollback-Of: {start}" in message and "progress_deadline 2s" in message
     (event,) = get(f"{agent.url}/status")["canary_analysis"]["events"]

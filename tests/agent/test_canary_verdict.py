@@ -51,6 +51,10 @@ def test_a_step_waiting_past_its_progress_deadline_fails_and_only_then() -> None
     assert late.note.startswith("no verdict 600s after the step was due (progress_deadline "
                                 "600s): too few requests: 3 canary, 500 primary")
     assert late.trailer("h").startswith("verdict=fail metric=progress_deadline requests=3/500")
+    # a host whose primary is as quiet (drained, out of rotation) keeps waiting
+    quiet = judge(deadline, idle, requests(49), 9e3, overdue_s=9e3)
+    assert quiet.outcome == "wait" and quiet.note.startswith("too few requests: 3 canary")
+    assert judge(deadline, idle, requests(50), 9e3, overdue_s=9e3).metric == "progress_deadline"
     # past the deadline, figures that decide still decide: a pass passes, a fail names its
     # own metric
     assert judge(deadline, requests(60), requests(500), 9e3, overdue_s=9e3).outcome == "pass"
@@ -223,6 +227,12 @@ def test_policy_from_policy_yaml() -> None:
     assert got.progress_deadline is None
     table["canary_analysis"]["production"]["progress_deadline"] = 900
     assert CanaryPolicy.of_environment(table, "production").progress_deadline == 900
+    for key, bad in (("progress_deadline", "1h"), ("progress_deadline", True),
+                     ("progress_deadline", 0), ("min_requests", 25.5), ("alpha", "0.05")):
+        with pytest.raises(InvalidDesiredState, match=rf"canary_analysis\.production\.{key} "
+                           rf"must be .*; got {bad!r}"):
+            CanaryPolicy.of_environment({"canary_analysis": {"production": {key: bad}}},
+                                        "production")
     with pytest.raises(InvalidDesiredState, match=r"canary_analysis\.production must be"):
         CanaryPolicy.of_environment({"canary_analysis": {"production": {"bogus": 1}}},
                                     "production")

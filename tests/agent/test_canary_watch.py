@@ -1,10 +1,13 @@
 """When a canary step is due: the time its weight was set, read from git, the same on every
-host whatever commit it applied (a real repository with a bare remote)."""
+host whatever commit it applied (a real repository with a bare remote); and where its
+progress deadline counts from: when this host began serving the step, kept while the step
+stays, and after a restart read back from the apply log (a real SQLite apply log)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +16,13 @@ import yaml
 from ggufops import git as gitcalls
 from ggufops import notify
 from ggufops.agent import canaryverdict
+from ggufops.agent.applylog import ApplyLog
 from ggufops.agent.canaryverdict import Verdict
 from ggufops.agent.canarywatch import Analysed, CanaryWatch, step_time
+from ggufops.agent.loop import canary_arrivals
 from ggufops.agent.triggerwatch import PushSettings
 from ggufops.registry.records import Canary, CanaryAnalysis
-from testing.repos import git
+from testing.repos import git, git_commit
 from testing.scratch import MODEL, OTHER, Scratch, cli, ship
 
 PLAN = CanaryAnalysis((10, 25, 50, 100), 60.0)
@@ -101,3 +106,75 @@ def test_a_segment_host_compares_the_canary_with_the_version_it_serves(
     other = CanaryWatch("production", "http://127.0.0.1:9", None, push)
     other.applied(s.root, s.root, commit)
     assert other.analysed[MODEL].judged() == "2.0.0"  # a host outside the segment
+
+
+# --- where a progress deadline counts from --------------------------------------------
+
+CHAT = "chat"
+PLAN_DOC = {"steps": [10, 25, 50, 100], "interval": 60}
+
+
+def _repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    (repo / "environments").mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    return repo
+
+
+def _set(repo: Path, weight: int, version: str = "2.1.0") -> str:
+    entry = {"version": "2.0.0", "canary": {"version": version, "weight": weight,
+                                            "analysis": PLAN_DOC}}
+    (repo / "environments" / "production.yaml").write_text(yaml.safe_dump(
+        {"environment": "production", "models": {CHAT: entry}}, sort_keys=False))
+    return git_commit(repo, f"canary {version} {weight}%")
+
+
+def _watch(tmp_path: Path) -> CanaryWatch:
+    push = PushSettings(str(tmp_path / "remote.git"), "main", "host-a", tmp_path / "clone.git")
+    return CanaryWatch("production", "http://127.0.0.1:9", None, push)
+
+
+def test_a_step_keeps_when_it_was_first_served_until_the_step_changes(tmp_path: Path) -> None:
+    repo, watch = _repo(tmp_path), _watch(tmp_path)
+    late = time.time() + 10_000  # this host began serving the step long after it was due
+    watch.applied(repo, repo, _set(repo, 10), seen={CHAT: late})
+    first = watch.analysed[CHAT]
+    assert first.seen == late and first.waiting_since() == late
+    (repo / "unrelated.txt").write_text("x")
+    watch.applied(repo, repo, git_commit(repo, "an unrelated change"))  # the same step
+    assert watch.analysed[CHAT] is first and first.seen == late
+    before = time.time()
+    watch.applied(repo, repo, _set(repo, 25))  # a new step, served from now, due in 60 s
+    step = watch.analysed[CHAT]
+    assert step is not first and before <= step.seen < step.due()
+    assert step.waiting_since() == step.due() == step.started + 60
+    watch.policy = watch.policy.__class__(progress_deadline=600)
+    shown = watch.report()["analysing"][CHAT]
+    assert shown["deadline"] is not None and shown["deadline"] > shown["due"]
+
+
+def test_after_a_restart_a_step_counts_from_the_apply_that_first_served_it(
+        tmp_path: Path) -> None:
+    log = ApplyLog(tmp_path / "applies.db")
+
+    def applied(commit: str, weight: int | None, version: str = "2.1.0",
+                outcome: str = "success") -> float:
+        models: dict[str, dict[str, Any]] = {CHAT: {"version": "2.0.0"},
+                                             "embed": {"version": "1.0.0"}}
+        if weight is not None:
+            models[CHAT]["canary"] = {"version": version, "weight": weight}
+        attempt = log.start(commit, "production", models)
+        log.finish(attempt, outcome, "healthy" if outcome == "success" else "loading")
+        return log.recent(1)[0].finished_at or 0.0
+
+    applied("c1", None)
+    applied("c2", 10)
+    stepped = applied("c3", 25)
+    applied("c4", 50, outcome="failed")  # a failed apply served nothing new
+    applied("c5", 25)  # e.g. a policy change: the step stays
+    successes = [a for a in log.recent(50) if a.outcome == "success"]
+    assert canary_arrivals(successes) == {CHAT: stepped}  # no canary, no entry: embed
+    applied("c6", 25, version="2.2.0")  # another canary at the same weight is a new step
+    successes = [a for a in log.recent(50) if a.outcome == "success"]
+    assert canary_arrivals(successes) == {CHAT: successes[0].finished_at}
+    assert canary_arrivals([]) == {}

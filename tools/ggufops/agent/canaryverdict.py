@@ -13,6 +13,7 @@ same window (the step's commit time to now), read from its server's request wind
         max_rating_drop: 0.5     # primary mean rating - canary mean rating above this
         min_ratings: 20          # ratings per role before the rating test runs
         progress_deadline: 3600  # optional: abort a step still at `wait` this long after due
+                                 # while the primary had its min_requests here
 
 The verdict is `wait` (fewer than `min_requests` requests on either side, never fewer than
 20; or, when nothing failed, fewer than the 20 answered requests of each role the latency
@@ -41,10 +42,13 @@ primary does) cannot pass unjudged:
   not judged (many applications send none); requests alone then decide.
 
 A `wait` is never a decision, so a canary that gets too little traffic would stay at its
-weight for ever. With `progress_deadline` (seconds; Argo Rollouts' progressDeadlineAbort,
-Flagger's progressDeadlineSeconds), a step still at `wait` that long after it became due
-fails on the metric `progress_deadline`: the canary is aborted, and the primary, the
-version known good, takes all the traffic again. Without it (the default) the step waits.
+weight for ever. With `progress_deadline` (seconds), a step still at `wait` that long after
+it became due (or after this host began serving it, if later: the agent's `waiting_since`)
+while the primary had its `min_requests` on this host fails on the metric
+`progress_deadline`: the traffic was there and the canary did not get its share. The canary
+is aborted, and the primary, the version known good, takes all the traffic again. A host
+whose primary is as quiet (drained, out of rotation, a quiet night) keeps waiting: that is
+no reason to abort. Without the key (the default) every step waits.
 
 Pure functions: no I/O.
 """
@@ -89,7 +93,27 @@ class CanaryPolicy:
             raise InvalidDesiredState(
                 f"registry/policy.yaml: canary_analysis.{env} must be a mapping of "
                 f"{', '.join(cls.__dataclass_fields__)}; got {entry!r}")
+        for key, value in entry.items():
+            _check_number(env, key, value)
         return cls(**{k: v for k, v in entry.items() if v is not None})
+
+
+_COUNTS = ("min_requests", "min_ratings")
+
+
+def _check_number(env: str, key: str, value: Any) -> None:
+    """The agent reads the policy without the schema: a value of the wrong type must not
+    reach the arithmetic (a string raises there, and `true` would be a 1 s deadline)."""
+    if value is None:
+        return
+    kind = int if key in _COUNTS else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or \
+            (key == "progress_deadline" and value <= 0):
+        what = "a whole number" if key in _COUNTS else \
+            "a number of seconds above 0, such as 3600" if key == "progress_deadline" \
+            else "a number"
+        raise InvalidDesiredState(f"registry/policy.yaml: canary_analysis.{env}.{key} must be "
+                                  f"{what}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -176,7 +200,8 @@ def judge(policy: CanaryPolicy, canary: Sample, primary: Sample, window_s: float
             f"{len(primary.latencies)} primary; {abstats.MIN_LATENCY_SAMPLES} of each are "
             "needed")
     deadline = policy.progress_deadline
-    if outcome == WAIT and deadline is not None and overdue_s >= deadline:
+    if outcome == WAIT and deadline is not None and overdue_s >= deadline \
+            and primary.requests >= _needed(policy):  # the traffic was there, not its share
         outcome, metric, note = FAIL, DEADLINE, (
             f"no verdict {overdue_s:.0f}s after the step was due (progress_deadline "
             f"{deadline:g}s): {note}")
@@ -185,7 +210,7 @@ def judge(policy: CanaryPolicy, canary: Sample, primary: Sample, window_s: float
 
 def _outcome(policy: CanaryPolicy, v: Verdict) -> tuple[str, str | None, str]:
     """(outcome, the failed metric, why) of the figures in `v`."""
-    needed = max(policy.min_requests, abstats.MIN_LATENCY_SAMPLES)
+    needed = _needed(policy)
     if min(v.canary_requests, v.primary_requests) < needed:
         return WAIT, None, (f"too few requests: {v.canary_requests} canary, "
                             f"{v.primary_requests} primary; {needed} of each are needed")
@@ -202,6 +227,11 @@ def _outcome(policy: CanaryPolicy, v: Verdict) -> tuple[str, str | None, str]:
         return FAIL, "rating", (f"mean rating {v.canary_rating:.2f} vs {v.primary_rating:.2f}"
                                 f" (drop limit {policy.max_rating_drop:g}, p={v.rating_p:.3g})")
     return GOOD, None, "no metric worse than its limit"
+
+
+def _needed(policy: CanaryPolicy) -> int:
+    """Requests of each role before any verdict."""
+    return max(policy.min_requests, abstats.MIN_LATENCY_SAMPLES)
 
 
 def _error_rate_p(policy: CanaryPolicy, canary: Sample, primary: Sample) -> float:

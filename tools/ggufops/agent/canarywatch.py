@@ -51,7 +51,7 @@ class Analysed:
     decided: bool = False
     last: Verdict | None = None
     served: str | None = None  # the primary this host serves (a segment's), when not `primary`
-    seen: float = field(default_factory=time.time)  # when this host began analysing the step
+    seen: float = field(default_factory=time.time)  # when this host began serving the step
 
     def judged(self) -> str:
         """The version this host's primary requests are of: what it is compared with."""
@@ -63,8 +63,9 @@ class Analysed:
 
     def waiting_since(self) -> float:
         """Where a progress deadline counts from: the step's due time, or when this host
-        began analysing the step (applied it, or restarted), if later: a host that was slow
-        to apply a step, or was down, has had no traffic to judge."""
+        began serving the step, if later (a host that applied it late has had no traffic
+        to judge). After an agent restart `seen` comes from the apply log (Agent.recover):
+        the server kept serving, and its request window, all along."""
         return max(self.due(), self.seen)
 
     def same_step(self, primary: str, canary: Canary) -> bool:
@@ -86,8 +87,11 @@ class CanaryWatch:
         self.analysed: dict[str, Analysed] = {}
         self.log = EventLog(push.host, notify)  # every decision, pushed or not, is sent
 
-    def applied(self, tree: Path, mirror: Path, commit: str) -> None:
-        """A commit was applied: (re)read the plans and the policy from its tree."""
+    def applied(self, tree: Path, mirror: Path, commit: str,
+                seen: Mapping[str, float] | None = None) -> None:
+        """A commit was applied: (re)read the plans and the policy from its tree. `seen`:
+        when this host began serving each model's step, where known (after a restart, from
+        the apply log); now otherwise."""
         self.policy = _policy(tree, self.env)
         entries = _entries(tree, self.env, self.labels)
         kept: dict[str, Analysed] = {}
@@ -99,7 +103,8 @@ class CanaryWatch:
                 kept[model] = old
             else:
                 started = step_time(mirror, self.env, commit, model, canary)
-                kept[model] = Analysed(model, primary, canary, commit, started, served=served)
+                kept[model] = Analysed(model, primary, canary, commit, started, served=served,
+                                       seen=(seen or {}).get(model, time.time()))
         self.analysed = kept
 
     def check(self, now: float | None = None) -> bool:

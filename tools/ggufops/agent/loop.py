@@ -348,9 +348,9 @@ class Agent:
             log.warning("canary analysis and rollback triggers not resumed: cannot read "
                         "%s: %s", last.commit[:12], e)
             return
-        self.canaries.applied(tree, self.mirror, last.commit)
         successes = [a for a in self.log.recent(RESUME_LOOKBACK)
                      if a.outcome == "success" and a.environment == self.config.env]
+        self.canaries.applied(tree, self.mirror, last.commit, canary_arrivals(successes))
         self._trigger_said = self.log.load_state(TRIGGER_SAID)
         env, mirror = self.config.env, self.mirror
         self.triggers.resume(tree, [w for w, span in arrivals(successes)
@@ -1030,6 +1030,31 @@ def arrivals(successes: Sequence[applylog.Attempt]) -> list[tuple[Watched, str]]
                 break
             first = older
     return found
+
+
+def canary_arrivals(successes: Sequence[applylog.Attempt]) -> dict[str, float]:
+    """When this host began serving each model's canary step, from successful applies
+    (newest first): the oldest apply of the unbroken run that served the same primary and
+    the same canary at the same weight (the canary analysis's progress deadline counts from
+    it after a restart)."""
+    if not successes:
+        return {}
+    found = {}
+    for model, step in _canary_steps(successes[0].models).items():
+        first = successes[0]
+        for older in successes[1:]:
+            if _canary_steps(older.models).get(model) != step:
+                break
+            first = older
+        found[model] = first.finished_at or first.started_at
+    return found
+
+
+def _canary_steps(targets: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str, Any]]:
+    """model -> (primary version, canary version, weight) of each model with a canary."""
+    return {name: (str(want.get("version")), str(canary.get("version")), canary.get("weight"))
+            for name, want in targets.items()
+            if isinstance(canary := want.get("canary"), dict)}
 
 
 def watched_live(mirror: Path, env: str, watched: Watched, span: str) -> bool:
