@@ -114,6 +114,14 @@ def test_policy_per_environment() -> None:
     with pytest.raises(InvalidDesiredState, match=r"rollback_triggers\.production"):
         TriggerPolicy.of_environment({"rollback_triggers": {"production": {"p99": 2}}},
                                      "production")
+    # read without the schema: a wrong type is refused here, not met on every tick
+    for key, bad, what in (("error_rate", "5%", "a number"), ("min_requests", 1.5,
+                                                               "a whole number"),
+                           ("window_s", 0, "a number above 0"), ("p95_ratio", True, "a number")):
+        with pytest.raises(InvalidDesiredState, match=rf"rollback_triggers\.production\.{key} "
+                           rf"must be {what}; got {bad!r}"):
+            TriggerPolicy.of_environment({"rollback_triggers": {"production": {key: bad}}},
+                                         "production")
 
 
 def test_trailer_names_metric_value_threshold_window_and_host() -> None:

@@ -61,7 +61,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ggufops import percentile
-from ggufops.agent.watching import rows
+from ggufops.agent.watching import check_numbers, rows
 from ggufops.errors import InvalidDesiredState
 from ggufops.gitops import abstats
 
@@ -93,27 +93,9 @@ class CanaryPolicy:
             raise InvalidDesiredState(
                 f"registry/policy.yaml: canary_analysis.{env} must be a mapping of "
                 f"{', '.join(cls.__dataclass_fields__)}; got {entry!r}")
-        for key, value in entry.items():
-            _check_number(env, key, value)
+        check_numbers(f"canary_analysis.{env}", entry, counts=("min_requests", "min_ratings"),
+                      positive=("progress_deadline",))
         return cls(**{k: v for k, v in entry.items() if v is not None})
-
-
-_COUNTS = ("min_requests", "min_ratings")
-
-
-def _check_number(env: str, key: str, value: Any) -> None:
-    """The agent reads the policy without the schema: a value of the wrong type must not
-    reach the arithmetic (a string raises there, and `true` would be a 1 s deadline)."""
-    if value is None:
-        return
-    kind = int if key in _COUNTS else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or \
-            (key == "progress_deadline" and value <= 0):
-        what = "a whole number" if key in _COUNTS else \
-            "a number of seconds above 0, such as 3600" if key == "progress_deadline" \
-            else "a number"
-        raise InvalidDesiredState(f"registry/policy.yaml: canary_analysis.{env}.{key} must be "
-                                  f"{what}; got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+from ggufops.errors import InvalidDesiredState
 from ggufops.httpjson import error_message, request_json, rfc3339
 
 log = logging.getLogger("ggufops.agent")
@@ -58,3 +59,21 @@ def cannot_sign(what: str) -> str:
     """Why a trusting agent without --signing-key pushes nothing: `what` names the commit."""
     return (f"not pushed: this agent runs with --trust but no --signing-key, so every "
             f"trusting host, this one too, would refuse an unsigned {what}")
+
+
+def check_numbers(section: str, entry: dict[str, Any], *, counts: tuple[str, ...] = (),
+                  positive: tuple[str, ...] = ()) -> None:
+    """The agent reads policy.yaml without its schema (validate checks that in CI): a value
+    of the wrong type must not reach the arithmetic, where a string raises on every tick
+    and `true` counts as 1. InvalidDesiredState names the key; `counts` must be whole
+    numbers, `positive` above 0; None is left to the caller (a default)."""
+    for key, value in entry.items():
+        if value is None:
+            continue
+        kind = int if key in counts else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind) or \
+                (key in positive and value <= 0):
+            what = "a whole number" if key in counts else \
+                "a number above 0" if key in positive else "a number"
+            raise InvalidDesiredState(f"registry/policy.yaml: {section}.{key} must be {what}; "
+                                      f"got {value!r}")
