@@ -227,6 +227,8 @@ def test_policy_from_policy_yaml() -> None:
     assert got.progress_deadline is None
     table["canary_analysis"]["production"]["progress_deadline"] = 900
     assert CanaryPolicy.of_environment(table, "production").progress_deadline == 900
+    table["canary_analysis"]["production"]["min_requests"] = 25.0  # the schema's integer
+    assert repr(CanaryPolicy.of_environment(table, "production").min_requests) == "25"
     for key, bad in (("progress_deadline", "1h"), ("progress_deadline", True),
                      ("progress_deadline", 0), ("min_requests", 25.5), ("alpha", "0.05")):
         with pytest.raises(InvalidDesiredState, match=rf"canary_analysis\.production\.{key} "

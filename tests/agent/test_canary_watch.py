@@ -148,6 +148,8 @@ def test_a_step_keeps_when_it_was_first_served_until_the_step_changes(tmp_path: 
     step = watch.analysed[CHAT]
     assert step is not first and before <= step.seen < step.due()
     assert step.waiting_since() == step.due() == step.started + 60
+    step.window_from = step.due() + 30  # its server restarted after the step was due
+    assert step.waiting_since() == step.due() + 30
     watch.policy = watch.policy.__class__(progress_deadline=600)
     shown = watch.report()["analysing"][CHAT]
     assert shown["deadline"] is not None and shown["deadline"] > shown["due"]

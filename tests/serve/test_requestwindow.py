@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,15 @@ def record(ts: float, version: str = "1.0.0", cid: str = "", ok: bool = True,
     return RequestRecord(ts=ts, model=model, version=version, role="primary", latency_s=0.1,
                          ok=ok, status=200 if ok else 500, prompt_tokens=3,
                          completion_tokens=5, completion_id=cid)
+
+
+def test_the_window_says_since_when_it_has_kept_records() -> None:
+    """It lives in the server's memory: a canary's progress deadline does not count the
+    time before a server restart, when nothing was kept (agent/canarywatch.py)."""
+    before = time.time()
+    window = RequestWindow()
+    reply = window.since(NAME, 0)
+    assert before <= reply["started"] == window.started <= reply["now"]
 
 
 def test_the_window_keeps_the_newest_records_per_version() -> None:

@@ -13,7 +13,7 @@ same window (the step's commit time to now), read from its server's request wind
         max_rating_drop: 0.5     # primary mean rating - canary mean rating above this
         min_ratings: 20          # ratings per role before the rating test runs
         progress_deadline: 3600  # optional: abort a step still at `wait` this long after due
-                                 # while the primary had its min_requests here
+                                 # on a host whose primary had its min_requests
 
 The verdict is `wait` (fewer than `min_requests` requests on either side, never fewer than
 20; or, when nothing failed, fewer than the 20 answered requests of each role the latency
@@ -43,12 +43,12 @@ primary does) cannot pass unjudged:
 
 A `wait` is never a decision, so a canary that gets too little traffic would stay at its
 weight for ever. With `progress_deadline` (seconds), a step still at `wait` that long after
-it became due (or after this host began serving it, if later: the agent's `waiting_since`)
-while the primary had its `min_requests` on this host fails on the metric
-`progress_deadline`: the traffic was there and the canary did not get its share. The canary
-is aborted, and the primary, the version known good, takes all the traffic again. A host
-whose primary is as quiet (drained, out of rotation, a quiet night) keeps waiting: that is
-no reason to abort. Without the key (the default) every step waits.
+it became due (or later: the agent's `waiting_since`) fails on the metric
+`progress_deadline` on a host whose primary had its `min_requests` there: the host is in
+rotation and the step still cannot be judged in time. The canary is aborted, and the
+primary, the version known good, takes all the traffic again. A host whose primary is as
+quiet (drained, out of rotation) keeps waiting: it has nothing to say about the canary.
+Without the key (the default) every step waits.
 
 Pure functions: no I/O.
 """
@@ -93,8 +93,9 @@ class CanaryPolicy:
             raise InvalidDesiredState(
                 f"registry/policy.yaml: canary_analysis.{env} must be a mapping of "
                 f"{', '.join(cls.__dataclass_fields__)}; got {entry!r}")
-        check_numbers(f"canary_analysis.{env}", entry, counts=("min_requests", "min_ratings"),
-                      positive=("progress_deadline",))
+        entry = check_numbers(f"canary_analysis.{env}", entry,
+                              counts=("min_requests", "min_ratings"),
+                              positive=("progress_deadline",))
         return cls(**{k: v for k, v in entry.items() if v is not None})
 
 
@@ -183,7 +184,7 @@ def judge(policy: CanaryPolicy, canary: Sample, primary: Sample, window_s: float
             "needed")
     deadline = policy.progress_deadline
     if outcome == WAIT and deadline is not None and overdue_s >= deadline \
-            and primary.requests >= _needed(policy):  # the traffic was there, not its share
+            and primary.requests >= _needed(policy):  # a host in rotation, not a drained one
         outcome, metric, note = FAIL, DEADLINE, (
             f"no verdict {overdue_s:.0f}s after the step was due (progress_deadline "
             f"{deadline:g}s): {note}")

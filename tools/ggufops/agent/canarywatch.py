@@ -52,6 +52,7 @@ class Analysed:
     last: Verdict | None = None
     served: str | None = None  # the primary this host serves (a segment's), when not `primary`
     seen: float = field(default_factory=time.time)  # when this host began serving the step
+    window_from: float = 0.0  # when its server's request window began (a restart empties it)
 
     def judged(self) -> str:
         """The version this host's primary requests are of: what it is compared with."""
@@ -62,11 +63,12 @@ class Analysed:
         return self.started + self.canary.analysis.interval
 
     def waiting_since(self) -> float:
-        """Where a progress deadline counts from: the step's due time, or when this host
-        began serving the step, if later (a host that applied it late has had no traffic
-        to judge). After an agent restart `seen` comes from the apply log (Agent.recover):
-        the server kept serving, and its request window, all along."""
-        return max(self.due(), self.seen)
+        """Where a progress deadline counts from: the latest of the step's due time, when
+        this host began serving the step (a host that applied it late has had no traffic to
+        judge) and when its server's request window began (a server restart forgets what it
+        had seen). After an agent restart `seen` comes from the apply log (Agent.recover):
+        the server, and its window, kept running."""
+        return max(self.due(), self.seen, self.window_from)
 
     def same_step(self, primary: str, canary: Canary) -> bool:
         return (self.primary, self.canary) == (primary, canary)
@@ -87,11 +89,15 @@ class CanaryWatch:
         self.analysed: dict[str, Analysed] = {}
         self.log = EventLog(push.host, notify)  # every decision, pushed or not, is sent
 
-    def applied(self, tree: Path, mirror: Path, commit: str,
+    def applied(self, tree: Path, mirror: Path, commit: str, *, now: float | None = None,
                 seen: Mapping[str, float] | None = None) -> None:
-        """A commit was applied: (re)read the plans and the policy from its tree. `seen`:
-        when this host began serving each model's step, where known (after a restart, from
-        the apply log); now otherwise."""
+        """A commit was applied (at `now`, the time the apply log recorded): (re)read the
+        plans and the policy from its tree. `seen`: when this host began serving each
+        model's step, after a restart (from the apply log); a new step starts at `now`.
+        The apply log does not record a canary's plan, so a restart treats a change of the
+        interval alone as the same step, where a live agent starts a new one: the restart's
+        clock is then the earlier, by that change's age."""
+        now = time.time() if now is None else now
         self.policy = _policy(tree, self.env)
         entries = _entries(tree, self.env, self.labels)
         kept: dict[str, Analysed] = {}
@@ -104,7 +110,7 @@ class CanaryWatch:
             else:
                 started = step_time(mirror, self.env, commit, model, canary)
                 kept[model] = Analysed(model, primary, canary, commit, started, served=served,
-                                       seen=(seen or {}).get(model, time.time()))
+                                       seen=(seen or {}).get(model, now))
         self.analysed = kept
 
     def check(self, now: float | None = None) -> bool:
@@ -120,6 +126,7 @@ class CanaryWatch:
         window = self._window(item.model, item.started)
         if window is None:
             return False
+        item.window_from = float(window.get("started") or 0.0)
         verdict = canaryverdict.judge(
             self.policy, canaryverdict.sample(window, item.canary.version, "canary", item.started),
             canaryverdict.sample(window, item.judged(), "primary", item.started),

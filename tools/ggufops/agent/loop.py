@@ -350,7 +350,7 @@ class Agent:
             return
         successes = [a for a in self.log.recent(RESUME_LOOKBACK)
                      if a.outcome == "success" and a.environment == self.config.env]
-        self.canaries.applied(tree, self.mirror, last.commit, canary_arrivals(successes))
+        self.canaries.applied(tree, self.mirror, last.commit, seen=canary_arrivals(successes))
         self._trigger_said = self.log.load_state(TRIGGER_SAID)
         env, mirror = self.config.env, self.mirror
         self.triggers.resume(tree, [w for w, span in arrivals(successes)
@@ -852,7 +852,7 @@ class Agent:
         self.triggers.applied(plan.tree, plan.commit, before=_versions(previous),
                               after={n: t.version for n, t in plan.targets.items()},
                               is_rollback=self._is_rollback(plan.commit), now=now)
-        self.canaries.applied(plan.tree, self.mirror, plan.commit)
+        self.canaries.applied(plan.tree, self.mirror, plan.commit, now=now)
         self._applied = plan
         self._applied_targets = {n: t.load_request() for n, t in plan.targets.items()}
         self._retain(plan, previous, now)  # done before anyone is told it is healthy

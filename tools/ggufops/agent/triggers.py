@@ -51,8 +51,8 @@ class TriggerPolicy:
             raise InvalidDesiredState(
                 f"registry/policy.yaml: rollback_triggers.{env} must be a mapping of "
                 f"{', '.join(cls.__dataclass_fields__)}; got {entry!r}")
-        check_numbers(f"rollback_triggers.{env}", entry, counts=("min_requests", "min_ratings"),
-                      positive=("window_s",))
+        entry = check_numbers(f"rollback_triggers.{env}", entry,
+                              counts=("min_requests", "min_ratings"), positive=("window_s",))
         return cls(**{k: v for k, v in entry.items() if v is not None or k in _OPTIONAL})
 
 

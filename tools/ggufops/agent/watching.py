@@ -62,18 +62,24 @@ def cannot_sign(what: str) -> str:
 
 
 def check_numbers(section: str, entry: dict[str, Any], *, counts: tuple[str, ...] = (),
-                  positive: tuple[str, ...] = ()) -> None:
-    """The agent reads policy.yaml without its schema (validate checks that in CI): a value
-    of the wrong type must not reach the arithmetic, where a string raises on every tick
-    and `true` counts as 1. InvalidDesiredState names the key; `counts` must be whole
-    numbers, `positive` above 0; None is left to the caller (a default)."""
+                  positive: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`entry` with its values checked: the agent reads policy.yaml without its schema
+    (validate checks that in CI), and a value of the wrong type must not reach the
+    arithmetic, where a string raises on every tick and `true` counts as 1.
+    InvalidDesiredState names the key. `counts` are whole numbers (50.0, which the schema
+    accepts as an integer, is 50), `positive` above 0; None is left to the caller."""
+    checked = dict(entry)
     for key, value in entry.items():
         if value is None:
             continue
-        kind = int if key in counts else (int, float)
+        whole = key in counts and isinstance(value, float) and value.is_integer()
+        kind = int if key in counts and not whole else (int, float)
         if isinstance(value, bool) or not isinstance(value, kind) or \
                 (key in positive and value <= 0):
             what = "a whole number" if key in counts else \
                 "a number above 0" if key in positive else "a number"
             raise InvalidDesiredState(f"registry/policy.yaml: {section}.{key} must be {what}; "
                                       f"got {value!r}")
+        if whole:
+            checked[key] = int(value)
+    return checked

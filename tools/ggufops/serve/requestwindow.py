@@ -81,6 +81,7 @@ class RequestWindow:
         self._requests: dict[tuple[str, str], deque[RequestRecord]] = {}
         self._ratings: dict[tuple[str, str], deque[Rating]] = {}
         self._ids: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.started = time.time()  # it is in memory: nothing before this was kept
 
     def record(self, record: RequestRecord) -> None:
         key = (record.model, record.version)
@@ -124,8 +125,8 @@ class RequestWindow:
                        for r in rs if r.ts >= since]
         requests.sort(key=lambda r: r["ts"])
         ratings.sort(key=lambda r: r["ts"])
-        return {"model": model, "since": since, "now": time.time(), "requests": requests,
-                "ratings": ratings}
+        return {"model": model, "since": since, "now": time.time(), "started": self.started,
+                "requests": requests, "ratings": ratings}
 
 
 def parse_query(query: dict[str, list[str]]) -> tuple[str, float]:
