@@ -48,7 +48,7 @@ def test_a_step_waiting_past_its_progress_deadline_fails_and_only_then() -> None
     assert judge(deadline, idle, requests(500), 60, overdue_s=599.5).outcome == "wait"
     late = judge(deadline, idle, requests(500), 660, overdue_s=600)
     assert (late.outcome, late.metric) == ("fail", canaryverdict.DEADLINE)
-    assert late.note.startswith("no verdict 600s after the step was due (progress_deadline "
+    assert late.note.startswith("no verdict after waiting 600s for it (progress_deadline "
                                 "600s): too few requests: 3 canary, 500 primary")
     assert late.trailer("h").startswith("verdict=fail metric=progress_deadline requests=3/500")
     # a host whose primary is as quiet (drained, out of rotation) keeps waiting
@@ -230,7 +230,9 @@ def test_policy_from_policy_yaml() -> None:
     table["canary_analysis"]["production"]["min_requests"] = 25.0  # the schema's integer
     assert repr(CanaryPolicy.of_environment(table, "production").min_requests) == "25"
     for key, bad in (("progress_deadline", "1h"), ("progress_deadline", True),
-                     ("progress_deadline", 0), ("min_requests", 25.5), ("alpha", "0.05")):
+                     ("progress_deadline", 0), ("progress_deadline", float("inf")),
+                     ("max_p95_ratio", float("nan")), ("min_requests", 25.5),
+                     ("alpha", "0.05")):
         with pytest.raises(InvalidDesiredState, match=rf"canary_analysis\.production\.{key} "
                            rf"must be .*; got {bad!r}"):
             CanaryPolicy.of_environment({"canary_analysis": {"production": {key: bad}}},

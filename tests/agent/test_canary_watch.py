@@ -15,7 +15,7 @@ import yaml
 
 from ggufops import git as gitcalls
 from ggufops import notify
-from ggufops.agent import canaryverdict
+from ggufops.agent import applylog, canaryverdict, loop
 from ggufops.agent.applylog import ApplyLog
 from ggufops.agent.canaryverdict import Verdict
 from ggufops.agent.canarywatch import Analysed, CanaryWatch, step_time
@@ -180,3 +180,32 @@ def test_after_a_restart_a_step_counts_from_the_apply_that_first_served_it(
     successes = [a for a in log.recent(50) if a.outcome == "success"]
     assert canary_arrivals(successes) == {CHAT: successes[0].finished_at}
     assert canary_arrivals([]) == {}
+
+
+def test_a_restarted_agent_resumes_the_step_with_the_clock_of_its_first_apply(
+        tmp_path: Path) -> None:
+    """Agent.recover on a real mirror and apply log: the canary step is analysed again, and
+    its `seen` is when this host first served it (the apply log), not the restart."""
+    repo = _repo(tmp_path)
+    _set(repo, 10)
+    step = _set(repo, 25)
+    (repo / "unrelated.txt").write_text("x")
+    later = git_commit(repo, "an unrelated change")
+    state = tmp_path / "state"
+    state.mkdir()
+    git(tmp_path, "clone", "-q", "--mirror", str(repo), str(state / "mirror.git"))
+    log = ApplyLog(state / applylog.FILE_NAME)
+    times = []
+    for commit, weight in ((step, 10), (step, 25), (later, 25)):
+        models = {CHAT: {"version": "2.0.0", "canary": {"version": "2.1.0", "weight": weight}}}
+        attempt = log.start(commit, "production", models)
+        log.finish(attempt, "success", "healthy")
+        times.append(log.recent(1)[0].finished_at)
+    log.close()
+    config = loop.AgentConfig(repo_url=str(repo), env="production", store=tmp_path / "store",
+                              server_url="http://127.0.0.1:9", state_dir=state, status_port=None)
+    agent = loop.Agent(config)
+    agent.recover()
+    resumed = agent.canaries.analysed[CHAT]
+    assert (resumed.commit, resumed.canary.weight) == (later, 25)
+    assert resumed.seen == times[1]  # the first apply that served 25%, not now

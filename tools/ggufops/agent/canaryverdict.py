@@ -186,7 +186,7 @@ def judge(policy: CanaryPolicy, canary: Sample, primary: Sample, window_s: float
     if outcome == WAIT and deadline is not None and overdue_s >= deadline \
             and primary.requests >= _needed(policy):  # a host in rotation, not a drained one
         outcome, metric, note = FAIL, DEADLINE, (
-            f"no verdict {overdue_s:.0f}s after the step was due (progress_deadline "
+            f"no verdict after waiting {overdue_s:.0f}s for it (progress_deadline "
             f"{deadline:g}s): {note}")
     return replace(figures, outcome=outcome, metric=metric, note=note)
 

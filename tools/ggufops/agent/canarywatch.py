@@ -94,9 +94,11 @@ class CanaryWatch:
         """A commit was applied (at `now`, the time the apply log recorded): (re)read the
         plans and the policy from its tree. `seen`: when this host began serving each
         model's step, after a restart (from the apply log); a new step starts at `now`.
-        The apply log does not record a canary's plan, so a restart treats a change of the
-        interval alone as the same step, where a live agent starts a new one: the restart's
-        clock is then the earlier, by that change's age."""
+        A live agent starts a new step on any change of the entry's primary or canary
+        (weight, plan); the apply log records the version this host serves and the canary's
+        version and weight, so after a restart a change of the plan alone, or on a segment
+        host of the fleet's primary alone, is not a new step: the restart's clock is then
+        the earlier, by that change's age."""
         now = time.time() if now is None else now
         self.policy = _policy(tree, self.env)
         entries = _entries(tree, self.env, self.labels)

@@ -5,6 +5,7 @@ refusal said when a trusting agent could not sign what it would push."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -65,7 +66,8 @@ def check_numbers(section: str, entry: dict[str, Any], *, counts: tuple[str, ...
                   positive: tuple[str, ...] = ()) -> dict[str, Any]:
     """`entry` with its values checked: the agent reads policy.yaml without its schema
     (validate checks that in CI), and a value of the wrong type must not reach the
-    arithmetic, where a string raises on every tick and `true` counts as 1.
+    arithmetic, where a string raises on every tick, `true` counts as 1 and `.inf` (YAML's
+    infinity, which the schema lets through) breaks every time shown in /status.
     InvalidDesiredState names the key. `counts` are whole numbers (50.0, which the schema
     accepts as an integer, is 50), `positive` above 0; None is left to the caller."""
     checked = dict(entry)
@@ -75,7 +77,7 @@ def check_numbers(section: str, entry: dict[str, Any], *, counts: tuple[str, ...
         whole = key in counts and isinstance(value, float) and value.is_integer()
         kind = int if key in counts and not whole else (int, float)
         if isinstance(value, bool) or not isinstance(value, kind) or \
-                (key in positive and value <= 0):
+                not math.isfinite(value) or (key in positive and value <= 0):
             what = "a whole number" if key in counts else \
                 "a number above 0" if key in positive else "a number"
             raise InvalidDesiredState(f"registry/policy.yaml: {section}.{key} must be {what}; "
