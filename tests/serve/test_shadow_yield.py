@@ -38,6 +38,19 @@ def test_primary_traffic_counts_requests_in_flight() -> None:
     assert not traffic.busy()
 
 
+def test_a_client_request_that_came_and_went_between_two_checks_still_counts() -> None:
+    """On a busy machine a short client request can run whole while the shadow waits for
+    the CPU between two tokens: the in-flight count is 0 again at the next check, but the
+    shadow must still yield (this made the preemption test below flaky)."""
+    traffic = PrimaryTraffic()
+    mark = traffic.mark()
+    assert not traffic.arrived_since(mark)
+    with traffic.request():
+        assert traffic.arrived_since(mark)
+    assert traffic.arrived_since(mark) and not traffic.busy()
+    assert not traffic.arrived_since(traffic.mark())  # a new generation starts afresh
+
+
 def test_chunk_text_of_completion_and_chat_chunks() -> None:
     assert shadow.chunk_text({"choices": [{"text": "ab"}]}) == "ab"
     assert shadow.chunk_text({"choices": [{"delta": {"content": "c"}}]}) == "c"

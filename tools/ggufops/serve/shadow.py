@@ -224,7 +224,11 @@ class ShadowMirror:
         """The shadow's answer; llm.GenerationAborted when a client request arrives."""
         request, config = job.request, configswap.pinned(shadow)
         params = {**shadow.defaults(config), **job.params}
-        stop, trace = self.traffic.busy, llm.Trace()
+        mark, trace = self.traffic.mark(), llm.Trace()
+
+        def stop() -> bool:  # a client request came since this generation began
+            return self.traffic.arrived_since(mark)
+
         with shadow.lock:
             self._running = _Running(job.name, time.time(), trace)
             configswap.use_template(shadow, config)

@@ -7,9 +7,11 @@ or ended and none is in flight. Under steady load the gap between one client's a
 its next request is far shorter, and a shadow started in it would only be aborted a token
 later, having taken CPU and the GIL from the client. The worker polls (a few wake-ups per
 second) instead of being notified, so client requests pay two counter updates, nothing
-more. The shadow's generation checks `busy` before its prompt and at every token: a client
-request arriving aborts it (shadow.py counts it as preempted and drops it; it is never
-retried).
+more. The shadow's generation checks `arrived_since` before its prompt and at every token:
+a client request that arrived since the generation began aborts it (shadow.py counts it as
+preempted and drops it; it is never retried), even one that was whole between two checks:
+on a busy machine a short client request can start and end while the shadow waits for the
+CPU, and sampling the in-flight count alone missed it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ class PrimaryTraffic:
     def busy(self) -> bool:
         """Whether a client request is in flight (read without the lock: one int load)."""
         return self._in_flight > 0
+
+    def mark(self) -> int:
+        """Where the count of client request starts and ends is now (for arrived_since)."""
+        return self._changes
+
+    def arrived_since(self, mark: int) -> bool:
+        """Whether a client request is in flight, or started (and maybe ended) since
+        `mark` was taken (two int loads, no lock)."""
+        return self._in_flight > 0 or self._changes != mark
 
     def _snapshot(self) -> tuple[int, int]:
         with self._lock:
