@@ -44,7 +44,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1015,20 +1015,12 @@ def arrivals(successes: Sequence[applylog.Attempt]) -> list[tuple[Watched, str]]
     first): each model of the newest whose version came after another version on this
     host, with the time it came and the git span since then (`previous..newest`): a
     rollback in it ended the watch, as a live agent drops its watches on a rollback."""
-    if not successes:
-        return []
     found = []
-    for model, want in _versions(successes[0].models).items():
-        first = successes[0]
-        for older in successes[1:]:
-            version = _versions(older.models).get(model)
-            if version != want:
-                if version is not None:
-                    watched = Watched(model, want, version, first.finished_at or
-                                      first.started_at, first.commit)
-                    found.append((watched, f"{older.commit}..{successes[0].commit}"))
-                break
-            first = older
+    for model, want, first, before in _unbroken(successes, _versions):
+        if before is not None and before[1] is not None:
+            older, version = before
+            watched = Watched(model, want, version, _applied_at(first), first.commit)
+            found.append((watched, f"{older.commit}..{successes[0].commit}"))
     return found
 
 
@@ -1037,17 +1029,30 @@ def canary_arrivals(successes: Sequence[applylog.Attempt]) -> dict[str, float]:
     (newest first): the oldest apply of the unbroken run that served the same primary and
     the same canary at the same weight (the canary analysis's progress deadline counts from
     it after a restart)."""
-    if not successes:
-        return {}
-    found = {}
-    for model, step in _canary_steps(successes[0].models).items():
-        first = successes[0]
-        for older in successes[1:]:
-            if _canary_steps(older.models).get(model) != step:
-                break
-            first = older
-        found[model] = first.finished_at or first.started_at
-    return found
+    return {model: _applied_at(first)
+            for model, _, first, _ in _unbroken(successes, _canary_steps)}
+
+
+def _unbroken(successes: Sequence[applylog.Attempt],
+              key_of: Callable[[dict[str, dict[str, Any]]], Mapping[str, Any]]
+              ) -> Iterator[tuple[str, Any, applylog.Attempt,
+                                  tuple[applylog.Attempt, Any] | None]]:
+    """For each model `key_of` finds in the newest apply: (model, its key, the oldest apply
+    of the unbroken run with that key, (the apply before that run, its key for the model,
+    None when absent) or None when the run reaches the oldest apply read). Each apply's
+    keys are worked out once."""
+    keyed = [key_of(a.models) for a in successes]
+    for model, key in (keyed[0].items() if keyed else ()):
+        first = 0
+        while first + 1 < len(keyed) and keyed[first + 1].get(model) == key:
+            first += 1
+        before = first + 1
+        yield model, key, successes[first], \
+            (successes[before], keyed[before].get(model)) if before < len(keyed) else None
+
+
+def _applied_at(attempt: applylog.Attempt) -> float:
+    return attempt.finished_at or attempt.started_at
 
 
 def _canary_steps(targets: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str, Any]]:
