@@ -154,13 +154,14 @@ def quality_threads(settings_policy: dict[str, Any], rounds: int) -> None:
     settings = bench.settings_from(settings_policy)
     subjects = [gate.Subject.from_file("smollm2@1.0.0", smollm2_path()),
                 gate.Subject.from_file("smollm2@1.1.0", smollm2_twin("q4_0"))]
+    evals = eval_set()  # read once, outside the timed passes
     times: dict[int, list[float]] = {1: [], cores: []}
     figures: dict[int, dict[str, Any]] = {}
     for i in range(rounds):
         for threads in (1, cores) if i % 2 == 0 else (cores, 1):
             start = time.perf_counter()
-            with gate._LoadedSides(subjects, eval_set(), settings, threads) as sides:
-                figures[threads] = gatequality.measure(sides, eval_set(), settings, NoCache())
+            with gate._LoadedSides(subjects, evals, settings, threads) as sides:
+                figures[threads] = gatequality.measure(sides, evals, settings, NoCache())
             times[threads].append(time.perf_counter() - start)
     one, every = statistics.median(times[1]), statistics.median(times[cores])
     print(f"  median of {rounds}: 1 thread {one:.1f} s, {cores} threads {every:.1f} s, "
