@@ -127,6 +127,21 @@ def test_an_invalid_state_is_refused(registry_with_remote: tuple[Path, Path],
         plan_at(repo, remote, tmp_path)
 
 
+def test_a_policy_number_no_rule_can_use_is_refused_with_its_line(
+        registry_with_remote: tuple[Path, Path], tmp_path: Path) -> None:
+    repo, remote = registry_with_remote
+    write_version(repo, "m", "1.0.0", content=b"one")
+    set_environment(repo, "production", {"m": "1.0.0"})
+    policy = repo / "registry" / "policy.yaml"
+    line = len(policy.read_text().splitlines()) + 3  # of p95_ratio, appended below
+    policy.write_text(policy.read_text() + "rollback_triggers:\n  production:\n"
+                      "    p95_ratio: .inf\n")
+    with pytest.raises(InvalidDesiredState,
+                       match=rf"is invalid: registry/policy\.yaml:{line}:16: "
+                             r"'\.inf' is not a finite number"):
+        plan_at(repo, remote, tmp_path)
+
+
 def test_config_is_checked(tmp_path: Path) -> None:
     base: dict[str, Any] = {"repo_url": "/r", "env": "production", "store": tmp_path,
                             "server_url": "http://127.0.0.1:1", "state_dir": tmp_path}

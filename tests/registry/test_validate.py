@@ -124,6 +124,34 @@ def test_duplicate_keys_are_detected(registry_repo: Path) -> None:
     assert "duplicate key 'base_model' (first on line 3)" in msg
 
 
+@pytest.mark.parametrize("value", [".inf", "-.Inf", ".NaN"])
+def test_non_finite_policy_number_names_its_line(registry_repo: Path, value: str) -> None:
+    # The schema takes YAML's .inf and .nan as numbers; no threshold can use them, and an
+    # agent given one would refuse it only at run time. validate refuses it in CI.
+    policy = registry_repo / "registry" / "policy.yaml"
+    text = policy.read_text()
+    policy.write_text(text + f"rollback_triggers:\n  production:\n    error_rate: {value}\n")
+    problems = validate_repo(registry_repo)
+    assert [(p.file, p.code, p.line) for p in problems] == \
+        [("registry/policy.yaml", "yaml", len(text.splitlines()) + 3)]
+    assert f"{value!r} is not a finite number" in problems[0].message
+    code, out = run_validate(registry_repo)
+    assert code == 1 and f"registry/policy.yaml:{problems[0].line}:" in out, out
+
+
+def test_finite_numbers_and_quoted_inf_still_parse(registry_repo: Path) -> None:
+    policy = registry_repo / "registry" / "policy.yaml"
+    policy.write_text(policy.read_text() + "rollback_triggers:\n  production:\n"
+                      "    error_rate: 0.05\n    p95_ratio: 1.5e+0\n")
+    assert messages(registry_repo) == []
+    path = write_version(registry_repo, "m", "1.0.0")
+    doc = yaml.safe_load(path.read_text())
+    doc["base_model"] = ".inf"  # a string that spells the number: dumped quoted
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert "base_model: '.inf'" in path.read_text()
+    assert messages(registry_repo) == []
+
+
 def test_all_problems_reported_in_one_run(registry_repo: Path) -> None:
     write_version(registry_repo, "m", "1.1.0", parent="1.0.0")
     set_environment(registry_repo, "staging", {"m": "2.0.0"})

@@ -1,12 +1,16 @@
 """Reading YAML safely, with positions, and refusing what pyyaml would accept silently.
 
 pyyaml keeps the last of two duplicate keys without a word; a registry must not, so
-duplicates are an error naming both lines. Parsing uses libyaml when available; the
-positions of keys are kept on the node tree and looked up only when a problem is reported.
+duplicates are an error naming both lines. YAML's `.inf` and `.nan` are numbers to pyyaml
+and to JSON Schema alike, yet no threshold, weight or count can use them, so they are an
+error naming their line too: caught by `validate` in CI, not by an agent at run time.
+Parsing uses libyaml when available; the positions of keys are kept on the node tree and
+looked up only when a problem is reported.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +93,17 @@ def _raise_duplicate(loader: Any, node: yaml.MappingNode) -> None:
         seen[key] = key_node
 
 
+def _construct_float(loader: Any, node: yaml.ScalarNode) -> float:
+    value: float = loader.construct_yaml_float(node)
+    if not math.isfinite(value):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{node.value!r} is not a finite number; write a finite number, "
+            "or leave the key out (or null) where that turns a rule off", node.start_mark)
+    return value
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
 def parse(text: str | bytes, path: Path) -> Document:

@@ -64,10 +64,10 @@ def cannot_sign(what: str) -> str:
 
 def check_numbers(section: str, entry: dict[str, Any], *, counts: tuple[str, ...] = (),
                   positive: tuple[str, ...] = ()) -> dict[str, Any]:
-    """`entry` with its values checked. The agent applies only commits that pass the
-    schema (agent/plan validates each), but the schema lets YAML's `.inf` and `.nan`
-    through, and `.inf` broke every time shown in /status; the type checks guard the
-    readers that see a policy without that validation (tests, tools) the same way.
+    """`entry` with its values checked. The agent applies only commits that pass
+    `validate` (agent/plan runs it on each), which refuses wrong types and YAML's `.inf`
+    and `.nan`; these checks guard the readers that see a policy without that validation
+    (tests, tools) the same way, since `.inf` would break every time shown in /status.
     InvalidDesiredState names the key. `counts` are whole numbers (50.0, which the schema
     accepts as an integer, is 50), `positive` above 0; None is left to the caller."""
     checked = dict(entry)
