@@ -46,10 +46,6 @@ class PrimaryTraffic:
             self._in_flight += step
             self._changes += 1
 
-    def busy(self) -> bool:
-        """Whether a client request is in flight (read without the lock: one int load)."""
-        return self._in_flight > 0
-
     def mark(self) -> int:
         """Where the count of client request starts and ends is now (for arrived_since)."""
         return self._changes
