@@ -160,7 +160,7 @@ def quality_threads(settings_policy: dict[str, Any], rounds: int) -> None:
     for i in range(rounds):
         for threads in (1, cores) if i % 2 == 0 else (cores, 1):
             start = time.perf_counter()
-            with gate._LoadedSides(subjects, evals, settings, threads) as sides:
+            with gate.LoadedSides(subjects, evals, settings, threads) as sides:
                 figures[threads] = gatequality.measure(sides, evals, settings, NoCache())
             times[threads].append(time.perf_counter() - start)
     one, every = statistics.median(times[1]), statistics.median(times[cores])

@@ -156,7 +156,7 @@ def test_quality_runs_on_every_core_whatever_threads_pins_for_speed(
     subjects = [subject(toy_models, "baseline"), subject(toy_models, "improved", "1.1.0")]
     measured = []
     for threads in (1, 2):
-        with gate._LoadedSides(subjects, eval_set, settings, threads) as sides:
+        with gate.LoadedSides(subjects, eval_set, settings, threads) as sides:
             measured.append(gatequality.measure(sides, eval_set, settings, NoCache()))
     assert measured[0] == measured[1] and measured[0]["per"] == "token"
     assert measured[0]["divergence"]["kl_mean"] > 0  # two different models, compared

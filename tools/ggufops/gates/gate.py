@@ -189,7 +189,7 @@ def measure_pair(candidate: Subject, baseline: Subject | None, eval_set: bench.E
     prompts = bench.prompts_from(eval_set, settings.latency_prompts)
     timed_here = len(subjects) == 1 and _speed_minimums(policy)  # else speed loads afresh
     threads = settings.n_threads if timed_here else settings.quality_threads
-    with clock("load"), _LoadedSides(subjects, eval_set, settings, threads) as sides:
+    with clock("load"), LoadedSides(subjects, eval_set, settings, threads) as sides:
         clock.switch("quality")
         result.quality = gatequality.measure(sides, eval_set, settings, cache)
         if timed_here:
@@ -363,9 +363,9 @@ class _Clock:
         self._add()
 
 
-class _LoadedSides:
+class LoadedSides:
     """Load every subject (baseline first, on `threads`) with its eval tokens; close them all
-    on exit."""
+    on exit. Public because bench/bench_gate.py times the quality passes on the same loads."""
 
     def __init__(self, subjects: Sequence[Subject], eval_set: bench.EvalSet,
                  settings: bench.Settings, threads: int) -> None:
